@@ -1,0 +1,30 @@
+# The two commands of the README: `make run` (service on the embedded default) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup run test soak clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q '$(TORCH_PIN)'
+	$(BIN)/python -m pip install -q -e '.[worker,test]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/mambaft serve --host 127.0.0.1 --port 8000 --data-dir ./var
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not soak"
+
+soak: setup
+	$(BIN)/python -m pytest -q -m soak
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,1 @@
+"""mambaft HTTP API. Never imports torch: the worker owns all model code."""

@@ -1,0 +1,62 @@
+"""Service settings, read once from `MAMBAFT_*` environment variables (and `.env`)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAMBAFT_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    # Empty means "derive from data_dir" (see _fill_defaults), so one flag moves everything.
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""
+    models_dir: Path | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+    # Hub ids listed by GET /v1/models beside the folders in models_dir.
+    hub_models: list[str] = Field(default_factory=list)
+    # Auth may only be off on a loopback bind; `mambaft serve` refuses otherwise.
+    auth_disabled: bool = False
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_line_bytes: int = 1024 * 1024
+
+    # A running job whose worker stops renewing its lease for this long is requeued by the reaper.
+    lease_seconds: int = 60
+    heartbeat_seconds: int = 10
+    reaper_interval_seconds: int = 15
+    max_attempts: int = 3
+    checkpoint_every_steps: int = 50
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        data = self.data_dir.resolve()
+        self.data_dir = data
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'mambaft.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if not self.storage_url:
+            self.storage_url = f"file://{data / 'objects'}"
+        if self.models_dir is None:
+            self.models_dir = data / "models"
+        return self
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded filesystem broker keeps its messages (shared by API and worker)."""
+        return self.data_dir / "broker"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

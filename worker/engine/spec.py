@@ -1,0 +1,91 @@
+"""What the job task hands the training engine, and what it gets back.
+
+Plain dataclasses with no torch import, so the task module and tests can build them cheaply.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Precision = Literal["fp32", "fp16", "bf16"]
+
+# Trained in full when LoraSpec.train_ssm_params is set (names relative to each mixer).
+SSM_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("in_proj", "x_proj", "dt_proj", "out_proj")
+    # Also train the SSM's own parameters (A_log, D, dt_proj.bias) in full, alongside LoRA.
+    train_ssm_params: bool = False
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    model: str  # a folder in HF format or a hub id
+    train_path: Path
+    output_dir: Path
+    precision: Precision = "fp32"
+    lora: LoraSpec | None = field(default_factory=LoraSpec)  # None: full fine-tuning
+    validation_path: Path | None = None
+    n_epochs: int = 1
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    max_seq_len: int = 256
+    seed: int = 0
+    warmup_steps: int = 0
+    checkpoint_every: int = 50
+    # A checkpoint folder written by an earlier attempt of the same job: resume exactly from it.
+    resume_from: Path | None = None
+    device: str | None = None  # None: cuda when available, else cpu
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+    eta_seconds: float
+    trained_tokens: int
+    skipped_steps: int = 0  # fp16 overflow steps skipped by the loss scaler
+    peak_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path  # PEFT adapter folder (or full weights for full fine-tuning)
+    trained_tokens: int
+    steps: int
+    metrics: dict[str, Any]
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks the job task passes in; all optional so tests can run the engine bare."""
+
+    on_progress: Callable[[Progress], None] = lambda p: None
+    # Called with a finished checkpoint folder and its step, after it is complete on disk.
+    on_checkpoint: Callable[[Path, int], None] = lambda path, step: None
+    # Polled between steps; True stops training early (cancel or graceful shutdown).
+    should_stop: Callable[[], bool] = lambda: False
+    on_message: Callable[[str], None] = lambda m: None
+
+
+class TrainingStopped(Exception):
+    """Raised by the engine when `should_stop` returned True; `checkpoint` is the last one written."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"training stopped at step {step}")
+        self.step = step
+        self.checkpoint = checkpoint
