@@ -1,0 +1,131 @@
+"""LoRA that really trains through Mamba's fused kernels.
+
+The fused CUDA kernels (`mamba_inner_fn` for Mamba, `mamba_split_conv1d_scan_combined` for Mamba-2)
+take x_proj / dt_proj / out_proj weights as raw tensors and never call those modules, so a LoRA
+wrapper around them is silently bypassed: no gradient reaches the adapter in training mode, and
+train-mode outputs differ from eval-mode outputs. Our mixer forwards (mamba_forward.py) instead hand
+the kernel `effective_weight(module)` = W + (alpha / r) · B · A, built with autograd on every call:
+the kernel's weight gradient flows on into A and B, and every code path computes the same function.
+
+peft itself refuses `out_proj` on Mamba models for exactly that reason (peft PR #2562). With the fold
+in place the refusal no longer applies, so injection and loading lift that one guard.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from worker.engine.spec import SSM_PARAMS, LoraSpec
+
+# Targets that a fused kernel reads as a raw weight, per `config.model_type`.
+KERNEL_READ_TARGETS = {"mamba": ("x_proj", "dt_proj", "out_proj"), "mamba2": ("out_proj",)}
+SSM_PARAMS_FILE = "ssm_params.safetensors"
+
+
+def effective_weight(module: nn.Module) -> Tensor:
+    """The weight a fused kernel must read: W itself, or W + scale·B·A for an active LoRA layer."""
+    if not isinstance(module, LoraLayer):
+        return module.weight
+    weight = module.get_base_layer().weight
+    if module.disable_adapters or module.merged:
+        return weight
+    for name in module.active_adapters:
+        if name not in module.lora_A:
+            continue
+        # A: (r, in), B: (out, r) -> delta: (out, in), the shape of W.
+        delta = module.lora_B[name].weight @ module.lora_A[name].weight
+        weight = weight + (module.scaling[name] * delta).to(weight.dtype)
+    return weight
+
+
+def base_layer(module: nn.Module) -> nn.Module:
+    """The wrapped nn.Linear of a LoRA layer (for its bias), or the module itself."""
+    return module.get_base_layer() if isinstance(module, LoraLayer) else module
+
+
+@contextmanager
+def _kernel_read_targets_allowed(model: nn.Module) -> Iterator[None]:
+    """Let peft wrap out_proj on Mamba models: our folded forwards make that target train."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in KERNEL_READ_TARGETS:
+        yield
+        return
+    # peft decides by `config.model_type`; MambaConfig holds it as a class attribute, so an
+    # instance attribute shadows it for the duration of the injection only.
+    config.model_type = f"{model_type}-folded"
+    try:
+        yield
+    finally:
+        del config.model_type
+
+
+def _check_spec(model_type: str, spec: LoraSpec) -> None:
+    folded = set(spec.target_modules) & set(KERNEL_READ_TARGETS.get(model_type, ()))
+    if spec.dropout > 0 and folded:
+        raise ValueError(
+            f"LoRA dropout must be 0 with targets {sorted(folded)}: the fused kernel reads their weight "
+            "directly, so the adapter is folded into it and there is no separate input to drop out"
+        )
+
+
+def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
+    """Wrap `model` with LoRA on `spec.target_modules` (every target trains on every code path)."""
+    model_type = model.config.model_type
+    _check_spec(model_type, spec)
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(spec.target_modules),
+        bias="none",
+    )
+    with _kernel_read_targets_allowed(model):
+        peft_model = get_peft_model(model, config)
+    if spec.train_ssm_params:
+        for param in ssm_parameters(peft_model).values():
+            param.requires_grad_(True)
+    return peft_model
+
+
+def ssm_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The SSM's own parameters (A_log, D, dt bias) by their name in the base model."""
+    found = {}
+    for name, param in model.named_parameters():
+        clean = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
+        if any(clean.endswith(f".{p}") for p in SSM_PARAMS):
+            found[clean] = param
+    return found
+
+
+def save_adapter(model: PeftModel, folder: Path) -> None:
+    """A standard PEFT adapter folder, plus the SSM parameters when they were trained."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    trained = {name: p.detach().float().cpu().contiguous() for name, p in ssm_parameters(model).items() if p.requires_grad}
+    if trained:
+        save_file(trained, str(folder / SSM_PARAMS_FILE))
+
+
+def load_adapter(base_model: nn.Module, folder: Path, *, is_trainable: bool = False) -> PeftModel:
+    """Load an adapter saved by `save_adapter`, whatever its targets (plain peft refuses out_proj)."""
+    with _kernel_read_targets_allowed(base_model):
+        model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+    ssm_file = folder / SSM_PARAMS_FILE
+    if ssm_file.is_file():
+        params = ssm_parameters(model)
+        with torch.no_grad():
+            for name, value in load_file(str(ssm_file)).items():
+                params[name].copy_(value.to(params[name].dtype))
+    return model
+
+
+def merge_adapter(model: PeftModel) -> nn.Module:
+    """Fold the adapter into the base weights for good: a plain HF model any tool can load."""
+    return model.merge_and_unload()

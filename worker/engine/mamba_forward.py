@@ -1,0 +1,134 @@
+"""Mixer forwards for Mamba and Mamba-2 that see LoRA on every target, on every code path.
+
+`install_forwards(model)` replaces each mixer's `forward`. The fused CUDA path and the pure-torch
+paths sit side by side, chosen by one condition, like mamba-ssm's `mamba_simple.py`; both read
+their weights through `effective_weight`, so a LoRA adapter trains through the fused kernel and the
+reference path alike.
+
+Calls with a generation cache go to the model's own recurrent forward, which reads dt_proj's raw
+weight on recent transformers: merge the adapter (`lora_fold.merge_adapter`) before generating.
+So that a plain `model(input_ids)` in eval mode does not ask for a cache, `install_forwards` turns
+`config.use_cache` off; `generate()` still asks for one explicitly.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.models.mamba.modeling_mamba import MambaMixer
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+from worker.engine.lora_fold import base_layer, effective_weight
+from worker.engine.scan import selective_scan_chunked, selective_scan_reference
+
+try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d wheels
+    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+    from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
+except ImportError:
+    mamba_inner_fn = None
+    mamba_split_conv1d_scan_combined = None
+
+# auto: fused kernel on CUDA when importable, else the chunked torch scan.
+# torch: chunked torch scan everywhere. reference: one Python step per token (the executable spec).
+ForwardPath = Literal["auto", "torch", "reference"]
+
+
+def fused_kernels_available() -> bool:
+    return mamba_inner_fn is not None and torch.cuda.is_available()
+
+
+def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
+    """Route every Mamba / Mamba-2 mixer of `model` through our forwards (idempotent)."""
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+    for module in model.modules():
+        if isinstance(module, MambaMixer | Mamba2Mixer):
+            # Keep the model's own forward once, for generation with a cache.
+            if not hasattr(module, "hf_forward"):
+                module.hf_forward = module.forward
+            impl = mamba_mixer_forward if isinstance(module, MambaMixer) else mamba2_mixer_forward
+            module.forward = partial(impl, module, path=path)
+    return model
+
+
+def _mask_padding(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Zero padded positions so they don't feed the state (hidden: (b, l, ...), mask: (b, l))."""
+    if attention_mask is None:
+        return hidden
+    return (hidden * attention_mask[:, :, None]).to(hidden.dtype)
+
+
+def _has_cache(kwargs: dict) -> bool:
+    return kwargs.get("cache") is not None or kwargs.get("cache_params") is not None
+
+
+def mamba_mixer_forward(
+    mixer: MambaMixer, hidden_states: Tensor, attention_mask: Tensor | None = None,
+    *, path: ForwardPath = "auto", **kwargs,
+) -> Tensor:
+    if _has_cache(kwargs):
+        return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
+    hidden_states = _mask_padding(hidden_states, attention_mask)
+    xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
+    A = -torch.exp(mixer.A_log.float())  # (d_inner, n)
+    x_proj_w = effective_weight(mixer.x_proj)  # (dt_rank + 2n, d_inner)
+    dt_proj_w = effective_weight(mixer.dt_proj)  # (d_inner, dt_rank)
+    out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
+    dt_bias = base_layer(mixer.dt_proj).bias.float()
+    out_bias = base_layer(mixer.out_proj).bias
+
+    if path == "auto" and fused_kernels_available() and xz.is_cuda:
+        return mamba_inner_fn(
+            xz, mixer.conv1d.weight, mixer.conv1d.bias, x_proj_w, dt_proj_w, out_proj_w,
+            out_bias, A, None, None, mixer.D.float(), delta_bias=dt_bias, delta_softplus=True,
+        )
+
+    seq_len = xz.shape[-1]
+    x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
+    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
+                 groups=mixer.intermediate_size)[..., :seq_len]
+    x = _mask_padding(mixer.act(x).transpose(1, 2), attention_mask)  # (b, l, d_inner)
+    dt, B, C = F.linear(x, x_proj_w).split(
+        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1
+    )
+    delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)
+    scan = selective_scan_reference if path == "reference" else selective_scan_chunked
+    y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
+    return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
+
+
+def mamba2_mixer_forward(
+    mixer: Mamba2Mixer, hidden_states: Tensor, attention_mask: Tensor | None = None,
+    *, path: ForwardPath = "auto", **kwargs,
+) -> Tensor:
+    fused = path == "auto" and mamba_split_conv1d_scan_combined is not None and hidden_states.is_cuda
+    if _has_cache(kwargs) or not fused:
+        # Without the fused kernel the model's own forward calls in_proj and out_proj as modules,
+        # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
+        with _training_off_for_fused(mixer):
+            return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
+    zxbcdt = mixer.in_proj(_mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
+    return mamba_split_conv1d_scan_combined(
+        zxbcdt, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, mixer.dt_bias,
+        -torch.exp(mixer.A_log.float()), D=mixer.D, chunk_size=mixer.chunk_size,
+        activation=mixer.activation, rmsnorm_weight=mixer.norm.weight, rmsnorm_eps=mixer.norm.variance_epsilon,
+        outproj_weight=effective_weight(mixer.out_proj), outproj_bias=base_layer(mixer.out_proj).bias,
+        headdim=mixer.head_dim, ngroups=mixer.n_groups, norm_before_gate=False,
+        dt_limit=mixer.time_step_limit,
+    )
+
+
+@contextmanager
+def _training_off_for_fused(mixer: nn.Module) -> Iterator[None]:
+    """Run the model's own Mamba-2 forward with `training` off so it never takes its fused branch
+    (which reads out_proj's raw weight); autograd still records everything, so gradients flow."""
+    was_training = mixer.training
+    mixer.training = False
+    try:
+        yield
+    finally:
+        mixer.training = was_training
