@@ -1,0 +1,199 @@
+"""Shapes of the fine-tuning jobs API: OpenAI's, plus LoRA, precision and progress."""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from app.jobs.models import Checkpoint, Job, JobEvent
+
+# Unknown keys are typos to report, not to ignore; NaN and infinities are never valid settings.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _storable(value: str) -> str:
+    # Postgres text cannot hold NUL, and a lone surrogate cannot be encoded at all: refuse both up front.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no unpaired surrogates)") from None
+    return value
+
+
+Storable = Annotated[str, AfterValidator(_storable)]
+Name = Annotated[Storable, StringConstraints(min_length=1, max_length=64)]
+LongName = Annotated[Storable, StringConstraints(min_length=1, max_length=512)]
+MetadataValue = Annotated[Storable, StringConstraints(max_length=512)]
+
+
+class Hyperparameters(BaseModel):
+    model_config = STRICT
+
+    n_epochs: int = Field(1, ge=1, le=100)
+    batch_size: int = Field(4, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    max_seq_len: int = Field(256, ge=16, le=65536)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_means_default(cls, data: Any) -> Any:
+        # OpenAI clients send "auto" for "choose for me"; our choice is the default. Dropping such keys
+        # also lets OpenAI-only knobs such as learning_rate_multiplier="auto" through harmlessly.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != "auto"}
+        return data
+
+
+class LoraRequest(BaseModel):
+    model_config = STRICT
+
+    r: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[Name] | None = Field(None, min_length=1, max_length=16)
+    train_ssm_params: bool = False
+
+
+class SupervisedMethod(BaseModel):
+    model_config = STRICT
+
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    """OpenAI's `method`; only supervised fine-tuning exists here."""
+
+    model_config = STRICT
+
+    type: Literal["supervised"]
+    supervised: SupervisedMethod | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = STRICT
+
+    model: LongName
+    training_file: Name
+    validation_file: Name | None = None
+    precision: Literal["fp32", "fp16", "bf16"] = "bf16"
+    # Absent: LoRA with defaults. An explicit null: full fine-tuning.
+    lora: LoraRequest | None = Field(default_factory=LoraRequest)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    suffix: Name | None = None
+    metadata: dict[Name, MetadataValue] | None = Field(None, max_length=16)
+
+
+class LoraConfig(BaseModel):
+    """The LoRA settings a job trains with, target modules resolved for its architecture."""
+
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+    train_ssm_params: bool
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int | None
+
+
+class JobObject(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    model: str
+    status: str
+    created_at: int
+    finished_at: int | None
+    training_file: str
+    validation_file: str | None
+    precision: str
+    lora: LoraConfig | None
+    hyperparameters: Hyperparameters
+    method: dict[str, Any]
+    seed: int
+    suffix: str | None
+    metadata: dict[str, str] | None
+    trained_tokens: int | None
+    error: dict[str, Any] | None
+    fine_tuned_model: str | None
+    metrics: dict[str, Any]
+    progress: Progress
+    # OpenAI clients expect these two; a tenant is our organization, and results come as the adapter.
+    organization_id: str
+    result_files: list[str] = []
+
+    @classmethod
+    def of(cls, job: Job) -> "JobObject":
+        return cls(
+            id=job.id,
+            model=job.model,
+            status=job.status,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            precision=job.precision,
+            lora=job.lora,
+            hyperparameters=job.hyperparameters,
+            method={"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}},
+            seed=job.seed,
+            suffix=job.suffix,
+            metadata=job.user_metadata,
+            trained_tokens=job.trained_tokens,
+            error=job.error,
+            fine_tuned_model=job.fine_tuned_model,
+            metrics=job.metrics or {},
+            progress=Progress(step=job.current_step or 0, total_steps=job.total_steps),
+            organization_id=job.owner,
+        )
+
+
+class JobEventObject(BaseModel):
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> "JobEventObject":
+        return cls(
+            id=event_id(event.id),
+            created_at=event.created_at,
+            level=event.level,
+            type=event.type,
+            message=event.message,
+            data=event.data,
+        )
+
+
+class CheckpointObject(BaseModel):
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    id: str
+    created_at: int
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> "CheckpointObject":
+        return cls(
+            id=checkpoint.id,
+            created_at=checkpoint.created_at,
+            fine_tuning_job_id=checkpoint.job_id,
+            step_number=checkpoint.step,
+            metrics=checkpoint.metrics or {},
+        )
+
+
+EVENT_ID_PREFIX = "ftevent-"
+
+
+def event_id(row_id: int) -> str:
+    return f"{EVENT_ID_PREFIX}{row_id}"

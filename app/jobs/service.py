@@ -1,0 +1,155 @@
+"""Fine-tuning jobs: create and queue, read, cancel, and hand out checkpoints and the adapter."""
+
+import logging
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.base_models.service import get_model
+from app.db import new_id, now
+from app.deps import Broker
+from app.downloads import open_object
+from app.errors import conflict, invalid_request, not_found
+from app.files.service import FINE_TUNE, get_file
+from app.idempotency import claim_for, run_once
+from app.jobs.config import resolve_hyperparameters, resolve_lora
+from app.jobs.lifecycle import TERMINAL, JobStatus, record_event, transition
+from app.jobs.models import Checkpoint, Job
+from app.jobs.schemas import JobCreate, JobObject
+from app.pagination import Page, newest_first
+from app.settings import Settings
+from app.storage import ObjectStorage
+
+log = logging.getLogger(__name__)
+
+# Seeds drawn for jobs that give none: stored, so a job can be rerun exactly.
+MAX_RANDOM_SEED = 2**31
+
+
+def create_job(
+    *,
+    session: Session,
+    settings: Settings,
+    broker: Broker,
+    owner: str,
+    request: JobCreate,
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> JobObject:
+    """Validate and queue a job, then enqueue it; a repeated keyed request returns the first job."""
+
+    def create() -> dict[str, Any]:
+        job = _insert_queued(session=session, settings=settings, owner=owner, request=request)
+        return JobObject.of(job).model_dump(mode="json")
+
+    claim = claim_for(owner=owner, key=idempotency_key, fingerprint=fingerprint)
+    outcome = run_once(session=session, claim=claim, create=create)
+    job = JobObject.model_validate(outcome.body)
+    if outcome.created:
+        _enqueue(broker=broker, settings=settings, job_id=job.id)
+    return job
+
+
+def _insert_queued(*, session: Session, settings: Settings, owner: str, request: JobCreate) -> Job:
+    model = get_model(settings=settings, model_id=request.model)
+    lora = resolve_lora(request.lora, family=model.family)
+    hyperparameters = resolve_hyperparameters(request)
+    job = Job(
+        id=new_id("ftjob"),
+        owner=owner,
+        model=model.id,
+        training_file=request.training_file,
+        validation_file=request.validation_file,
+        precision=request.precision,
+        lora=lora.model_dump() if lora else None,
+        hyperparameters=hyperparameters.model_dump(),
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_RANDOM_SEED),
+        suffix=request.suffix,
+        user_metadata=request.metadata,
+        status=JobStatus.VALIDATING_FILES,
+        created_at=now(),
+        metrics={},
+        current_step=0,
+        attempts=0,
+        cancel_requested=False,
+    )
+    session.add(job)
+    session.flush()  # the events below reference the row
+    record_event(session, job.id, "message", f"Created fine-tuning job {job.id}")
+    _check_training_input(session=session, owner=owner, file_id=request.training_file, param="training_file")
+    if request.validation_file is not None:
+        _check_training_input(session=session, owner=owner, file_id=request.validation_file, param="validation_file")
+    transition(session, job, JobStatus.QUEUED, message="Files validated; job queued")
+    session.flush()
+    return job
+
+
+def _check_training_input(*, session: Session, owner: str, file_id: str, param: str) -> None:
+    file = get_file(session=session, owner=owner, file_id=file_id)
+    if file is None:
+        raise not_found("file_not_found", f"No file with id {file_id!r}", param=param)
+    if file.purpose != FINE_TUNE:
+        raise invalid_request(
+            f"File {file_id} has purpose {file.purpose!r}; fine-tuning needs a file uploaded with purpose"
+            f" {FINE_TUNE!r}",
+            param=param,
+            code="invalid_file_purpose",
+        )
+
+
+def _enqueue(*, broker: Broker, settings: Settings, job_id: str) -> None:
+    try:
+        broker.enqueue_job(settings=settings, job_id=job_id)
+    except Exception:
+        # The job is committed as queued: the reaper re-sends queued jobs and a worker's claim is
+        # idempotent, so a broker outage delays the job instead of failing the request.
+        log.warning("could not enqueue job %s; the reaper will send it later", job_id, exc_info=True)
+
+
+def get_job(*, session: Session, owner: str, job_id: str) -> Job | None:
+    """The owner's job with this id, or None."""
+    return session.scalars(select(Job).where(Job.id == job_id, Job.owner == owner)).one_or_none()
+
+
+def list_jobs(*, session: Session, owner: str, after: str | None, limit: int) -> Page[Job]:
+    """The owner's jobs, newest first."""
+    statement = select(Job).where(Job.owner == owner)
+    return newest_first(session=session, statement=statement, entity=Job, after=after, limit=limit)
+
+
+def cancel_job(*, session: Session, job: Job) -> Job:
+    """Cancel a job that has not started; ask the worker to stop a running one; refuse a finished one."""
+    # Locked so a worker claiming the job at this moment waits, then sees it cancelled (Postgres; SQLite
+    # serialises writers anyway).
+    session.refresh(job, with_for_update=True)
+    if job.status in TERMINAL:
+        raise conflict("job_not_cancellable", f"Job {job.id} has already {job.status}", param="fine_tuning_job_id")
+    if job.status != JobStatus.RUNNING:
+        transition(session, job, JobStatus.CANCELLED, message="Job cancelled before it started")
+    elif not job.cancel_requested:
+        job.cancel_requested = True
+        record_event(session, job.id, "message", "Cancellation requested; the worker stops the job at its next step")
+    return job
+
+
+def list_checkpoints(*, session: Session, owner: str, job: Job, after: str | None, limit: int) -> Page[Checkpoint]:
+    """The job's checkpoints, newest first."""
+    statement = (
+        select(Checkpoint).join(Job, Job.id == Checkpoint.job_id).where(Job.owner == owner, Checkpoint.job_id == job.id)
+    )
+    return newest_first(session=session, statement=statement, entity=Checkpoint, after=after, limit=limit)
+
+
+def adapter_archive(*, storage: ObjectStorage, job: Job) -> Iterator[bytes]:
+    """The bytes of the job's adapter archive; raises adapter_not_ready until the job succeeded."""
+    if job.status != JobStatus.SUCCEEDED or job.adapter_key is None:
+        raise conflict(
+            "adapter_not_ready",
+            f"Job {job.id} is {job.status}; its adapter can be downloaded once the job has succeeded",
+            param="fine_tuning_job_id",
+        )
+    missing = not_found("adapter_missing", f"The adapter archive of job {job.id} is missing from storage")
+    return open_object(storage=storage, key=job.adapter_key, missing=missing)

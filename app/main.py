@@ -1,0 +1,52 @@
+"""The FastAPI application: routers, error rendering, request guards."""
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from app import health
+from app.base_models import routes as models_routes
+from app.errors import ApiError, install_error_handlers
+from app.files import routes as files_routes
+from app.files.validation import file_too_large
+from app.guards import BodyLimit, LimitFor, RejectNulInUrl
+from app.jobs import routes as jobs_routes
+from app.settings import Settings, get_settings
+
+UPLOAD_PATH = "/v1/files"
+# JSON bodies are small (a job request is a few hundred bytes); only uploads may be large.
+JSON_BODY_LIMIT = 1024 * 1024
+# Multipart boundaries and part headers around the file; the file itself is capped exactly while parsed.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def request_too_large() -> ApiError:
+    return ApiError(413, "request_too_large", f"The request body exceeds {JSON_BODY_LIMIT} bytes")
+
+
+def body_limits(settings: Settings) -> LimitFor:
+    """The body cap and its error for each request path."""
+
+    def limit_for(path: str) -> tuple[int, Callable[[], ApiError]]:
+        if path == UPLOAD_PATH:
+            return settings.max_upload_bytes + MULTIPART_OVERHEAD, lambda: file_too_large(settings.max_upload_bytes)
+        return JSON_BODY_LIMIT, request_too_large
+
+    return limit_for
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="mambaft",
+        summary="Fine-tuning as a service for Mamba state-space models, with OpenAI's fine-tuning API",
+        version="0.1.0",
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit_for=body_limits(settings))
+    app.add_middleware(RejectNulInUrl)
+    app.include_router(health.router)
+    for router in (files_routes.router, jobs_routes.router, models_routes.router):
+        app.include_router(router, prefix="/v1")
+    return app

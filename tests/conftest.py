@@ -1,0 +1,171 @@
+"""Fixtures shared by every test folder (a folder's own conftest may override any of them by name).
+
+- `make_settings(**overrides)`: a `Settings` living in this test's temp folder (data dir, SQLite file,
+  local object store, models dir); keyword overrides win.
+- `create_database(backend="sqlite" | "postgres")`: a new database at the latest migration, returned
+  as a URL and dropped after the test. Postgres databases are uniquely named on the server at
+  MAMBAFT_TEST_POSTGRES_URL (default 127.0.0.1:5432, database `test`); tests skip if it is unreachable.
+- `database_url`: one migrated database, SQLite by default; parametrize it indirectly to run a test on
+  both: `@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)`.
+- `settings`: `make_settings(database_url=database_url)`.
+- `broker`: a `FakeBroker` recording enqueued job ids; set `broker.reachable = False` to fail it.
+- `app`: `create_app(settings)` with `broker` in place of the real queue.
+- `make_client(owner="alice")`: a TestClient for `app` authenticated with a new API key of `owner`.
+- `client`: `make_client("alice")`.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.auth.service import create_api_key
+from app.db import get_engine, session_scope
+from app.deps import get_broker
+from app.main import create_app
+from app.migrate import upgrade_database
+from app.settings import Settings
+
+POSTGRES_ADMIN_URL = os.environ.get("MAMBAFT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_url(name: str) -> str:
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{base}/{name}"
+
+
+def _admin(statement: str) -> None:
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
+        admin.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session; each test copies it (much faster than migrating)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    url = f"sqlite:///{path}"
+    upgrade_database(url)
+    get_engine(url).dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_template() -> Iterator[str]:
+    """A Postgres database migrated once per session, the template of each test's database."""
+    name = f"mambaft_template_{uuid.uuid4().hex[:12]}"
+    try:
+        _admin(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as error:
+        pytest.skip(f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {error}")
+    try:
+        upgrade_database(_postgres_url(name))
+        yield name
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def create_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Factory: `create_database("sqlite" | "postgres") -> url` of a new database at the latest migration."""
+    created: list[tuple[str, str | None]] = []  # (url, Postgres name to drop)
+
+    def create(backend: str = "sqlite") -> str:
+        if backend == "sqlite":
+            path = tmp_path / f"db-{uuid.uuid4().hex[:8]}.db"
+            shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+            url, name = f"sqlite:///{path}", None
+        elif backend == "postgres":
+            template = request.getfixturevalue("_postgres_template")
+            name = f"mambaft_test_{uuid.uuid4().hex[:12]}"
+            _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            url = _postgres_url(name)
+        else:
+            raise ValueError(f"unknown database backend {backend!r}")
+        created.append((url, name))
+        return url
+
+    yield create
+    for url, name in created:
+        get_engine(url).dispose()  # pooled connections would keep the file open / block the drop
+        if name is not None:
+            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, create_database: Callable[..., str]) -> str:
+    return create_database(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return Settings(**{"data_dir": tmp_path / "var", **overrides})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], database_url: str) -> Settings:
+    return make_settings(database_url=database_url)
+
+
+@dataclass
+class FakeBroker:
+    """Stands in for app.queue: records what would have been sent."""
+
+    enqueued: list[str] = field(default_factory=list)
+    reachable: bool = True
+
+    def enqueue_job(self, *, settings: Settings, job_id: str) -> None:
+        self._check()
+        self.enqueued.append(job_id)
+
+    def ping_broker(self, *, settings: Settings) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        if not self.reachable:
+            raise ConnectionError("broker unreachable (FakeBroker)")
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+def app(settings: Settings, broker: FakeBroker) -> FastAPI:
+    application = create_app(settings)
+    application.dependency_overrides[get_broker] = lambda: broker
+    return application
+
+
+@pytest.fixture
+def make_client(app: FastAPI, settings: Settings) -> Iterator[Callable[..., TestClient]]:
+    """Factory: `make_client(owner="alice") -> TestClient` sending a new API key of `owner`."""
+    clients: list[TestClient] = []
+
+    def make(owner: str = "alice") -> TestClient:
+        with session_scope(settings.database_url) as session:
+            _, key = create_api_key(session=session, owner=owner)
+        client = TestClient(app, headers={"Authorization": f"Bearer {key}"})
+        client.__enter__()  # one event loop for all of this client's requests
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client("alice")
