@@ -13,6 +13,7 @@ in place the refusal no longer applies, so injection and loading lift that one g
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,19 +29,31 @@ KERNEL_READ_TARGETS = {"mamba": ("x_proj", "dt_proj", "out_proj"), "mamba2": ("o
 SSM_PARAMS_FILE = "ssm_params.safetensors"
 
 
+@dataclass(frozen=True)
+class LoraFactors:
+    A: Tensor  # (r, in)
+    B: Tensor  # (out, r)
+    scale: float
+    dropout: nn.Module
+
+
+def lora_factors(module: nn.Module) -> list[LoraFactors]:
+    """The active adapters of a LoRA layer; empty for a plain module or a merged / disabled adapter."""
+    if not isinstance(module, LoraLayer) or module.disable_adapters or module.merged:
+        return []
+    return [
+        LoraFactors(module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name],
+                    module.lora_dropout[name])
+        for name in module.active_adapters
+        if name in module.lora_A
+    ]
+
+
 def effective_weight(module: nn.Module) -> Tensor:
     """The weight a fused kernel must read: W itself, or W + scale·B·A for an active LoRA layer."""
-    if not isinstance(module, LoraLayer):
-        return module.weight
-    weight = module.get_base_layer().weight
-    if module.disable_adapters or module.merged:
-        return weight
-    for name in module.active_adapters:
-        if name not in module.lora_A:
-            continue
-        # A: (r, in), B: (out, r) -> delta: (out, in), the shape of W.
-        delta = module.lora_B[name].weight @ module.lora_A[name].weight
-        weight = weight + (module.scaling[name] * delta).to(weight.dtype)
+    weight = base_layer(module).weight
+    for f in lora_factors(module):
+        weight = weight + (f.scale * (f.B @ f.A)).to(weight.dtype)  # (out, in), the shape of W
     return weight
 
 

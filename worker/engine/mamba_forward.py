@@ -19,18 +19,21 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.models.mamba.modeling_mamba import MambaMixer
-from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+from torch.utils.checkpoint import checkpoint
+from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, MambaOutput
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer, Mamba2Model, Mamba2Output
 
-from worker.engine.lora_fold import base_layer, effective_weight
+from worker.engine.lora_fold import base_layer, effective_weight, lora_factors
 from worker.engine.scan import selective_scan_chunked, selective_scan_reference
 
 try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d wheels
     from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+    from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
 except ImportError:
     mamba_inner_fn = None
     mamba_split_conv1d_scan_combined = None
+    rms_norm_fn = None
 
 # auto: fused kernel on CUDA when importable, else the chunked torch scan.
 # torch: chunked torch scan everywhere. reference: one Python step per token (the executable spec).
@@ -46,13 +49,44 @@ def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
     for module in model.modules():
-        if isinstance(module, MambaMixer | Mamba2Mixer):
+        if isinstance(module, MambaMixer | Mamba2Mixer | MambaModel | Mamba2Model):
             # Keep the model's own forward once, for generation with a cache.
             if not hasattr(module, "hf_forward"):
                 module.hf_forward = module.forward
+        if isinstance(module, MambaMixer | Mamba2Mixer):
             impl = mamba_mixer_forward if isinstance(module, MambaMixer) else mamba2_mixer_forward
             module.forward = partial(impl, module, path=path)
+        elif isinstance(module, MambaModel | Mamba2Model):
+            module.forward = partial(backbone_forward, module, path=path)
     return model
+
+
+def backbone_forward(
+    backbone: MambaModel | Mamba2Model, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
+    attention_mask: Tensor | None = None, *, path: ForwardPath = "auto", **kwargs,
+) -> MambaOutput | Mamba2Output:
+    """The layer stack with residual-add and RMSNorm fused into one Triton kernel per layer.
+
+    The model's own blocks cast to fp32, normalise, cast back and add the residual in separate
+    kernels, each a full pass over the activations: that glue costs more GPU time than the matrix
+    products. Anything unusual (a cache, per-layer hidden states, no kernels) takes the model's own loop.
+    """
+    fused = path == "auto" and rms_norm_fn is not None and (input_ids if input_ids is not None else inputs_embeds).is_cuda
+    if not fused or _has_cache(kwargs) or kwargs.get("use_cache") or kwargs.get("output_hidden_states"):
+        return backbone.hf_forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+    hidden = backbone.embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d_model)
+    residual = None
+    for block in backbone.layers:
+        if getattr(block, "gradient_checkpointing", False) and backbone.training:
+            hidden, residual = checkpoint(_fused_block, block, hidden, residual, attention_mask, use_reentrant=False)
+        else:
+            hidden, residual = _fused_block(block, hidden, residual, attention_mask)
+    hidden = rms_norm_fn(
+        hidden, backbone.norm_f.weight, None, residual=residual, prenorm=False,
+        residual_in_fp32=backbone.layers[-1].residual_in_fp32, eps=backbone.norm_f.variance_epsilon,
+    )
+    output_type = MambaOutput if isinstance(backbone, MambaModel) else Mamba2Output
+    return output_type(last_hidden_state=hidden)
 
 
 def _mask_padding(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -73,7 +107,11 @@ def mamba_mixer_forward(
     if _has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = _mask_padding(hidden_states, attention_mask)
-    xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
+    fused = path == "auto" and fused_kernels_available() and hidden_states.is_cuda
+    if fused:
+        xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
+    else:
+        xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
     A = -torch.exp(mixer.A_log.float())  # (d_inner, n)
     x_proj_w = effective_weight(mixer.x_proj)  # (dt_rank + 2n, d_inner)
     dt_proj_w = effective_weight(mixer.dt_proj)  # (d_inner, dt_rank)
@@ -81,7 +119,7 @@ def mamba_mixer_forward(
     dt_bias = base_layer(mixer.dt_proj).bias.float()
     out_bias = base_layer(mixer.out_proj).bias
 
-    if path == "auto" and fused_kernels_available() and xz.is_cuda:
+    if fused:
         return mamba_inner_fn(
             xz, mixer.conv1d.weight, mixer.conv1d.bias, x_proj_w, dt_proj_w, out_proj_w,
             out_bias, A, None, None, mixer.D.float(), delta_bias=dt_bias, delta_softplus=True,
@@ -99,6 +137,46 @@ def mamba_mixer_forward(
     scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
+
+
+def _fused_block(block: nn.Module, hidden: Tensor, residual: Tensor | None,
+                 attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """residual += hidden; hidden = mixer(RMSNorm(residual)), with the add and the norm in one kernel."""
+    normed, residual = rms_norm_fn(
+        hidden, block.norm.weight, None, residual=residual, prenorm=True,
+        residual_in_fp32=block.residual_in_fp32, eps=block.norm.variance_epsilon,
+    )
+    return block.mixer(normed, attention_mask=attention_mask), residual
+
+
+def set_activation_recompute(model: nn.Module, enabled: bool) -> None:
+    """Memory-lean mode: keep only each layer's input and recompute the layer in backward.
+
+    Uses the model's own switch, which our fused layer loop honours too."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if enabled:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        lm.gradient_checkpointing_disable()
+
+
+def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
+    """in_proj(hidden) laid out (b, 2·d_inner, l) with l contiguous, as the fused kernel reads it.
+
+    Computing W·hᵀ gives that layout directly (as mamba-ssm's own module does); `in_proj(h).transpose`
+    would make the kernel copy the largest activation of the layer, forward and backward.
+    LoRA is applied in the same layout, dropout included, so in_proj needs no fold.
+    """
+    b, l, _ = hidden.shape
+    flat_t = hidden.reshape(b * l, -1).t()  # (d_model, b·l)
+    linear = base_layer(in_proj)
+    xz = linear.weight @ flat_t  # (2·d_inner, b·l)
+    for f in lora_factors(in_proj):
+        dropped = f.dropout(hidden).reshape(b * l, -1).t()
+        xz = xz + f.scale * (f.B @ (f.A @ dropped))
+    if linear.bias is not None:
+        xz = xz + linear.bias[:, None]
+    return xz.view(-1, b, l).permute(1, 0, 2)
 
 
 def mamba2_mixer_forward(
