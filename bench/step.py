@@ -2,7 +2,7 @@
 
 GPU (same shapes and settings as ../shared/device/stock_profile.py: batch 8 x 1024, LoRA r=8,
 frozen weights bf16, trainable fp32, autocast bf16, fused AdamW):
-    python3 bench/step.py gpu [mamba|mamba2]
+    python3 bench/step.py gpu [mamba|mamba2] [engine,engine...]   (ours, ours_graph, ours_lean, ours_lean_graph)
 CPU (the embedded default: tiny model shape d_model 128 x 4 layers, batch 4 x 256):
     python3 bench/step.py cpu
 Stock on the CPU is transformers' own pure-torch path (a Python loop over tokens).
@@ -151,8 +151,8 @@ if __name__ == "__main__":
     if mode == "gpu":
         family = sys.argv[2] if len(sys.argv) > 2 else "mamba"
         print("torch", torch.__version__, torch.cuda.get_device_name())
-        compare([(family, 2048, 48, 8, 1024), (family, 768, 24, 8, 1024)], "cuda", steps=4,
-                engines=["ours", "ours_graph", "ours_lean", "ours_lean_graph"])
+        engines = sys.argv[3].split(",") if len(sys.argv) > 3 else ["ours", "ours_graph", "ours_lean", "ours_lean_graph"]
+        compare([(family, 2048, 48, 8, 1024), (family, 768, 24, 8, 1024)], "cuda", steps=4, engines=engines)
     else:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         compare([("mamba", 128, 4, 4, 256)], "cpu", steps=2, engines=["ours"])

@@ -53,7 +53,8 @@ def effective_weight(module: nn.Module) -> Tensor:
     """The weight a fused kernel must read: W itself, or W + scale·B·A for an active LoRA layer."""
     weight = base_layer(module).weight
     for f in lora_factors(module):
-        weight = weight + (f.scale * (f.B @ f.A)).to(weight.dtype)  # (out, in), the shape of W
+        # W + (scale·B)·A in one GEMM with W as the addend: no full-size scale or add pass.
+        weight = torch.addmm(weight, (f.scale * f.B).to(weight.dtype), f.A.to(weight.dtype))  # (out, in)
     return weight
 
 

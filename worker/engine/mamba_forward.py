@@ -173,7 +173,8 @@ def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
     xz = linear.weight @ flat_t  # (2·d_inner, b·l)
     for f in lora_factors(in_proj):
         dropped = f.dropout(hidden).reshape(b * l, -1).t()
-        xz = xz + f.scale * (f.B @ (f.A @ dropped))
+        # Scale the (out, r) factor, not the (out, b·l) product, and let the GEMM do the add.
+        xz = torch.addmm(xz, f.scale * f.B, f.A @ dropped)
     if linear.bias is not None:
         xz = xz + linear.bias[:, None]
     return xz.view(-1, b, l).permute(1, 0, 2)

@@ -1,0 +1,174 @@
+"""Training data: read JSONL, tokenize with a loss mask, pack into fixed-length blocks, batch deterministically.
+
+Three line formats:
+- `{"text": ...}`: every token is trained.
+- `{"prompt": ..., "completion": ...}`: only the completion (and the closing EOS) is trained.
+- `{"messages": [{"role", "content"}, ...]}`: only the assistant turns are trained. With a tokenizer that
+  has a `chat_template`, that template renders the conversation. Otherwise this fixed template does:
+      system/user turn:  "{role}: {content}\n"             (not trained)
+      assistant turn:    "assistant: " + "{content}<eos>"  (only "{content}<eos>" trained)
+  so at inference a prompt ends with "assistant: " and generation stops at EOS.
+Every example ends with EOS. Examples are concatenated into one stream and cut into blocks of
+`max_seq_len` inputs; each block's targets are the next tokens of the stream, so the loss mask stays
+aligned across example and block boundaries.
+"""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IGNORE = -100  # target id that carries no loss (cross_entropy's ignore_index)
+
+Piece = tuple[list[int], bool]  # token ids, whether they are trained
+
+
+@dataclass(frozen=True)
+class Blocks:
+    inputs: torch.Tensor  # (N, T) int64 token ids; the last block is padded
+    targets: torch.Tensor  # (N, T) int64 next-token ids, IGNORE where untrained or padding
+    lengths: torch.Tensor  # (N,) real (non-padding) inputs per block
+
+
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the data stream stands: the next batch to train is batch `batch` of epoch `epoch`."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line."""
+    records = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {lineno}: expected a JSON object")
+        records.append((lineno, record))
+    if not records:
+        raise ValueError(f"{path}: no examples")
+    return records
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _template_pieces(messages: list[dict[str, str]], tokenizer: Any) -> list[Piece]:
+    """Render with the tokenizer's own chat template, one message at a time; each render must extend
+    the previous one, so the text added by an assistant turn is exactly what is trained."""
+    pieces: list[Piece] = []
+    done = ""
+
+    def extend(text: str, trained: bool) -> None:
+        nonlocal done
+        if not text.startswith(done):
+            raise ValueError("the tokenizer's chat_template does not render conversations incrementally")
+        pieces.append((_encode(tokenizer, text[len(done) :]), trained))
+        done = text
+
+    for i, message in enumerate(messages):
+        assistant = message["role"] == "assistant"
+        if assistant:  # the generation prompt ("<|assistant|>\n" or so) belongs to the untrained side
+            extend(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True), False)
+        extend(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False), assistant)
+    return pieces
+
+
+def _chat_pieces(messages: list[dict[str, str]], tokenizer: Any) -> list[Piece]:
+    if getattr(tokenizer, "chat_template", None):
+        return _template_pieces(messages, tokenizer)
+    pieces: list[Piece] = []
+    for message in messages:
+        if message["role"] == "assistant":
+            pieces.append((_encode(tokenizer, "assistant: "), False))
+            pieces.append((_encode(tokenizer, message["content"]) + [tokenizer.eos_token_id], True))
+        else:
+            pieces.append((_encode(tokenizer, f"{message['role']}: {message['content']}\n"), False))
+    return pieces
+
+
+def _check_messages(messages: Any) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    for m in messages:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError("each message needs string 'role' and 'content'")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("a conversation needs an assistant message to train on")
+    return messages
+
+
+def tokenize_record(record: dict[str, Any], tokenizer: Any) -> tuple[list[int], list[bool]]:
+    """One example as token ids and a same-length trained mask, ending with EOS."""
+    if isinstance(record.get("text"), str):
+        pieces = [(_encode(tokenizer, record["text"]), True)]
+    elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        pieces = [(_encode(tokenizer, record["prompt"]), False), (_encode(tokenizer, record["completion"]), True)]
+    elif "messages" in record:
+        pieces = _chat_pieces(_check_messages(record["messages"]), tokenizer)
+    else:
+        raise ValueError("expected {'text'}, {'prompt', 'completion'} or {'messages'}")
+    ids = [i for piece, _ in pieces for i in piece]
+    trained = [t for piece, t in pieces for _ in piece]
+    if not ids or ids[-1] != tokenizer.eos_token_id:  # EOS is trained when the example ends trained
+        ids.append(tokenizer.eos_token_id)
+        trained.append(trained[-1] if trained else False)
+    return ids, trained
+
+
+def pack(examples: list[tuple[list[int], list[bool]]], max_seq_len: int, pad_id: int) -> Blocks:
+    """Concatenate examples into one stream and cut it into blocks of `max_seq_len` inputs."""
+    stream = torch.tensor([i for ids, _ in examples for i in ids], dtype=torch.long)  # (L,)
+    trained = torch.tensor([t for _, mask in examples for t in mask], dtype=torch.bool)  # (L,)
+    labels = torch.where(trained, stream, IGNORE)  # (L,)
+    T = max_seq_len
+    n = max(1, -(-(len(stream) - 1) // T))  # blocks needed to predict every token after the first
+    # Pad to n*T + 1 so that inputs are stream[k*T : (k+1)*T] and targets are labels shifted by one.
+    padded_ids = torch.full((n * T + 1,), pad_id, dtype=torch.long)
+    padded_labels = torch.full((n * T + 1,), IGNORE, dtype=torch.long)
+    padded_ids[: len(stream)], padded_labels[: len(stream)] = stream, labels
+    lengths = (len(stream) - torch.arange(n) * T).clamp(max=T)  # (N,)
+    return Blocks(padded_ids[:-1].view(n, T), padded_labels[1:].view(n, T), lengths)
+
+
+def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
+    examples = []
+    for lineno, record in read_jsonl(path):
+        try:
+            examples.append(tokenize_record(record, tokenizer))
+        except ValueError as e:
+            raise ValueError(f"{path}: line {lineno}: {e}") from None
+    return pack(examples, max_seq_len, tokenizer.pad_token_id)
+
+
+def steps_per_epoch(blocks: Blocks, batch_size: int) -> int:
+    return -(-len(blocks.inputs) // batch_size)
+
+
+def batches(
+    blocks: Blocks, batch_size: int, n_epochs: int, seed: int, start: DataPosition = DataPosition()
+) -> Iterator[tuple[DataPosition, torch.Tensor, torch.Tensor, int]]:
+    """Yield (position, inputs (B, T), targets (B, T), real tokens) from `start` to the end of the last
+    epoch. Each epoch's order depends only on seed + epoch, so resuming at a position replays exactly."""
+    per_epoch = steps_per_epoch(blocks, batch_size)
+    for epoch in range(start.epoch, n_epochs):
+        order = torch.randperm(len(blocks.inputs), generator=torch.Generator().manual_seed(seed + epoch))
+        for b in range(start.batch if epoch == start.epoch else 0, per_epoch):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            yield DataPosition(epoch, b), blocks.inputs[idx], blocks.targets[idx], int(blocks.lengths[idx].sum())
+
+
+def next_position(position: DataPosition, per_epoch: int) -> DataPosition:
+    if position.batch + 1 < per_epoch:
+        return DataPosition(position.epoch, position.batch + 1)
+    return DataPosition(position.epoch + 1, 0)

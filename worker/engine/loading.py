@@ -1,0 +1,34 @@
+"""Load a base model and its tokenizer for training: a local HF folder or a hub id, Mamba or Mamba-2 only."""
+
+from typing import Any, Literal, get_args
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from worker.engine.mamba_forward import install_forwards
+
+Family = Literal["mamba", "mamba2"]
+FAMILIES: tuple[Family, ...] = get_args(Family)
+
+
+def pick_device(requested: str | None) -> torch.device:
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_base(
+    model: str, *, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, Any, Family]:
+    """Returns (model on `device` with our mixer forwards installed, tokenizer, family)."""
+    # Read the config first so an unsupported architecture fails before any weights are fetched.
+    config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+    family = config.model_type
+    if family not in FAMILIES:
+        raise ValueError(f"{model}: model_type {family!r} is not supported; expected one of {FAMILIES}")
+    network = AutoModelForCausalLM.from_pretrained(model, config=config, dtype=dtype, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{model}: the tokenizer has no eos token")
+    if tokenizer.pad_token_id is None:  # packing pads only the last block, and never trains on it
+        tokenizer.pad_token = tokenizer.eos_token
+    install_forwards(network)
+    return network.to(device), tokenizer, family

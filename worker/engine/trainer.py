@@ -1,0 +1,182 @@
+"""Fine-tune a Mamba / Mamba-2 model: one linear recipe (setup, resume, train, validate, save).
+
+Loss is the mean cross-entropy over trained target tokens (see data.py for which tokens train).
+The learning rate warms up linearly for `warmup_steps`, then follows a cosine down to 10% of peak.
+"""
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.engine.checkpoint import load_checkpoint, save_checkpoint, trainable_parameters
+from worker.engine.data import IGNORE, Blocks, DataPosition, batches, load_blocks, next_position, steps_per_epoch
+from worker.engine.loading import load_base, pick_device
+from worker.engine.lora_fold import attach_lora, save_adapter
+from worker.engine.loss import causal_lm_loss
+from worker.engine.precision import PrecisionPolicy
+from worker.engine.spec import Progress, TrainHooks, TrainingStopped, TrainResult, TrainSpec
+
+LOSS_WINDOW = 10  # the reported train_loss is the mean of this many last steps
+MIN_LR_RATIO = 0.1
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over trained targets; inputs, targets: (B, T), targets[:, t] follows inputs[:, t]."""
+    # causal_lm_loss takes labels aligned with the inputs and shifts them itself (never building the
+    # full logits). One extra trailing input lines our already-shifted targets up with that; the model
+    # is causal, so that token changes no earlier output, and its own output is never scored.
+    ids = torch.cat([inputs, inputs[:, -1:]], dim=1)  # (B, T + 1)
+    labels = torch.cat([torch.full_like(targets[:, :1], IGNORE), targets], dim=1)  # (B, T + 1)
+    return causal_lm_loss(model, ids, labels)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, blocks: Blocks, batch_size: int, policy: PrecisionPolicy) -> float:
+    """Mean loss per trained token over all of `blocks`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(blocks.inputs), batch_size):
+        inputs = blocks.inputs[start : start + batch_size].to(device)
+        targets = blocks.targets[start : start + batch_size].to(device)
+        n = int((targets != IGNORE).sum())
+        with policy.autocast():
+            loss = token_loss(model, inputs, targets)
+        total, count = total + loss.item() * n, count + n
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the validation file has no trained tokens")
+    return total / count
+
+
+def peak_memory(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def _prune_checkpoints(keep: Path) -> None:
+    for folder in keep.parent.glob("step-*"):
+        if folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
+    # --- setup -------------------------------------------------------------------------------------
+    torch.manual_seed(spec.seed)
+    random.seed(spec.seed)
+    device = pick_device(spec.device)
+    if device.type == "cuda":  # report this job's peak, not the worker process's
+        torch.cuda.reset_peak_memory_stats(device)
+    model, tokenizer, family = load_base(spec.model, device=device)
+    if spec.lora is not None:
+        model = attach_lora(model, spec.lora)  # freezes the base; LoRA weights (and SSM params) train
+    precision = PrecisionPolicy(spec.precision, device)
+    precision.prepare(model)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params.values(), lr=spec.learning_rate, weight_decay=0.0)
+    train_blocks = load_blocks(spec.train_path, tokenizer, spec.max_seq_len)
+    valid_blocks = load_blocks(spec.validation_path, tokenizer, spec.max_seq_len) if spec.validation_path else None
+    per_epoch = steps_per_epoch(train_blocks, spec.batch_size)
+    total_steps = per_epoch * spec.n_epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec.warmup_steps, total_steps))
+    checkpoints = spec.output_dir / "checkpoints"
+
+    # --- resume, or measure the base model -----------------------------------------------------------
+    step, start = 0, DataPosition()
+    # Carried across resumes in the checkpoint: recent losses, token and time counters, base loss.
+    state: dict[str, Any] = {"losses": [], "trained_tokens": 0, "train_seconds": 0.0}
+    if spec.resume_from is not None:
+        step, start, state = load_checkpoint(
+            spec.resume_from, model=model, optimizer=optimizer, scheduler=scheduler, precision=precision
+        )
+        hooks.on_message(f"resumed from {spec.resume_from} at step {step}/{total_steps}")
+    elif valid_blocks is not None:
+        # With LoRA attached its B is zero, so this is the base model's loss, at the job's precision.
+        state["base_validation_loss"] = evaluate(model, valid_blocks, spec.batch_size, precision)
+        hooks.on_message(f"base validation loss {state['base_validation_loss']:.4f}")
+
+    def checkpoint(position: DataPosition) -> Path:
+        folder = save_checkpoint(
+            checkpoints / f"step-{step:06d}", model=model, optimizer=optimizer, scheduler=scheduler,
+            precision=precision, step=step, position=position, metrics=state,
+        )  # fmt: skip
+        hooks.on_checkpoint(folder, step)  # the hook copies or uploads it before returning
+        _prune_checkpoints(folder)
+        return folder
+
+    # --- train ---------------------------------------------------------------------------------------
+    model.train()
+    last_checkpoint = None
+    for position, inputs, targets, n_tokens in batches(
+        train_blocks, spec.batch_size, spec.n_epochs, spec.seed, start=start
+    ):
+        if hooks.should_stop():
+            if last_checkpoint is None or last_checkpoint.name != f"step-{step:06d}":
+                last_checkpoint = checkpoint(position)
+            raise TrainingStopped(step, last_checkpoint)
+        t0 = time.perf_counter()
+        inputs, targets = inputs.to(device), targets.to(device)  # (B, T) each
+        with precision.autocast():
+            loss = token_loss(model, inputs, targets)
+        precision.scale(loss).backward()
+        lr = optimizer.param_groups[0]["lr"]
+        precision.step(optimizer)  # clips; under fp16 may skip (counted in precision.skipped_steps)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        state["losses"] = (state["losses"] + [loss.item()])[-LOSS_WINDOW:]  # .item() waits for the GPU
+        state["trained_tokens"] += n_tokens
+        state["train_seconds"] += time.perf_counter() - t0  # excludes checkpoints and hooks
+
+        seconds_per_step = state["train_seconds"] / step
+        hooks.on_progress(Progress(
+            step=step, total_steps=total_steps, epoch=position.epoch, loss=state["losses"][-1],
+            learning_rate=lr, tokens_per_second=state["trained_tokens"] / state["train_seconds"],
+            eta_seconds=seconds_per_step * (total_steps - step), trained_tokens=state["trained_tokens"],
+            skipped_steps=precision.skipped_steps, peak_memory_bytes=peak_memory(device),
+        ))  # fmt: skip
+        if spec.checkpoint_every > 0 and step % spec.checkpoint_every == 0 and step < total_steps:
+            last_checkpoint = checkpoint(next_position(position, per_epoch))
+
+    # --- validate and save ---------------------------------------------------------------------------
+    metrics: dict[str, Any] = {
+        "train_loss": sum(state["losses"]) / max(1, len(state["losses"])),
+        "steps": step,
+        "trained_tokens": state["trained_tokens"],
+        "tokens_per_second": state["trained_tokens"] / state["train_seconds"] if step else 0.0,
+        "skipped_steps": precision.skipped_steps,
+        "peak_memory_bytes": peak_memory(device),
+        "precision": spec.precision,
+        "family": family,
+        "trainable_parameters": sum(p.numel() for p in params.values()),
+    }
+    if valid_blocks is not None:
+        metrics["validation_loss"] = evaluate(model, valid_blocks, spec.batch_size, precision)
+        metrics["validation_perplexity"] = math.exp(metrics["validation_loss"])
+        if "base_validation_loss" in state:
+            metrics["base_validation_loss"] = state["base_validation_loss"]
+            metrics["base_validation_perplexity"] = math.exp(state["base_validation_loss"])
+    if spec.lora is not None:
+        out = spec.output_dir / "adapter"
+        save_adapter(model, out)
+    else:
+        out = spec.output_dir / "model"
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    (spec.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(adapter_dir=out, trained_tokens=state["trained_tokens"], steps=step, metrics=metrics)
