@@ -4,7 +4,7 @@ import torch
 
 from tests.engine.test_lora_fold import VOCAB, make_model
 from worker.engine.lora_fold import attach_lora
-from worker.engine.loss import causal_lm_loss
+from worker.engine.loss import next_token_loss
 from worker.engine.spec import LoraSpec
 
 
@@ -23,7 +23,8 @@ def test_chunked_loss_matches_the_models_own_loss_and_gradients():
     expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
 
-    loss = causal_lm_loss(model, ids, labels, chunk_tokens=7)  # chunks that split sequences
+    # Targets already shifted: the model's own loss shifts labels by one inside.
+    loss = next_token_loss(model, ids[:, :-1], labels[:, 1:], chunk_tokens=7)  # chunks split sequences
     loss.backward()
     assert torch.allclose(loss, expected, atol=1e-5)
     for name, grad in expected_grads.items():

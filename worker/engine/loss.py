@@ -19,20 +19,17 @@ def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tenso
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
-def causal_lm_loss(
-    model: nn.Module, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None,
-    chunk_tokens: int = 4096,
-) -> Tensor:
-    """Mean cross-entropy of predicting labels[:, t + 1] from tokens up to t (ignore_index -100)."""
+def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens: int = 4096) -> Tensor:
+    """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t]."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]  # (b, l, d)
-    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    targets = labels[:, 1:].reshape(-1)
+    hidden = lm.backbone(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         end = start + chunk_tokens
         # The checkpoint replays the RNG state too, so LoRA dropout on lm_head recomputes identically.
-        total = total + checkpoint(_chunk_loss_sum, lm.lm_head, hidden[start:end], targets[start:end],
+        total = total + checkpoint(_chunk_loss_sum, lm.lm_head, hidden[start:end], flat_targets[start:end],
                                    use_reentrant=False)
     # A tensor count, not a Python int: no host sync, so the step can be captured as a CUDA graph.
-    return total / (targets != IGNORE).sum().clamp(min=1)
+    return total / (flat_targets != IGNORE).sum().clamp(min=1)

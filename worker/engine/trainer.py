@@ -19,7 +19,7 @@ from worker.engine.checkpoint import load_checkpoint, save_checkpoint, trainable
 from worker.engine.data import IGNORE, Blocks, DataPosition, batches, load_blocks, next_position, steps_per_epoch
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, save_adapter
-from worker.engine.loss import causal_lm_loss
+from worker.engine.loss import next_token_loss
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.spec import Progress, TrainHooks, TrainingStopped, TrainResult, TrainSpec
 
@@ -35,16 +35,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def token_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over trained targets; inputs, targets: (B, T), targets[:, t] follows inputs[:, t]."""
-    # causal_lm_loss takes labels aligned with the inputs and shifts them itself (never building the
-    # full logits). One extra trailing input lines our already-shifted targets up with that; the model
-    # is causal, so that token changes no earlier output, and its own output is never scored.
-    ids = torch.cat([inputs, inputs[:, -1:]], dim=1)  # (B, T + 1)
-    labels = torch.cat([torch.full_like(targets[:, :1], IGNORE), targets], dim=1)  # (B, T + 1)
-    return causal_lm_loss(model, ids, labels)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, blocks: Blocks, batch_size: int, policy: PrecisionPolicy) -> float:
     """Mean loss per trained token over all of `blocks`."""
@@ -57,7 +47,7 @@ def evaluate(model: nn.Module, blocks: Blocks, batch_size: int, policy: Precisio
         targets = blocks.targets[start : start + batch_size].to(device)
         n = int((targets != IGNORE).sum())
         with policy.autocast():
-            loss = token_loss(model, inputs, targets)
+            loss = next_token_loss(model, inputs, targets)
         total, count = total + loss.item() * n, count + n
     model.train(was_training)
     if count == 0:
@@ -132,7 +122,7 @@ def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
         t0 = time.perf_counter()
         inputs, targets = inputs.to(device), targets.to(device)  # (B, T) each
         with precision.autocast():
-            loss = token_loss(model, inputs, targets)
+            loss = next_token_loss(model, inputs, targets)
         precision.scale(loss).backward()
         lr = optimizer.param_groups[0]["lr"]
         precision.step(optimizer)  # clips; under fp16 may skip (counted in precision.skipped_steps)
