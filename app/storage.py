@@ -9,8 +9,14 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from app.settings import Settings
 
@@ -109,8 +115,107 @@ class LocalStorage:
         probe.unlink()
 
 
+# Streams above this size go up as a multipart upload, which S3 publishes only on completion.
+S3_TRANSFER = TransferConfig(multipart_threshold=64 * CHUNK, multipart_chunksize=64 * CHUNK)
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+@lru_cache
+def _s3_client(endpoint_url: str | None, region: str) -> Any:
+    # One client per endpoint: creating one costs tens of milliseconds, and clients are thread-safe.
+    # Credentials come from boto3's standard chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ...).
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+
+
+def _is_not_found(error: ClientError) -> bool:
+    return str(error.response.get("Error", {}).get("Code")) in NOT_FOUND_CODES
+
+
+class _CountingReader:
+    """Wraps a stream to count the bytes boto3 reads from it (upload_fileobj returns nothing)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.count += len(chunk)
+        return chunk
+
+
+class S3Storage:
+    """Objects in an S3-compatible bucket under an optional key prefix (`s3://bucket/prefix`).
+
+    Writes are atomic by S3's own rules: a PUT or a completed multipart upload appears whole or not at
+    all, and boto3 aborts a multipart upload that fails midway.
+    """
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None, region: str = "us-east-1") -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"expected s3://bucket[/prefix], got {url!r}")
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.client = _s3_client(endpoint_url, region)
+
+    def _key(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"invalid storage key: {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_stream(self, key: str, stream: BinaryIO) -> int:
+        reader = _CountingReader(stream)
+        self.client.upload_fileobj(reader, self.bucket, self._key(key), Config=S3_TRANSFER)
+        return reader.count
+
+    def put_file(self, key: str, path: Path) -> int:
+        with path.open("rb") as src:
+            return self.put_stream(key, src)
+
+    def iter_bytes(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if _is_not_found(error):
+                raise ObjectNotFound(key) from None
+            raise
+        body = response["Body"]
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def get_file(self, key: str, path: Path) -> None:
+        try:
+            # download_file writes a temp file and renames it, so `path` never holds a partial object.
+            self.client.download_file(self.bucket, self._key(key), str(path), Config=S3_TRANSFER)
+        except ClientError as error:
+            if _is_not_found(error):
+                raise ObjectNotFound(key) from None
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if _is_not_found(error):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
+
+
 def storage_from_settings(settings: Settings) -> ObjectStorage:
     url = settings.storage_url
     if url.startswith("file://"):
         return LocalStorage(Path(url.removeprefix("file://")))
+    if url.startswith("s3://"):
+        return S3Storage(url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
     raise ValueError(f"unsupported MAMBAFT_STORAGE_URL scheme: {url!r} (use file:// or s3://)")

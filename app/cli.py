@@ -1,0 +1,189 @@
+"""The `mambaft` command: run the service (embedded or as separate API / worker processes) and admin it.
+
+The API process never imports torch: the tiny models are built and jobs are trained in subprocesses.
+Subcommands import the web stack, Alembic and the auth service on first use, so `create-key` and
+`worker` start without loading what they do not run.
+"""
+
+import argparse
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from sqlalchemy import func, select
+
+from app.celery_config import QUEUE
+from app.db import session_scope
+from app.settings import Settings, get_settings
+
+# A warm-shutting-down worker checkpoints its job and hands it back; give it that long before killing.
+WORKER_STOP_TIMEOUT_S = 120
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def worker_command() -> list[str]:
+    # solo pool: CUDA is unsafe in forked children; one worker process per GPU.
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
+        "--concurrency", "1", "-Q", QUEUE, "--hostname", f"mambaft-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"mambaft: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _check_auth(settings: Settings, host: str) -> None:
+    if settings.auth_disabled and not is_loopback(host):
+        _fail(
+            f"refusing to listen on {host} with authentication disabled: anyone who can reach it could "
+            "run jobs and read every file. Bind 127.0.0.1, or unset MAMBAFT_AUTH_DISABLED and create a key "
+            "with `mambaft create-key --owner NAME`."
+        )
+
+
+def _active_key_count(settings: Settings) -> int:
+    from app.auth.models import ApiKey
+
+    with session_scope(settings.database_url) as session:
+        return session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) or 0
+
+
+def _serve_api(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(settings=settings), host=host, port=port, log_level="info")
+
+
+def _migrate(settings: Settings) -> None:
+    from app.migrate import upgrade_database
+
+    upgrade_database(settings.database_url)
+
+
+def _raise_on_sigterm() -> None:
+    # SIGTERM would otherwise end the process without running `finally`, orphaning the worker.
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.terminate()  # Celery's warm shutdown: the running job checkpoints and is requeued
+        try:
+            worker.wait(WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    """API and one worker on one machine: the embedded default (`make run`)."""
+    _check_auth(settings, args.host)
+    _migrate(settings)
+    subprocess.run([sys.executable, "-m", "worker.bootstrap", "--models-dir", str(settings.models_dir)], check=True)
+    if not _active_key_count(settings):
+        if "auth_disabled" not in settings.model_fields_set and is_loopback(args.host):
+            # Zero configuration on one's own machine; a stored key turns auth on at the next start.
+            settings = settings.model_copy(update={"auth_disabled": True})
+            print("mambaft: authentication is off (loopback bind, no API keys yet).", flush=True)
+        hint = f"mambaft create-key --owner NAME --data-dir {settings.data_dir}"
+        print(f"mambaft: create an API key with `{hint}`", flush=True)
+    _raise_on_sigterm()
+    worker = subprocess.Popen(worker_command())
+    try:
+        _serve_api(settings, args.host, args.port)
+    finally:
+        _stop(worker)
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
+    """The API alone (production: migrations run separately, workers run on GPU hosts)."""
+    _check_auth(settings, args.host)
+    _serve_api(settings, args.host, args.port)
+
+
+def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> None:
+    """One Celery worker (production: one per GPU); replaces this process so signals reach Celery."""
+    command = worker_command()
+    os.execv(command[0], command)
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> None:
+    _migrate(settings)
+    print("mambaft: database is up to date")
+
+
+def cmd_create_key(args: argparse.Namespace, settings: Settings) -> None:
+    from app.auth.service import create_api_key
+
+    with session_scope(settings.database_url) as session:
+        row, key = create_api_key(session=session, owner=args.owner, name=args.name)
+    print(f"Created API key {row.id} for owner {row.owner!r}. It is shown only this once:", file=sys.stderr)
+    print(key)
+
+
+def cmd_revoke_key(args: argparse.Namespace, settings: Settings) -> None:
+    from app.auth.service import revoke_api_key
+    from app.errors import ApiError
+
+    try:
+        with session_scope(settings.database_url) as session:
+            revoke_api_key(session=session, key_id=args.key_id)
+    except ApiError as error:
+        _fail(error.message)
+    print(f"Revoked API key {args.key_id}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="where the embedded database, objects and models live")
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--host", default="127.0.0.1")
+    listen.add_argument("--port", type=int, default=8000)
+
+    parser = argparse.ArgumentParser(prog="mambaft", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", parents=[common, listen], help=cmd_serve.__doc__).set_defaults(run=cmd_serve)
+    commands.add_parser("api", parents=[common, listen], help=cmd_api.__doc__).set_defaults(run=cmd_api)
+    commands.add_parser("worker", parents=[common], help=cmd_worker.__doc__).set_defaults(run=cmd_worker)
+    commands.add_parser("migrate", parents=[common], help="apply database migrations").set_defaults(run=cmd_migrate)
+    create = commands.add_parser("create-key", parents=[common], help="create an API key and print it once")
+    create.add_argument("--owner", required=True, help="the tenant whose files and jobs the key reaches")
+    create.add_argument("--name", default="", help="a label to tell keys apart")
+    create.set_defaults(run=cmd_create_key)
+    revoke = commands.add_parser("revoke-key", parents=[common], help="revoke an API key by id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(run=cmd_revoke_key)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.data_dir is not None:
+        # Through the environment, so this process's settings and every child's agree.
+        os.environ["MAMBAFT_DATA_DIR"] = str(args.data_dir.resolve())
+        get_settings.cache_clear()
+    args.run(args, get_settings())
+
+
+if __name__ == "__main__":
+    main()

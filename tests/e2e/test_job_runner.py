@@ -1,0 +1,251 @@
+"""One job attempt on a worker (worker/job_runner.py) over a real database and real storage.
+
+The real engine trains the tiny model where the behaviour depends on it (cancel, resume, bad input);
+a stand-in `train` is used where only the runner's own handling is under test.
+"""
+
+import dataclasses
+import json
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from app.db import now, session_scope
+from app.jobs.lifecycle import JobStatus
+from app.jobs.models import Job, JobEvent
+from app.settings import Settings
+from app.storage import ObjectStorage, storage_from_settings
+from worker.engine.spec import TrainHooks, TrainingStopped, TrainResult, TrainSpec
+from worker.engine.trainer import train as engine_train
+from worker.job_runner import run_job
+from worker.reaper import reap
+
+from .factories import job_row, make_job, make_settings
+
+
+def job_events(settings: Settings, job_id: str) -> list[JobEvent]:
+    with session_scope(settings.database_url) as session:
+        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def messages(settings: Settings, job_id: str) -> list[str]:
+    return [event.message for event in job_events(settings, job_id)]
+
+
+def fake_adapter(spec: TrainSpec) -> TrainResult:
+    adapter = spec.output_dir / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    return TrainResult(adapter_dir=adapter, trained_tokens=10, steps=1, metrics={"train_loss": 1.0})
+
+
+class WorkerDied(BaseException):
+    """Stands in for the worker process dying (SIGKILL, OOM): nothing in the runner gets to react."""
+
+
+def test_retry_after_lost_worker_resumes_from_checkpoint_and_publishes(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    job_id = make_job(settings, storage)
+
+    def die_after_first_checkpoint(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
+        def on_checkpoint(folder: Path, step: int) -> None:
+            hooks.on_checkpoint(folder, step)
+            raise WorkerDied
+
+        return engine_train(spec, dataclasses.replace(hooks, on_checkpoint=on_checkpoint))
+
+    with pytest.raises(WorkerDied):
+        run_job(settings=settings, job_id=job_id, train=die_after_first_checkpoint)
+    assert job_row(settings, job_id).status == JobStatus.RUNNING  # orphaned, as after a real crash
+
+    with session_scope(settings.database_url) as session:  # the dead worker's lease runs out
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
+    sent: list[str] = []
+    assert reap(settings=settings, enqueue=lambda *, settings, job_id: sent.append(job_id)) == [job_id]
+    assert sent == [job_id]
+    assert job_row(settings, job_id).status == JobStatus.QUEUED
+
+    run_job(settings=settings, job_id=job_id)
+
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.attempts == 2
+    events = job_events(settings, job_id)
+    texts = [event.message for event in events]
+    assert "Worker lost; requeued (attempt 2 of 3)" in texts
+    resumed_at = texts.index("Resuming from checkpoint at step 2")
+    # The retry's first step is step 3: it continued from the checkpoint instead of starting over.
+    retry_steps = [e.data["step"] for e in events[resumed_at:] if e.type == "progress"]
+    assert retry_steps[0] == 3 and retry_steps[-1] == job.total_steps
+    assert job.fine_tuned_model == f"mamba-tiny:ft-:{job_id}"
+    assert job.metrics["validation_loss"] > 0 and job.trained_tokens
+
+    archive = settings.data_dir / "adapter.tar.gz"
+    storage.get_file(job.adapter_key, archive)
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
+    assert all(not name.startswith("/") and ".." not in name.split("/") for name in names)
+
+
+def test_cancel_of_running_job_stops_it_within_seconds(settings: Settings, storage: ObjectStorage) -> None:
+    job_id = make_job(settings, storage, hyperparameters={"n_epochs": 50, "batch_size": 4, "max_seq_len": 64})
+    runner = threading.Thread(target=run_job, kwargs={"settings": settings, "job_id": job_id})
+    runner.start()
+    deadline = time.monotonic() + 60
+    while job_row(settings, job_id).current_step < 1:
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    requested = time.monotonic()
+    runner.join(timeout=30)
+
+    assert not runner.is_alive()
+    assert time.monotonic() - requested < 10
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.CANCELLED
+    assert job.lease_owner is None and job.adapter_key is None and job.finished_at
+    assert job.current_step < job.total_steps  # stopped early, not at the end
+    assert "Job cancelled" in messages(settings, job_id)
+
+
+def test_training_exception_fails_job_with_error_object(settings: Settings, storage: ObjectStorage) -> None:
+    job_id = make_job(settings, storage)
+
+    def explode(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    run_job(settings=settings, job_id=job_id, train=explode)
+
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error == {"code": "training_failed", "message": "CUDA error: an illegal memory access was encountered"}
+    assert job.lease_owner is None and job.finished_at
+    final = job_events(settings, job_id)[-1]
+    assert (final.type, final.level, final.data["to"]) == ("state", "error", "failed")
+
+
+def test_malformed_training_file_fails_with_invalid_training_file(settings: Settings, storage: ObjectStorage) -> None:
+    good = b'{"prompt": "reverse: ab =", "completion": " ba"}\n'
+    job_id = make_job(settings, storage, train_content=good + b"this is not json\n")
+
+    run_job(settings=settings, job_id=job_id)
+
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error["code"] == "invalid_training_file"
+    # The message names the uploaded file and the line, not the worker's scratch folder.
+    message = job.error["message"]
+    assert message.startswith(f"{job.training_file}.jsonl") and "line 2" in message, message
+    assert "mambaft-" not in message, message
+
+
+def test_unloadable_model_fails_with_model_load_failed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "broken-tiny").mkdir(parents=True)
+    (models / "broken-tiny" / "config.json").write_text(json.dumps({"model_type": "mamba"}))  # no weights
+    settings = make_settings(tmp_path / "var", models_dir=models)
+    job_id = make_job(settings, storage_from_settings(settings), model="broken-tiny")
+
+    run_job(settings=settings, job_id=job_id)
+
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.FAILED
+    assert job.error["code"] == "model_load_failed"
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_duplicate_delivery_of_a_job_is_a_no_op(
+    database: str, request: pytest.FixtureRequest, tmp_path: Path, models_dir: Path
+) -> None:
+    overrides = {"database_url": request.getfixturevalue("postgres_url")} if database == "postgres" else {}
+    settings = make_settings(tmp_path / "var", models_dir=models_dir, **overrides)
+    job_id = make_job(settings, storage_from_settings(settings))
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow_train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
+        calls.append(spec.model)
+        started.set()
+        release.wait(30)
+        return fake_adapter(spec)
+
+    first = threading.Thread(target=run_job, kwargs={"settings": settings, "job_id": job_id, "train": slow_train})
+    first.start()
+    assert started.wait(30)
+    run_job(settings=settings, job_id=job_id, train=slow_train)  # the duplicate, while the first runs
+    release.set()
+    first.join(30)
+    run_job(settings=settings, job_id=job_id, train=slow_train)  # and one after the job finished
+
+    job = job_row(settings, job_id)
+    assert len(calls) == 1
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
+    assert sum(1 for event in job_events(settings, job_id) if event.type == "state") == 2  # running, succeeded
+
+
+def test_graceful_shutdown_hands_the_job_back_to_the_queue(settings: Settings, storage: ObjectStorage) -> None:
+    job_id = make_job(settings, storage)
+    shutdown = threading.Event()
+
+    def train_until_stopped(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
+        shutdown.set()  # SIGTERM arrives mid-training
+        while not hooks.should_stop():
+            time.sleep(0.05)
+        raise TrainingStopped(3, None)
+
+    run_job(settings=settings, job_id=job_id, shutdown=shutdown, train=train_until_stopped)
+
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.QUEUED and job.lease_owner is None
+    assert job.attempts == 0  # handing back is not a failed attempt
+    assert "Worker shutting down; job handed back at step 3" in messages(settings, job_id)
+    queued = list((settings.broker_folder / "queue").glob("*.msg"))
+    assert len(queued) == 1 and job_id in queued[0].read_text()
+
+
+def test_heartbeat_renews_the_lease_while_training(settings: Settings, storage: ObjectStorage) -> None:
+    job_id = make_job(settings, storage)
+    renewals: list[int] = []
+
+    def train_while_watching_lease(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
+        first = job_row(settings, job_id).lease_expires_at
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not renewals:
+            time.sleep(0.2)
+            if (current := job_row(settings, job_id).lease_expires_at) > first:
+                renewals.append(current)
+        return fake_adapter(spec)
+
+    run_job(settings=settings, job_id=job_id, train=train_while_watching_lease)
+
+    assert renewals, "the lease was never renewed"
+    assert job_row(settings, job_id).status == JobStatus.SUCCEEDED
+
+
+def test_worker_that_lost_its_lease_stops_and_leaves_the_job_to_its_new_owner(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    job_id = make_job(settings, storage)
+
+    def train_until_stopped(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
+        # Meanwhile the reaper requeued the job and another worker claimed it.
+        with session_scope(settings.database_url) as session:
+            session.execute(update(Job).where(Job.id == job_id).values(lease_owner="another-worker"))
+        deadline = time.monotonic() + 10
+        while not hooks.should_stop():
+            assert time.monotonic() < deadline, "should_stop never noticed the lost lease"
+            time.sleep(0.05)
+        raise TrainingStopped(1, None)
+
+    run_job(settings=settings, job_id=job_id, train=train_until_stopped)
+
+    job = job_row(settings, job_id)
+    assert (job.status, job.lease_owner, job.error) == (JobStatus.RUNNING, "another-worker", None)

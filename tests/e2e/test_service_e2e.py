@@ -1,0 +1,211 @@
+"""The product, end to end: real server and worker processes, a client speaking HTTP, a downloaded
+adapter loaded with plain peft. Once on the embedded default (`mambaft serve`), once in production
+shape (`mambaft api` + `mambaft worker` over Postgres, Redis and S3)."""
+
+import io
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.db import now
+from app.jobs.lifecycle import JobStatus
+from app.settings import Settings
+from app.storage import storage_from_settings
+
+from .conftest import S3_BUCKET
+from .factories import MAMBAFT, clean_env, demo_slice, free_port, job_row, make_job
+
+START_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 300
+REAPER_INTERVAL_S = "2"
+
+
+@dataclass
+class Service:
+    url: str
+    models_dir: Path
+    # The deployment's settings, for reaching into its database and storage as a second worker would.
+    settings: Settings
+    logs: list[Path]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def start(self, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = cwd / f"{args[0]}-{len(self.logs)}.log"
+        self.logs.append(log)
+        process = subprocess.Popen([MAMBAFT, *args], env=env, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for log in self.logs)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in self.processes), f"a service process exited\n{self.log_tail()}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"service not ready after {START_TIMEOUT_S}s\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM each process we started, as an operator (or Ctrl-C) would, and check that everything
+        it started is gone too."""
+        children = [pid for p in self.processes for pid in _children(p.pid)]
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=150)
+        for pid in children:
+            assert not _alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Service]:
+    """`mambaft serve` with a fresh data dir: it migrates, builds the tiny models, starts its worker."""
+    settings = Settings(data_dir=tmp_path / "var")
+    assert settings.models_dir is not None
+    service = Service(url=f"http://127.0.0.1:{free_port()}", models_dir=settings.models_dir, settings=settings, logs=[])
+    port = service.url.rsplit(":", 1)[1]
+    args = ["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(settings.data_dir)]
+    service.start(args, clean_env(MAMBAFT_REAPER_INTERVAL_SECONDS=REAPER_INTERVAL_S), tmp_path)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def production(
+    tmp_path: Path, models_dir: Path, postgres_url: str, redis_url: str, s3_endpoint: str
+) -> Iterator[Service]:
+    """`mambaft api` + `mambaft worker` over Postgres, Redis and S3, with a key made by the CLI."""
+    settings = Settings(
+        data_dir=tmp_path / "var", database_url=postgres_url, broker_url=redis_url,
+        storage_url=f"s3://{S3_BUCKET}/{uuid.uuid4().hex}", s3_endpoint_url=s3_endpoint, models_dir=models_dir,
+    )  # fmt: skip
+    env = clean_env(
+        MAMBAFT_DATA_DIR=str(settings.data_dir),
+        MAMBAFT_DATABASE_URL=settings.database_url,
+        MAMBAFT_BROKER_URL=settings.broker_url,
+        MAMBAFT_STORAGE_URL=settings.storage_url,
+        MAMBAFT_S3_ENDPOINT_URL=s3_endpoint,
+        MAMBAFT_MODELS_DIR=str(models_dir),
+        MAMBAFT_REAPER_INTERVAL_SECONDS=REAPER_INTERVAL_S,
+    )
+    subprocess.run([MAMBAFT, "migrate"], env=env, cwd=tmp_path, check=True)
+    created = subprocess.run(
+        [MAMBAFT, "create-key", "--owner", "e2e"], env=env, cwd=tmp_path, check=True, capture_output=True, text=True
+    )
+    service = Service(url=f"http://127.0.0.1:{free_port()}", models_dir=models_dir, settings=settings, logs=[])
+    service.headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    service.start(["api", "--host", "127.0.0.1", "--port", service.url.rsplit(":", 1)[1]], env, tmp_path)
+    service.start(["worker"], env, tmp_path)
+    yield service
+    service.stop()
+
+
+def _upload(client: httpx.Client, name: str, content: bytes) -> str:
+    response = client.post("/v1/files", files={"file": (name, content)}, data={"purpose": "fine-tune"})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def _wait_terminal(client: httpx.Client, job_id: str, service: Service) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(1)
+    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s\n{service.log_tail()}")
+
+
+def _logits_change(models_dir: Path, adapter: Path) -> float:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)  # shipped inside the archive
+    inputs = tokenizer("reverse: abc =", return_tensors="pt").input_ids
+    base = AutoModelForCausalLM.from_pretrained(models_dir / "mamba-tiny")
+    with torch.no_grad():
+        before = base(input_ids=inputs).logits
+        tuned = PeftModel.from_pretrained(base, adapter)
+        after = tuned(input_ids=inputs).logits
+    return (after - before).abs().max().item()
+
+
+@pytest.mark.parametrize("deployment", ["embedded", "production"])
+def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    service: Service = request.getfixturevalue(deployment)
+    service.wait_ready()
+    # A job whose worker died on its last allowed attempt: the running worker's reaper must fail it.
+    orphan = make_job(
+        service.settings, storage_from_settings(service.settings), status=JobStatus.RUNNING,
+        lease_owner="dead-worker", lease_expires_at=now() - 1, attempts=service.settings.max_attempts,
+    )  # fmt: skip
+    with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
+        if deployment == "production":
+            assert httpx.get(f"{service.url}/v1/files").status_code == 401  # keys are required there
+        training = _upload(client, "train.jsonl", demo_slice("train.jsonl", 240))
+        validation = _upload(client, "valid.jsonl", demo_slice("valid.jsonl", 40))
+        created = client.post("/v1/fine_tuning/jobs", json={
+            "model": "mamba-tiny", "training_file": training, "validation_file": validation,
+            "precision": "bf16", "suffix": "e2e", "seed": 7,
+            "lora": {"r": 8, "alpha": 16, "target_modules": ["in_proj", "x_proj"]},
+            "hyperparameters": {"n_epochs": 1, "batch_size": 8, "max_seq_len": 128, "learning_rate": 3e-3},
+        })  # fmt: skip
+        assert created.status_code == 200, created.text
+        job_id = created.json()["id"]
+
+        job = _wait_terminal(client, job_id, service)
+        assert job["status"] == "succeeded", f"{job['error']}\n{service.log_tail()}"
+        assert job["fine_tuned_model"] == f"mamba-tiny:ft-e2e:{job_id}"
+        assert job["progress"]["step"] == job["progress"]["total_steps"] > 0
+        metrics = job["metrics"]
+        assert metrics["validation_loss"] < metrics["base_validation_loss"], metrics
+
+        events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+        states = {(e["data"]["from"], e["data"]["to"]) for e in events if e["type"] == "state"}
+        assert {("queued", "running"), ("running", "succeeded")} <= states
+        progress = [e["data"] for e in events if e["type"] == "progress"]
+        assert progress, events
+        assert {"step", "total_steps", "loss", "learning_rate", "tokens_per_second", "eta_seconds"} <= set(progress[0])
+
+        archive = client.get(f"/v1/fine_tuning/jobs/{job_id}/adapter")
+        assert archive.status_code == 200, archive.text
+    adapter = tmp_path / "adapter"
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(adapter, filter="data")  # refuses absolute paths, `..` and links
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    assert _logits_change(service.models_dir, adapter) > 1e-4
+
+    deadline = time.monotonic() + 30
+    while (orphaned := job_row(service.settings, orphan)).status == JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert (orphaned.status, orphaned.error["code"]) == ("failed", "max_attempts_exceeded")

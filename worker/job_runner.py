@@ -1,0 +1,237 @@
+"""One attempt at a fine-tuning job: claim it, fetch its inputs, train, publish the adapter.
+
+Written without Celery so tests drive it directly. Whatever happens, the job leaves `running`: it ends
+succeeded, failed or cancelled, is handed back to the queue on a graceful shutdown, or (if this
+process dies) keeps an expiring lease that the reaper turns into a retry from the last checkpoint.
+"""
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import session_scope
+from app.files.models import File
+from app.jobs.lifecycle import JobStatus, record_event, transition
+from app.jobs.models import Checkpoint, Job
+from app.queue import BrokerUnavailable, enqueue_job
+from app.settings import Settings
+from app.storage import ObjectNotFound, ObjectStorage, storage_from_settings
+from worker.archive import pack, unpack
+from worker.engine.spec import LoraSpec, TrainHooks, TrainingStopped, TrainResult, TrainSpec
+from worker.engine.trainer import train as engine_train
+from worker.job_hooks import JobHooks
+from worker.lease import Heartbeat, claim, lock_owned, new_owner_id
+
+log = logging.getLogger(__name__)
+
+TrainFn = Callable[[TrainSpec, TrainHooks], TrainResult]
+
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate", "max_seq_len")
+LORA_FIELDS = ("r", "alpha", "dropout", "target_modules", "train_ssm_params")
+# Shipped beside the adapter, so a client can load base + adapter + tokenizer from what it downloaded.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
+)  # fmt: skip
+# The engine module an exception came from tells what went wrong, without the engine knowing our codes.
+ERROR_CODES_BY_MODULE = {
+    "worker.engine.loading": "model_load_failed",
+    "worker.engine.data": "invalid_training_file",
+}
+MAX_ERROR_MESSAGE = 2000
+
+
+class JobFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def adapter_key(job_id: str) -> str:
+    return f"jobs/{job_id}/adapter.tar.gz"
+
+
+def fine_tuned_model_id(job: Job) -> str:
+    return f"{job.model}:ft-{job.suffix or ''}:{job.id}"
+
+
+def error_code(error: BaseException) -> str:
+    """The code of the innermost engine module on the traceback, or training_failed."""
+    if isinstance(error, JobFailed):
+        return error.code
+    code = "training_failed"
+    tb: TracebackType | None = error.__traceback__
+    while tb is not None:
+        code = ERROR_CODES_BY_MODULE.get(tb.tb_frame.f_globals.get("__name__", ""), code)
+        tb = tb.tb_next
+    return code
+
+
+def model_source(settings: Settings, model: str) -> Path | str:
+    """A folder under models_dir when there is one (never outside it), else the hub id."""
+    assert settings.models_dir is not None
+    root = settings.models_dir.resolve()
+    folder = (root / model).resolve()
+    return folder if folder.is_relative_to(root) and folder != root and folder.is_dir() else model
+
+
+def build_spec(
+    job: Job, *, settings: Settings, workdir: Path, inputs: dict[str, Path], resume: Path | None
+) -> TrainSpec:
+    hyper = {k: v for k, v in job.hyperparameters.items() if k in HYPERPARAMETERS}
+    lora = None
+    if job.lora is not None:
+        fields = {k: v for k, v in job.lora.items() if k in LORA_FIELDS and v is not None}
+        if "target_modules" in fields:
+            fields["target_modules"] = tuple(fields["target_modules"])
+        lora = LoraSpec(**fields)
+    return TrainSpec(
+        model=str(model_source(settings, job.model)), train_path=inputs["train"],
+        validation_path=inputs.get("validation"), output_dir=workdir / "output", precision=job.precision,
+        lora=lora, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume, **hyper,
+    )  # fmt: skip
+
+
+class JobAttempt:
+    def __init__(self, settings: Settings, storage: ObjectStorage, job: Job, owner: str, workdir: Path) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.job = job
+        self.owner = owner
+        self.workdir = workdir
+
+    def _owned(self, write: Callable[[Session, Job], None]) -> bool:
+        """Run `write(session, job)` in one transaction if the lease is still ours."""
+        with session_scope(self.settings.database_url) as session:
+            job = lock_owned(session, self.job.id, self.owner)
+            if job is None:
+                return False
+            write(session, job)
+            return True
+
+    def download_inputs(self) -> dict[str, Path]:
+        wanted = {"train": self.job.training_file, "validation": self.job.validation_file}
+        with session_scope(self.settings.database_url) as session:
+            ids = [file_id for file_id in wanted.values() if file_id]
+            rows = {f.id: f for f in session.scalars(select(File).where(File.id.in_(ids)))}
+        paths = {}
+        for role, file_id in wanted.items():
+            if file_id is None:
+                continue
+            code = f"invalid_{'training' if role == 'train' else 'validation'}_file"
+            if file_id not in rows:
+                raise JobFailed(code, f"the {role} file {file_id} no longer exists")
+            # Named by file id, so an engine error about a line points the client at the right upload.
+            paths[role] = self.workdir / f"{file_id}.jsonl"
+            try:
+                self.storage.get_file(rows[file_id].storage_key, paths[role])
+            except ObjectNotFound:
+                raise JobFailed(code, f"the {role} file {file_id} has no stored content") from None
+        return paths
+
+    def fetch_latest_checkpoint(self) -> Path | None:
+        with session_scope(self.settings.database_url) as session:
+            latest = session.scalars(
+                select(Checkpoint).where(Checkpoint.job_id == self.job.id).order_by(Checkpoint.step.desc())
+            ).first()
+        if latest is None:
+            return None
+        archive = self.workdir / "resume.tar.gz"
+        self.storage.get_file(latest.storage_key, archive)
+        folder = unpack(archive, self.workdir / "resume")
+        self._owned(lambda s, j: record_event(
+            s, j.id, "message", f"Resuming from checkpoint at step {latest.step}", data={"step": latest.step}
+        ))  # fmt: skip
+        return folder
+
+    def publish(self, result: TrainResult) -> None:
+        """Upload the adapter, then point the job at it: a half-written adapter is never served."""
+        source = model_source(self.settings, self.job.model)
+        extras = [source / name for name in TOKENIZER_FILES if isinstance(source, Path) and (source / name).is_file()]
+        extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
+        key = adapter_key(self.job.id)
+        self.storage.put_file(key, pack(result.adapter_dir, self.workdir / "adapter.tar.gz", extra_files=extras))
+
+        def succeed(session: Session, job: Job) -> None:
+            if job.cancel_requested:
+                transition(session, job, JobStatus.CANCELLED, message="Job cancelled")
+                return
+            job.adapter_key = key
+            job.metrics = result.metrics
+            job.trained_tokens = result.trained_tokens
+            job.current_step = result.steps
+            job.fine_tuned_model = fine_tuned_model_id(job)
+            record_event(session, job.id, "metrics", "Training finished", data=result.metrics)
+            transition(session, job, JobStatus.SUCCEEDED, message="The job has successfully completed")
+
+        self._owned(succeed)
+
+    def stopped(self, hooks: JobHooks, stop: TrainingStopped) -> None:
+        if hooks.lease_lost:  # the job is someone else's now: touch nothing
+            log.warning("job %s: lease lost at step %d; leaving the job to its new owner", self.job.id, stop.step)
+        elif hooks.cancel_requested:
+            self._owned(lambda s, j: transition(s, j, JobStatus.CANCELLED, message="Job cancelled"))
+        elif self._owned(lambda s, j: _hand_back(s, j, stop.step)):
+            _enqueue(self.settings, self.job.id)
+
+    def fail(self, error: Exception) -> None:
+        message = error.message if isinstance(error, JobFailed) else str(error) or type(error).__name__
+        # Paths of this attempt's scratch folder mean nothing to the client.
+        message = message.replace(f"{self.workdir}/", "")[:MAX_ERROR_MESSAGE]
+        failure = {"code": error_code(error), "message": message}
+        self._owned(lambda s, j: transition(s, j, JobStatus.FAILED, message=f"Job failed: {message}", error=failure))
+
+
+def _hand_back(session: Session, job: Job, step: int) -> None:
+    job.attempts -= 1  # a graceful hand-back does not use up one of the job's attempts
+    message = f"Worker shutting down; job handed back at step {step}"
+    transition(session, job, JobStatus.QUEUED, message=message, data={"step": step})
+
+
+def _enqueue(settings: Settings, job_id: str) -> None:
+    try:
+        enqueue_job(settings=settings, job_id=job_id)
+    except BrokerUnavailable:  # the job stays queued; the reaper sends it again
+        log.exception("job %s: could not re-enqueue", job_id)
+
+
+def run_job(
+    *, settings: Settings, job_id: str, shutdown: threading.Event | None = None, train: TrainFn = engine_train
+) -> None:
+    """Run one delivery of `mambaft.run_job`; a delivery for a job that is not queued does nothing."""
+    owner = new_owner_id()
+    with session_scope(settings.database_url) as session:
+        job = claim(session, job_id, owner, lease_seconds=settings.lease_seconds)
+    if job is None:
+        log.info("job %s is not queued; ignoring this delivery", job_id)
+        return
+    storage = storage_from_settings(settings)
+    with (
+        tempfile.TemporaryDirectory(prefix=f"mambaft-{job_id}-") as tmp,
+        Heartbeat(settings, job_id, owner) as heartbeat,
+    ):
+        attempt = JobAttempt(settings, storage, job, owner, Path(tmp))
+        hooks = JobHooks(settings, storage, job_id, owner, heartbeat, shutdown or threading.Event())
+        try:
+            inputs = attempt.download_inputs()
+            resume = attempt.fetch_latest_checkpoint()
+            spec = build_spec(job, settings=settings, workdir=Path(tmp), inputs=inputs, resume=resume)
+            result = train(spec, hooks.as_train_hooks())
+            attempt.publish(result)
+            if not hooks.shutdown.is_set():
+                # Imported here: evaluation_runner imports this module. It never raises.
+                from worker.evaluation_runner import publish_stability
+
+                publish_stability(settings=settings, storage=storage, job_id=job_id, spec=spec, result=result)
+        except TrainingStopped as stop:
+            attempt.stopped(hooks, stop)
+        except Exception as error:
+            log.exception("job %s failed", job_id)
+            attempt.fail(error)
