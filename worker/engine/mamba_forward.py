@@ -21,7 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, MambaOutput
-from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer, Mamba2Model, Mamba2Output
+from transformers.models.mamba2.modeling_mamba2 import (
+    Mamba2Mixer,
+    Mamba2Model,
+    Mamba2Output,
+)
 
 from worker.engine.lora_fold import base_layer, effective_weight, lora_factors
 from worker.engine.scan import selective_scan_chunked, selective_scan_reference

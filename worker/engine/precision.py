@@ -39,11 +39,12 @@ class PrecisionPolicy:
             if not param.requires_grad and not name.endswith(KEEP_FP32):
                 param.data = param.data.to(torch.bfloat16)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+        """cache_enabled=False under CUDA-graph capture: cached casts would outlive the graph's pool."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=cache_enabled)
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss)

@@ -46,6 +46,10 @@ class TrainSpec:
     # A checkpoint folder written by an earlier attempt of the same job: resume exactly from it.
     resume_from: Path | None = None
     device: str | None = None  # None: cuda when available, else cpu
+    # On CUDA, replay forward + backward as one CUDA graph (fixed-shape batches; no launch overhead).
+    cuda_graphs: bool = True
+    # Memory-lean mode: recompute each layer in backward instead of keeping its activations.
+    activation_recompute: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.engine.checkpoint import load_checkpoint, save_checkpoint, trainable_parameters
-from worker.engine.data import IGNORE, Blocks, DataPosition, batches, load_blocks, next_position, steps_per_epoch
+from worker.engine.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    trainable_parameters,
+)
+from worker.engine.cuda_graph import ForwardBackward
+from worker.engine.data import (
+    IGNORE,
+    Blocks,
+    DataPosition,
+    batches,
+    load_blocks,
+    next_position,
+    steps_per_epoch,
+)
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, save_adapter
 from worker.engine.loss import next_token_loss
+from worker.engine.mamba_forward import set_activation_recompute
 from worker.engine.precision import PrecisionPolicy
-from worker.engine.spec import Progress, TrainHooks, TrainingStopped, TrainResult, TrainSpec
+from worker.engine.spec import (
+    Progress,
+    TrainHooks,
+    TrainingStopped,
+    TrainResult,
+    TrainSpec,
+)
 
 LOSS_WINDOW = 10  # the reported train_loss is the mean of this many last steps
 MIN_LR_RATIO = 0.1
@@ -75,6 +95,7 @@ def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
     model, tokenizer, family = load_base(spec.model, device=device)
     if spec.lora is not None:
         model = attach_lora(model, spec.lora)  # freezes the base; LoRA weights (and SSM params) train
+    set_activation_recompute(model, spec.activation_recompute)
     precision = PrecisionPolicy(spec.precision, device)
     precision.prepare(model)
     params = trainable_parameters(model)
@@ -111,6 +132,10 @@ def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
 
     # --- train ---------------------------------------------------------------------------------------
     model.train()
+    forward_backward = ForwardBackward(
+        lambda inputs, targets: next_token_loss(model, inputs, targets), precision,
+        use_graphs=spec.cuda_graphs and device.type == "cuda",
+    )
     last_checkpoint = None
     for position, inputs, targets, n_tokens in batches(
         train_blocks, spec.batch_size, spec.n_epochs, spec.seed, start=start
@@ -121,12 +146,10 @@ def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
             raise TrainingStopped(step, last_checkpoint)
         t0 = time.perf_counter()
         inputs, targets = inputs.to(device), targets.to(device)  # (B, T) each
-        with precision.autocast():
-            loss = next_token_loss(model, inputs, targets)
-        precision.scale(loss).backward()
+        loss = forward_backward.step(inputs, targets)
         lr = optimizer.param_groups[0]["lr"]
         precision.step(optimizer)  # clips; under fp16 may skip (counted in precision.skipped_steps)
-        optimizer.zero_grad(set_to_none=True)
+        forward_backward.zero_grad(optimizer)
         scheduler.step()
         step += 1
         state["losses"] = (state["losses"] + [loss.item()])[-LOSS_WINDOW:]  # .item() waits for the GPU
