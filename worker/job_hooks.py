@@ -70,7 +70,8 @@ class JobHooks:
                     "step": progress.step, "total_steps": progress.total_steps, "epoch": progress.epoch,
                     "loss": progress.loss, "learning_rate": progress.learning_rate,
                     "tokens_per_second": progress.tokens_per_second, "eta_seconds": progress.eta_seconds,
-                    "trained_tokens": progress.trained_tokens,
+                    "trained_tokens": progress.trained_tokens, "skipped_steps": progress.skipped_steps,
+                    "peak_memory_bytes": progress.peak_memory_bytes,
                 },
             )  # fmt: skip
 

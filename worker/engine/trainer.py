@@ -115,7 +115,7 @@ def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
         step, start, state = load_checkpoint(
             spec.resume_from, model=model, optimizer=optimizer, scheduler=scheduler, precision=precision
         )
-        hooks.on_message(f"resumed from {spec.resume_from} at step {step}/{total_steps}")
+        hooks.on_message(f"resumed at step {step}/{total_steps}")
     elif valid_blocks is not None:
         # With LoRA attached its B is zero, so this is the base model's loss, at the job's precision.
         state["base_validation_loss"] = evaluate(model, valid_blocks, spec.batch_size, precision)
