@@ -132,6 +132,7 @@ def measure(engine: str, family: str, d: int, layers: int, batch: int, seq: int,
         busy = sum(split.values())
         result["top_kernels_ms"] = {k: round(v / 1e3, 1) for k, v in kernels.most_common(12)}
         result["gpu_busy_ms"] = round(busy / 1e3, 1)
+        result["gpu_idle_ms"] = round(max(0.0, seconds * 1e3 - busy / 1e3), 1)  # host-bound share of the step
         result["share"] = {k: round(v / busy, 3) for k, v in split.most_common()}
     return result
 
