@@ -129,7 +129,14 @@ def save_adapter(model: PeftModel, folder: Path) -> None:
 
 
 def load_adapter(base_model: nn.Module, folder: Path, *, is_trainable: bool = False) -> PeftModel:
-    """Load an adapter saved by `save_adapter`, whatever its targets (plain peft refuses out_proj)."""
+    """Load an adapter saved by `save_adapter`, whatever its targets (plain peft refuses out_proj).
+
+    Also routes the base model through our forwards: the model's own forward reads dt_proj's raw
+    weight, which would silently skip that part of the adapter."""
+    # Imported here: mamba_forward builds on this module's effective_weight.
+    from worker.engine.mamba_forward import install_forwards
+
+    install_forwards(base_model)
     with _kernel_read_targets_allowed(base_model):
         model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
     ssm_file = folder / SSM_PARAMS_FILE
