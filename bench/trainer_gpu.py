@@ -3,7 +3,8 @@
 Trains on the shipped demo data (bf16 LoRA on in_proj/x_proj/dt_proj/out_proj) with the byte tokenizer
 of mamba-tiny, at two sizes: the tiny model itself and a random-init 130M shape (d_model 768 x 24).
 
-    python3 bench/trainer_gpu.py
+    python3 bench/trainer_gpu.py            # throughput table
+    python3 bench/trainer_gpu.py check      # per-step losses, CUDA graphs vs eager, same batches
 """
 
 import json
@@ -17,7 +18,7 @@ from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from worker.engine.spec import LoraSpec, TrainSpec  # noqa: E402
+from worker.engine.spec import LoraSpec, Progress, TrainHooks, TrainSpec  # noqa: E402
 from worker.engine.tiny_model import create_tiny_model  # noqa: E402
 from worker.engine.trainer import train  # noqa: E402
 
@@ -34,6 +35,16 @@ def make_130m(folder: Path, tiny: Path) -> Path:
     return folder
 
 
+def step_losses(spec: TrainSpec) -> list[float]:
+    losses: list[float] = []
+
+    def record(progress: Progress) -> None:
+        losses.append(progress.loss)
+
+    train(spec, TrainHooks(on_progress=record))
+    return losses
+
+
 def run(spec: TrainSpec) -> dict:
     result = train(spec)
     m = result.metrics
@@ -43,19 +54,35 @@ def run(spec: TrainSpec) -> dict:
                 base_validation_loss=round(m["base_validation_loss"], 4), validation_loss=round(m["validation_loss"], 4))
 
 
+def base_spec(model: Path, out: Path, batch: int, seq: int, epochs: int) -> TrainSpec:
+    return TrainSpec(
+        model=str(model), train_path=ROOT / "demo/train.jsonl", validation_path=ROOT / "demo/valid.jsonl",
+        output_dir=out, precision="bf16", batch_size=batch, max_seq_len=seq, learning_rate=2e-3,
+        lora=LoraSpec(r=8, alpha=16, target_modules=("in_proj", "x_proj", "dt_proj", "out_proj")),
+        checkpoint_every=0, n_epochs=epochs,
+    )
+
+
 if __name__ == "__main__":
     print("torch", torch.__version__, torch.cuda.get_device_name())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiny = create_tiny_model(tmp / "mamba-tiny")
+        if sys.argv[1:] == ["check"]:
+            spec = base_spec(make_130m(tmp / "mamba-130m-shape", tiny), tmp / "out", 8, 1024, 1)
+            eager, again = step_losses(replace(spec, cuda_graphs=False)), step_losses(replace(spec, cuda_graphs=False))
+            graphed = step_losses(spec)
+
+            def gap(a: list[float], b: list[float]) -> float:
+                return round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 5)
+
+            # Eager vs eager shows the run-to-run noise of the GPU kernels (atomic adds in backward).
+            print(json.dumps(dict(eager=[round(x, 4) for x in eager], graphed=[round(x, 4) for x in graphed],
+                                  eager_vs_eager=gap(eager, again), graphed_vs_eager=gap(graphed, eager))))
+            sys.exit()
         # (model, batch, seq, epochs): enough steps that capture and warm-up are a small share.
         shapes = [(tiny, 8, 256, 1), (make_130m(tmp / "mamba-130m-shape", tiny), 8, 1024, 4)]
         for model, batch, seq, epochs in shapes:
-            base = TrainSpec(
-                model=str(model), train_path=ROOT / "demo/train.jsonl", validation_path=ROOT / "demo/valid.jsonl",
-                output_dir=tmp / "out", precision="bf16", batch_size=batch, max_seq_len=seq, learning_rate=2e-3,
-                lora=LoraSpec(r=8, alpha=16, target_modules=("in_proj", "x_proj", "dt_proj", "out_proj")),
-                checkpoint_every=0, n_epochs=epochs,
-            )
+            base = base_spec(model, tmp / "out", batch, seq, epochs)
             for spec in (replace(base, cuda_graphs=False), base, replace(base, activation_recompute=True)):
                 print(json.dumps(run(spec)), flush=True)
