@@ -67,6 +67,7 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 
 
 def current_owner(
+    request: Request,
     settings: SettingsDep,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -76,7 +77,10 @@ def current_owner(
         return LOCAL_OWNER
     if credentials is None:
         raise auth_service.invalid_api_key("Missing API key: send `Authorization: Bearer <key>`")
-    return auth_service.authenticate(session=session, key=credentials.credentials)
+    owner = auth_service.authenticate(session=session, key=credentials.credentials)
+    # Counted after authentication, so a flood of bad keys cannot spend a tenant's budget.
+    request.app.state.rate_limiter.check(owner)
+    return owner
 
 
 OwnerDep = Annotated[str, Depends(current_owner)]

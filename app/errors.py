@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,27 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     return render(_from_validation(error))
 
 
+# How long a client should wait before retrying while the database is unreachable (as /readyz says).
+DATABASE_RETRY_AFTER_SECONDS = "5"
+
+
+async def _database_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DBAPIError)
+    # A lost or refused connection (or a locked SQLite file) is an outage; anything else is a bug.
+    if not (error.connection_invalidated or isinstance(error, OperationalError)):
+        return await _unexpected(request, error)
+    log.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(error.orig).__name__)
+    return render(
+        ApiError(
+            503,
+            "database_unavailable",
+            "The database is unreachable; retry shortly",
+            type_="server_error",
+            headers={"Retry-After": DATABASE_RETRY_AFTER_SECONDS},
+        )
+    )
+
+
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return render(ApiError(500, "internal_error", "The server failed to handle the request", type_="server_error"))
@@ -120,4 +142,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

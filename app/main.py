@@ -7,10 +7,12 @@ from fastapi import FastAPI
 from app import health
 from app.base_models import routes as models_routes
 from app.errors import ApiError, install_error_handlers
+from app.evaluations import routes as evaluations_routes
 from app.files import routes as files_routes
 from app.files.validation import file_too_large
 from app.guards import BodyLimit, LimitFor, RejectNulInUrl
 from app.jobs import routes as jobs_routes
+from app.limits import RateLimiter
 from app.settings import Settings, get_settings
 
 UPLOAD_PATH = "/v1/files"
@@ -43,10 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
     )
     app.state.settings = settings
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_second)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(RejectNulInUrl)
     app.include_router(health.router)
-    for router in (files_routes.router, jobs_routes.router, models_routes.router):
+    for router in (files_routes.router, jobs_routes.router, models_routes.router, evaluations_routes.router):
         app.include_router(router, prefix="/v1")
     return app

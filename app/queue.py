@@ -6,7 +6,7 @@ from pathlib import Path
 from celery import Celery
 from kombu.exceptions import KombuError
 
-from app.celery_config import QUEUE, RUN_EVALUATION_TASK, RUN_JOB_TASK, filesystem_folders, make_celery
+from app.celery_config import CREATE_MODEL_TASK, QUEUE, RUN_EVALUATION_TASK, RUN_JOB_TASK, filesystem_folders, make_celery
 from app.settings import Settings
 
 # A broker that is down fails the send after about this long instead of blocking the request.
@@ -43,6 +43,11 @@ def enqueue_job(*, settings: Settings, job_id: str) -> None:
 def enqueue_evaluation(*, settings: Settings, evaluation_id: str) -> None:
     """Send `mambaft.run_evaluation(evaluation_id)`; raises BrokerUnavailable like enqueue_job."""
     _send(settings, RUN_EVALUATION_TASK, evaluation_id)
+
+
+def enqueue_model_creation(*, settings: Settings, model_id: str) -> None:
+    """Send `mambaft.create_model(model_id)`; raises BrokerUnavailable like enqueue_job."""
+    _send(settings, CREATE_MODEL_TASK, model_id)
 
 
 def ping_broker(*, settings: Settings) -> None:

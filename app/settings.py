@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     auth_disabled: bool = False
     max_upload_bytes: int = 512 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
+    # Per API key owner: requests a second (token bucket, per API process) and unfinished jobs at once
+    # (counted in the database). 0 turns a limit off.
+    rate_limit_per_second: float = Field(default=0, ge=0)
+    max_concurrent_jobs: int = Field(default=0, ge=0)
 
     # A running job whose worker stops renewing its lease for this long is requeued by the reaper.
     lease_seconds: int = 60

@@ -169,3 +169,19 @@ def make_client(app: FastAPI, settings: Settings) -> Iterator[Callable[..., Test
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client("alice")
+
+
+@pytest.fixture(scope="session")
+def tiny_mamba(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped tiny Mamba base model with its byte tokenizer, built once per test session."""
+    from worker.engine.tiny_model import create_tiny_model  # torch loads only for tests that need it
+
+    return create_tiny_model(tmp_path_factory.mktemp("models") / "mamba-tiny", "mamba")
+
+
+@pytest.fixture(scope="session")
+def tiny_mamba2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped tiny Mamba-2 base model, built once per test session."""
+    from worker.engine.tiny_model import create_tiny_model
+
+    return create_tiny_model(tmp_path_factory.mktemp("models") / "mamba2-tiny", "mamba2")

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from app.db import new_id, now, session_scope
+from app.jobs.keys import checkpoint_key
 from app.jobs.lifecycle import JobStatus, record_event
 from app.jobs.models import Checkpoint, Job
 from app.settings import Settings
@@ -23,10 +24,6 @@ PROGRESS_INTERVAL_S = 2.0
 FEW_STEPS = 50
 # How often should_stop asks the database whether a cancel was requested.
 CANCEL_POLL_S = 1.0
-
-
-def checkpoint_key(job_id: str, step: int) -> str:
-    return f"jobs/{job_id}/checkpoints/step-{step}.tar.gz"
 
 
 @dataclass

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.files.models import File
+from app.jobs.keys import adapter_key, merged_key
 from app.jobs.lifecycle import JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
 from app.queue import BrokerUnavailable, enqueue_job
@@ -54,10 +55,6 @@ class JobFailed(Exception):
         self.message = message
 
 
-def adapter_key(job_id: str) -> str:
-    return f"jobs/{job_id}/adapter.tar.gz"
-
-
 def fine_tuned_model_id(job: Job) -> str:
     return f"{job.model}:ft-{job.suffix or ''}:{job.id}"
 
@@ -92,10 +89,11 @@ def build_spec(
         if "target_modules" in fields:
             fields["target_modules"] = tuple(fields["target_modules"])
         lora = LoraSpec(**fields)
+    export_merged = bool(job.lora and job.lora.get("export_merged"))
     return TrainSpec(
         model=str(model_source(settings, job.model)), train_path=inputs["train"],
         validation_path=inputs.get("validation"), output_dir=workdir / "output", precision=job.precision,
-        lora=lora, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume, **hyper,
+        lora=lora, export_merged=export_merged, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume, **hyper,
     )  # fmt: skip
 
 
@@ -158,6 +156,9 @@ class JobAttempt:
         extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
         key = adapter_key(self.job.id)
         self.storage.put_file(key, pack(result.adapter_dir, self.workdir / "adapter.tar.gz", extra_files=extras))
+        if result.merged_dir is not None:
+            merged = pack(result.merged_dir, self.workdir / "merged.tar.gz")
+            self.storage.put_file(merged_key(self.job.id), merged)
 
         def succeed(session: Session, job: Job) -> None:
             if job.cancel_requested:

@@ -2,10 +2,12 @@
 
 from celery.exceptions import Reject
 
-from app.celery_config import RUN_JOB_TASK
+from app.celery_config import CREATE_MODEL_TASK, RUN_EVALUATION_TASK, RUN_JOB_TASK
 from app.settings import get_settings
 from worker.celery_app import app, shutdown_requested
+from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
+from worker.model_creation import create_model
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
@@ -15,3 +17,15 @@ def run_job_task(job_id: str) -> None:
         # the queue untouched, for the next worker.
         raise Reject("worker is shutting down", requeue=True)
     run_job(settings=get_settings(), job_id=job_id, shutdown=shutdown_requested)
+
+
+@app.task(name=RUN_EVALUATION_TASK, ignore_result=True)
+def run_evaluation_task(evaluation_id: str) -> None:
+    if shutdown_requested.is_set():  # as for jobs: back to the queue, for the next worker
+        raise Reject("worker is shutting down", requeue=True)
+    run_evaluation(settings=get_settings(), evaluation_id=evaluation_id)
+
+
+@app.task(name=CREATE_MODEL_TASK, ignore_result=True)
+def create_model_task(model_id: str) -> None:
+    create_model(settings=get_settings(), model_id=model_id)

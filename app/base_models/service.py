@@ -5,14 +5,25 @@ Everything is read from config.json and safetensors headers, never by loading we
 
 import json
 import math
+import shutil
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.base_models.architectures import LORA_TARGETS, SUPPORTED_MODEL_TYPES
-from app.errors import not_found
+from app.base_models.architectures import (
+    COMPANION_STRUCTURES,
+    CREATE_REQUEST_FILE,
+    LORA_TARGETS,
+    MAX_COMPANION_STATE,
+    SUPPORTED_MODEL_TYPES,
+    VARIANT_FIELD,
+    VARIANTS,
+)
+from app.base_models.schemas import ModelCreate
+from app.errors import invalid_request, not_found
 from app.settings import Settings
 
 # A safetensors header is a few KB to a few MB; anything larger is not one we should parse.
@@ -26,24 +37,28 @@ class BaseModelInfo:
     created: int
     owned_by: str
     parameters: int | None
+    status: str = "ready"  # "creating" until the worker has written the weights
+    variant: str | None = None  # ssm_structure (Mamba) or a_constraint (Mamba-2); None for hub ids
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
         return LORA_TARGETS[self.family] if self.family else ()
 
 
-def list_models(*, settings: Settings) -> list[BaseModelInfo]:
-    """Local models first, then hub ids not shadowed by a local folder of the same id."""
+def list_models(*, settings: Settings, owner: str | None = None) -> list[BaseModelInfo]:
+    """Local models first, then hub ids not shadowed by a local folder of the same id.
+
+    A model created over the API is listed to its owner only (owner None: to nobody)."""
     folders = _model_folders(settings.models_dir)
-    local = [info for model_id, folder in folders if (info := _read_local(model_id, folder)) is not None]
+    local = [info for model_id, folder in folders if (info := _read_local(model_id, folder, owner)) is not None]
     local_ids = {info.id for info in local}
     hub = [_hub_model(model_id) for model_id in dict.fromkeys(settings.hub_models) if model_id not in local_ids]
     return local + hub
 
 
-def get_model(*, settings: Settings, model_id: str) -> BaseModelInfo:
+def get_model(*, settings: Settings, model_id: str, owner: str | None = None) -> BaseModelInfo:
     """The model with this id; raises model_not_found (ids come from the listing, never a joined path)."""
-    for info in list_models(settings=settings):
+    for info in list_models(settings=settings, owner=owner):
         if info.id == model_id:
             return info
     raise not_found("model_not_found", f"The model {model_id!r} does not exist", param="model")
@@ -67,7 +82,7 @@ def _model_folders(root: Path | None) -> Iterator[tuple[str, Path]]:
     if root is None or not root.is_dir():
         return
     for child in _subfolders(root):
-        if (child / "config.json").is_file():
+        if (child / "config.json").is_file() or (child / CREATE_REQUEST_FILE).is_file():
             yield child.name, child
             continue
         for grandchild in _subfolders(child):
@@ -79,21 +94,84 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _read_local(model_id: str, folder: Path) -> BaseModelInfo | None:
-    config_path = folder / "config.json"
+def _read_json(path: Path) -> Any:
     try:
-        config: Any = json.loads(config_path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None  # a half-copied or foreign folder is simply not offered
+        return None
+
+
+def _read_local(model_id: str, folder: Path, owner: str | None) -> BaseModelInfo | None:
+    request = _read_json(folder / CREATE_REQUEST_FILE) if (folder / CREATE_REQUEST_FILE).exists() else None
+    if request is not None and (not isinstance(request, dict) or request.get("owner") != owner or owner is None):
+        return None  # created by another tenant: as if it did not exist
+    config_path = folder / "config.json"
+    if request is not None and not config_path.exists():
+        return BaseModelInfo(
+            id=model_id, family=request["family"], created=request["created"], owned_by=owner or "local",
+            parameters=None, status="creating", variant=request[VARIANT_FIELD[request["family"]]],
+        )  # fmt: skip
+    config = _read_json(config_path)
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in SUPPORTED_MODEL_TYPES:
-        return None
+        return None  # a half-copied or foreign folder is simply not offered
     return BaseModelInfo(
         id=model_id,
         family=model_type,
         created=int(config_path.stat().st_mtime),
-        owned_by="local",
+        owned_by=owner if request is not None and owner else "local",
         parameters=_count_parameters(folder),
+        variant=config.get(VARIANT_FIELD[model_type]) or VARIANTS[model_type][0],
+    )
+
+
+def create_model(
+    *, settings: Settings, owner: str, request: ModelCreate, enqueue: Callable[..., None]
+) -> BaseModelInfo:
+    """Check an architecture request, record it in the new model's folder and ask a worker to build it."""
+    assert settings.models_dir is not None
+    family = request.family
+    field = VARIANT_FIELD[family]
+    for other in VARIANT_FIELD.values():
+        if other != field and getattr(request, other) is not None:
+            raise invalid_request(f"{other} is not an option of {family} models; use {field}", param=other)
+    variant = getattr(request, field) or VARIANTS[family][0]
+    if variant not in VARIANTS[family]:
+        raise invalid_request(f"{field} must be one of {', '.join(VARIANTS[family])}", param=field)
+    if variant in COMPANION_STRUCTURES and (request.d_state % 2 or request.d_state > MAX_COMPANION_STATE):
+        raise invalid_request(
+            f"an {variant} model needs an even d_state of at most {MAX_COMPANION_STATE} (its roots come in"
+            " conjugate pairs, and their Vandermonde matrix conditions worse as d_state grows)",
+            param="d_state",
+        )
+    if request.tokenizer != "byte" and not (settings.models_dir / request.tokenizer / "config.json").is_file():
+        raise invalid_request("tokenizer must be 'byte' or the id of a local model", param="tokenizer")
+    folder = settings.models_dir / request.id
+    if folder.exists() or request.id in settings.hub_models:
+        raise invalid_request(f"a model with id {request.id!r} already exists", param="id", code="duplicate_model_id")
+    record = {**request.model_dump(), field: variant, "owner": owner, "created": int(time.time())}
+    folder.mkdir(parents=True)
+    (folder / CREATE_REQUEST_FILE).write_text(json.dumps(record, indent=2))
+    try:
+        enqueue(settings=settings, model_id=request.id)
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)  # no half-requested model stays "creating" for ever
+        raise
+    info = _read_local(request.id, folder, owner)
+    assert info is not None
+    return info
+
+
+def check_variant(*, model: BaseModelInfo, requested: str | None) -> None:
+    """A job may not change a model's structure: a diagonal checkpoint has no exact SC/SO counterpart."""
+    if requested is None or model.family is None or requested == model.variant:
+        return
+    raise invalid_request(
+        f"{model.id} is a {model.variant} {model.family} model; a checkpoint cannot be converted to"
+        f" ssm_structure {requested!r} (there is no exact conversion between these state matrices). Create"
+        " a model with that structure (POST /v1/models) and train it from scratch instead.",
+        param="ssm_structure",
+        code="structure_change_unsupported",
     )
 
 

@@ -42,6 +42,7 @@ def resolve_lora(lora: LoraRequest | None, *, family: str | None) -> LoraConfig 
         dropout=lora.dropout,
         target_modules=targets,
         train_ssm_params=lora.train_ssm_params,
+        export_merged=lora.export_merged,
     )
 
 

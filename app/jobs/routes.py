@@ -1,5 +1,6 @@
 """/v1/fine_tuning/jobs: create, list, read and cancel jobs; their events, checkpoints and adapter."""
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -106,10 +107,18 @@ def list_checkpoints(
     return ListObject[CheckpointObject](data=[CheckpointObject.of(c) for c in page.items], has_more=page.has_more)
 
 
+def _archive(chunks: Iterator[bytes], filename: str) -> StreamingResponse:
+    return StreamingResponse(
+        chunks, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )
+
+
 @router.get("/{fine_tuning_job_id}/adapter", response_class=StreamingResponse)
 def download_adapter(job: ValidJob, storage: StorageDep) -> StreamingResponse:
-    return StreamingResponse(
-        service.adapter_archive(storage=storage, job=job),
-        media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{job.id}-adapter.tar.gz"'},
-    )
+    return _archive(service.adapter_archive(storage=storage, job=job), f"{job.id}-adapter.tar.gz")
+
+
+@router.get("/{fine_tuning_job_id}/merged", response_class=StreamingResponse)
+def download_merged(job: ValidJob, storage: StorageDep) -> StreamingResponse:
+    """The base model with the adapter merged in (jobs created with `lora.export_merged`)."""
+    return _archive(service.merged_archive(storage=storage, job=job), f"{job.id}-merged.tar.gz")

@@ -53,6 +53,8 @@ class LoraRequest(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[Name] | None = Field(None, min_length=1, max_length=16)
     train_ssm_params: bool = False
+    # Also publish the base weights with the adapter merged in: a plain model any tool can load.
+    export_merged: bool = False
 
 
 class SupervisedMethod(BaseModel):
@@ -84,6 +86,8 @@ class JobCreate(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     suffix: Name | None = None
     metadata: dict[Name, MetadataValue] | None = Field(None, max_length=16)
+    # The structure the job expects the model to have (Mamba); a job can never change it.
+    ssm_structure: Literal["diagonal", "controllable", "observable"] | None = None
 
 
 class LoraConfig(BaseModel):
@@ -94,6 +98,7 @@ class LoraConfig(BaseModel):
     dropout: float
     target_modules: list[str]
     train_ssm_params: bool
+    export_merged: bool = False
 
 
 class Progress(BaseModel):

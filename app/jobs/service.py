@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.base_models.service import get_model
+from app.base_models.service import check_variant, get_model
 from app.db import new_id, now
 from app.deps import Broker
 from app.downloads import open_object
@@ -16,9 +16,11 @@ from app.errors import conflict, invalid_request, not_found
 from app.files.service import FINE_TUNE, get_file
 from app.idempotency import claim_for, run_once
 from app.jobs.config import resolve_hyperparameters, resolve_lora
+from app.jobs.keys import merged_key
 from app.jobs.lifecycle import TERMINAL, JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
 from app.jobs.schemas import JobCreate, JobObject
+from app.limits import check_job_slots
 from app.pagination import Page, newest_first
 from app.settings import Settings
 from app.storage import ObjectStorage
@@ -42,6 +44,8 @@ def create_job(
     """Validate and queue a job, then enqueue it; a repeated keyed request returns the first job."""
 
     def create() -> dict[str, Any]:
+        # Inside `create`, so a retry under the same Idempotency-Key replays its job instead of a 429.
+        check_job_slots(session=session, owner=owner, limit=settings.max_concurrent_jobs)
         job = _insert_queued(session=session, settings=settings, owner=owner, request=request)
         return JobObject.of(job).model_dump(mode="json")
 
@@ -54,7 +58,10 @@ def create_job(
 
 
 def _insert_queued(*, session: Session, settings: Settings, owner: str, request: JobCreate) -> Job:
-    model = get_model(settings=settings, model_id=request.model)
+    model = get_model(settings=settings, model_id=request.model, owner=owner)
+    if model.status != "ready":
+        raise conflict("model_not_ready", f"The model {model.id!r} is still being created", param="model")
+    check_variant(model=model, requested=request.ssm_structure)
     lora = resolve_lora(request.lora, family=model.family)
     hyperparameters = resolve_hyperparameters(request)
     job = Job(
@@ -143,13 +150,30 @@ def list_checkpoints(*, session: Session, owner: str, job: Job, after: str | Non
     return newest_first(session=session, statement=statement, entity=Checkpoint, after=after, limit=limit)
 
 
-def adapter_archive(*, storage: ObjectStorage, job: Job) -> Iterator[bytes]:
-    """The bytes of the job's adapter archive; raises adapter_not_ready until the job succeeded."""
+def _require_succeeded(job: Job) -> None:
     if job.status != JobStatus.SUCCEEDED or job.adapter_key is None:
         raise conflict(
             "adapter_not_ready",
             f"Job {job.id} is {job.status}; its adapter can be downloaded once the job has succeeded",
             param="fine_tuning_job_id",
         )
+
+
+def merged_archive(*, storage: ObjectStorage, job: Job) -> Iterator[bytes]:
+    """The bytes of the job's merged-weights archive (jobs created with lora.export_merged)."""
+    if not (job.lora or {}).get("export_merged"):
+        raise conflict(
+            "merged_model_not_requested",
+            f"Job {job.id} was not created with lora.export_merged: its adapter is at /adapter",
+            param="fine_tuning_job_id",
+        )
+    _require_succeeded(job)
+    missing = not_found("merged_model_missing", f"The merged model of job {job.id} is missing from storage")
+    return open_object(storage=storage, key=merged_key(job.id), missing=missing)
+
+
+def adapter_archive(*, storage: ObjectStorage, job: Job) -> Iterator[bytes]:
+    """The bytes of the job's adapter archive; raises adapter_not_ready until the job succeeded."""
+    _require_succeeded(job)
     missing = not_found("adapter_missing", f"The adapter archive of job {job.id} is missing from storage")
     return open_object(storage=storage, key=job.adapter_key, missing=missing)

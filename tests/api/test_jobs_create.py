@@ -35,6 +35,7 @@ def test_a_job_is_queued_with_defaults_and_enqueued(client: TestClient, training
         "dropout": 0.0,
         "target_modules": ["in_proj", "x_proj", "dt_proj", "out_proj"],
         "train_ssm_params": False,
+        "export_merged": False,
     }
     assert job["hyperparameters"] == {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256}
     assert isinstance(job["seed"], int)
@@ -50,7 +51,10 @@ def test_every_setting_is_stored_as_given(client: TestClient, training_file: str
         model="org/mamba2-tiny",
         validation_file=training_file,
         precision="fp16",
-        lora={"r": 16, "alpha": 32, "dropout": 0.1, "target_modules": ["in_proj"], "train_ssm_params": True},
+        lora={
+            "r": 16, "alpha": 32, "dropout": 0.1, "target_modules": ["in_proj"], "train_ssm_params": True,
+            "export_merged": True,
+        },
         hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate": 0.5, "max_seq_len": 1024},
         seed=1234,
         suffix="my-run",

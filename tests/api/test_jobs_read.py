@@ -186,6 +186,29 @@ def test_a_succeeded_job_streams_its_adapter(client: TestClient, job_id: str, se
     assert response.content == archive
 
 
+def test_merged_weights_download_only_for_jobs_that_asked_for_them(
+    client: TestClient, job_id: str, training_file: str, settings: Settings
+) -> None:
+    update_job(settings, job_id, status="succeeded", adapter_key="adapters/any.tar.gz")
+    refused = client.get(f"/v1/fine_tuning/jobs/{job_id}/merged")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "merged_model_not_requested"
+
+    created = client.post("/v1/fine_tuning/jobs", json=job_body(training_file, lora={"export_merged": True}))
+    merged_job = created.json()["id"]
+    assert created.json()["lora"]["export_merged"] is True
+    assert client.get(f"/v1/fine_tuning/jobs/{merged_job}/merged").json()["error"]["code"] == "adapter_not_ready"
+    archive = b"merged weights" * 1000
+    storage_from_settings(settings).put_stream(f"jobs/{merged_job}/merged.tar.gz", io.BytesIO(archive))
+    update_job(settings, merged_job, status="succeeded", adapter_key="adapters/any.tar.gz")
+
+    response = client.get(f"/v1/fine_tuning/jobs/{merged_job}/merged")
+
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == f'attachment; filename="{merged_job}-merged.tar.gz"'
+    assert response.content == archive
+
+
 def test_an_adapter_missing_from_storage_is_a_clean_404(client: TestClient, job_id: str, settings: Settings) -> None:
     update_job(settings, job_id, status="succeeded", adapter_key="adapters/gone.tar.gz")
 

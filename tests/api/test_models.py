@@ -42,6 +42,9 @@ def test_models_lists_local_folders_then_hub_ids(client: TestClient, catalog: No
         "family": "mamba",
         "parameters": 10,
         "lora_targets": ["in_proj", "x_proj", "dt_proj", "out_proj", "embeddings", "lm_head"],
+        "status": "ready",
+        "ssm_structure": "diagonal",
+        "a_constraint": None,
     }
     assert listed["org/mamba2-tiny"]["family"] == "mamba2"
     assert listed["org/mamba2-tiny"]["parameters"] is None

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engine.tiny_model import create_tiny_model
 
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 
@@ -18,16 +17,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_mamba(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_tiny_model(tmp_path_factory.mktemp("models") / "mamba-tiny", "mamba")
-
-
-@pytest.fixture(scope="session")
-def tiny_mamba2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return create_tiny_model(tmp_path_factory.mktemp("models") / "mamba2-tiny", "mamba2")
 
 
 @pytest.fixture(scope="session")

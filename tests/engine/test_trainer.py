@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from worker.engine import precision as precision_module
 from worker.engine.loading import load_base
-from worker.engine.lora_fold import attach_lora
+from worker.engine.lora_fold import attach_lora, load_adapter
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.spec import LoraSpec, Progress, TrainHooks, TrainSpec
 from worker.engine.trainer import train
@@ -94,6 +94,20 @@ def test_full_fine_tuning_lowers_loss_and_saves_a_loadable_model(tiny_mamba, dem
     base = AutoModelForCausalLM.from_pretrained(tiny_mamba)
     assert not torch.equal(tuned.backbone.layers[0].mixer.in_proj.weight, base.backbone.layers[0].mixer.in_proj.weight)
     assert (result.adapter_dir / "tokenizer.json").is_file()
+
+
+def test_merged_export_is_a_plain_model_with_the_adapters_logits(tiny_mamba, demo_train, demo_valid, tmp_path):
+    lora = LoraSpec(r=8, alpha=16.0, target_modules=("in_proj", "x_proj", "dt_proj", "out_proj"))
+    result = train(make_spec(tiny_mamba, demo_train, demo_valid, tmp_path, lora=lora, export_merged=True))
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    adapted = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_mamba), result.adapter_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()  # plain transformers, no mambaft code
+    base = AutoModelForCausalLM.from_pretrained(tiny_mamba).eval()
+    with torch.no_grad():
+        expected = adapted(ids).logits
+        assert not torch.allclose(base(ids, use_cache=False).logits, expected, atol=1e-3)
+        assert torch.allclose(merged(ids, use_cache=False).logits, expected, atol=1e-4)
+    assert (result.merged_dir / "tokenizer.json").is_file()
 
 
 def test_mamba2_lora_smoke(tiny_mamba2, demo_train, demo_valid, tmp_path):

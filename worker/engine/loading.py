@@ -1,11 +1,13 @@
 """Load a base model and its tokenizer for training: a local HF folder or a hub id, Mamba or Mamba-2 only."""
 
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from worker.engine.mamba_forward import install_forwards
+from worker.engine.sparse_mamba import load_structured, needs_structured_load
 
 Family = Literal["mamba", "mamba2"]
 FAMILIES: tuple[Family, ...] = get_args(Family)
@@ -24,7 +26,10 @@ def load_base(
     family = config.model_type
     if family not in FAMILIES:
         raise ValueError(f"{model}: model_type {family!r} is not supported; expected one of {FAMILIES}")
-    network = AutoModelForCausalLM.from_pretrained(model, config=config, dtype=dtype, trust_remote_code=False)
+    if needs_structured_load(config):  # SC/SO: x_proj and the SSM parameters differ from the stock shapes
+        network = load_structured(Path(model), config, dtype)
+    else:
+        network = AutoModelForCausalLM.from_pretrained(model, config=config, dtype=dtype, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"{model}: the tokenizer has no eos token")

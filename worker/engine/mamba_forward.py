@@ -50,8 +50,12 @@ def fused_kernels_available() -> bool:
 
 def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
     """Route every Mamba / Mamba-2 mixer of `model` through our forwards (idempotent)."""
+    # Imported here: sparse_mamba builds on this module's forwards.
+    from worker.engine.sparse_mamba import apply_structure, route
+
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
+    apply_structure(model)  # SC / SO parameters for a model built from a structured config
     for module in model.modules():
         if isinstance(module, MambaMixer | Mamba2Mixer | MambaModel | Mamba2Model):
             # Keep the model's own forward once, for generation with a cache.
@@ -59,7 +63,7 @@ def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
                 module.hf_forward = module.forward
         if isinstance(module, MambaMixer | Mamba2Mixer):
             impl = mamba_mixer_forward if isinstance(module, MambaMixer) else mamba2_mixer_forward
-            module.forward = partial(impl, module, path=path)
+            module.forward = route(module, partial(impl, module, path=path), path)
         elif isinstance(module, MambaModel | Mamba2Model):
             module.forward = partial(backbone_forward, module, path=path)
     return model
@@ -129,11 +133,7 @@ def mamba_mixer_forward(
             out_bias, A, None, None, mixer.D.float(), delta_bias=dt_bias, delta_softplus=True,
         )
 
-    seq_len = xz.shape[-1]
-    x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
-    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
-                 groups=mixer.intermediate_size)[..., :seq_len]
-    x = _mask_padding(mixer.act(x).transpose(1, 2), attention_mask)  # (b, l, d_inner)
+    x, z = conv_and_gate(mixer, xz, attention_mask)
     dt, B, C = F.linear(x, x_proj_w).split(
         [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1
     )
@@ -141,6 +141,15 @@ def mamba_mixer_forward(
     scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
+
+
+def conv_and_gate(mixer: MambaMixer, xz: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """in_proj's output (b, 2·d_inner, l) -> the scan input x (b, l, d_inner) and the gate z (b, d_inner, l)."""
+    seq_len = xz.shape[-1]
+    x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
+    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
+                 groups=mixer.intermediate_size)[..., :seq_len]
+    return _mask_padding(mixer.act(x).transpose(1, 2), attention_mask), z
 
 
 def _fused_block(block: nn.Module, hidden: Tensor, residual: Tensor | None,

@@ -58,6 +58,13 @@ def selective_scan_chunked(
     chunk: int | None = None,
 ) -> Tensor:
     log_decay, dBu = _discretize(u, delta, A, B, delta_bias)
+    return _readout(chunked_states(log_decay, dBu, chunk), u, C, D, z)
+
+
+def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None) -> Tensor:
+    """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 2·sqrt(l) steps.
+
+    Works for complex inputs too (companion_scan.py runs diagonalized companion states through it)."""
     b, d, length, n = dBu.shape
     c = chunk or max(1, math.isqrt(length))
     n_chunks = -(-length // c)
@@ -88,5 +95,4 @@ def selective_scan_chunked(
     entering_states = torch.stack(entering, dim=2)  # (b, d, chunks, n)
 
     states = local_states + decay_from_start * entering_states[:, :, :, None, :]
-    states = states.view(b, d, n_chunks * c, n)[:, :, :length]
-    return _readout(states, u, C, D, z)
+    return states.view(b, d, n_chunks * c, n)[:, :, :length]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 Precision = Literal["fp32", "fp16", "bf16"]
 
 # Trained in full when LoraSpec.train_ssm_params is set (names relative to each mixer).
-SSM_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias")
+SSM_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias", "A_root_log_decay", "A_root_log_freq")  # roots: SC/SO
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class TrainSpec:
     seed: int = 0
     warmup_steps: int = 0
     checkpoint_every: int = 50
+    # With LoRA: also save the base weights with the adapter merged in (a plain transformers model).
+    export_merged: bool = False
     # A checkpoint folder written by an earlier attempt of the same job: resume exactly from it.
     resume_from: Path | None = None
     device: str | None = None  # None: cuda when available, else cpu
@@ -72,6 +74,7 @@ class TrainResult:
     trained_tokens: int
     steps: int
     metrics: dict[str, Any]
+    merged_dir: Path | None = None  # base weights with the adapter merged in, when asked for
 
 
 @dataclass

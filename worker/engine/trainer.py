@@ -31,7 +31,7 @@ from worker.engine.data import (
     steps_per_epoch,
 )
 from worker.engine.loading import load_base, pick_device
-from worker.engine.lora_fold import attach_lora, save_adapter
+from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
 from worker.engine.loss import next_token_loss
 from worker.engine.mamba_forward import set_activation_recompute
 from worker.engine.precision import PrecisionPolicy
@@ -184,12 +184,18 @@ def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
         if "base_validation_loss" in state:
             metrics["base_validation_loss"] = state["base_validation_loss"]
             metrics["base_validation_perplexity"] = math.exp(state["base_validation_loss"])
+    merged_dir = None
     if spec.lora is not None:
         out = spec.output_dir / "adapter"
         save_adapter(model, out)
+        if spec.export_merged:
+            merged_dir = spec.output_dir / "merged"
+            merge_adapter(model).save_pretrained(merged_dir, safe_serialization=True)
+            tokenizer.save_pretrained(merged_dir)
     else:
         out = spec.output_dir / "model"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
     (spec.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(adapter_dir=out, trained_tokens=state["trained_tokens"], steps=step, metrics=metrics)
+    return TrainResult(adapter_dir=out, trained_tokens=state["trained_tokens"], steps=step, metrics=metrics,
+                       merged_dir=merged_dir)

@@ -1,0 +1,23 @@
+"""The request that creates a randomly initialized base model from an architecture (POST /v1/models)."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.base_models.architectures import MAX_STATE
+
+ModelId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    id: ModelId
+    family: Literal["mamba", "mamba2"]
+    d_model: int = Field(ge=16, le=8192, multiple_of=16)  # Mamba-2 heads: 2·d_model / 32 per model
+    n_layer: int = Field(ge=1, le=128)
+    d_state: int = Field(ge=1, le=MAX_STATE)
+    tokenizer: str = Field("byte", min_length=1, max_length=64)  # "byte" or a local model's id
+    ssm_structure: str | None = None  # Mamba: diagonal | controllable | observable
+    a_constraint: str | None = None  # Mamba-2: none | stable
+    seed: int = Field(0, ge=0, le=2**31 - 1)

@@ -1,0 +1,110 @@
+"""Evaluations: validate and queue, read; and the stability report a worker stores for each trained job."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.base_models.service import get_model
+from app.db import new_id, now
+from app.downloads import open_object
+from app.errors import ApiError, conflict, not_found
+from app.evaluations.models import Evaluation, EvaluationStatus
+from app.evaluations.schemas import EvaluationCreate, EvaluationObject
+from app.files.service import get_file
+from app.jobs.keys import stability_key
+from app.jobs.lifecycle import JobStatus
+from app.jobs.models import Job
+from app.jobs.service import get_job
+from app.settings import Settings
+from app.storage import ObjectStorage
+
+SHIPPED_TASKS = Path(__file__).resolve().parents[2] / "demo" / "tasks"
+TRAIN_SUFFIX = "_train"  # demo/tasks/<task>_train.jsonl is fine-tuning data, not a task
+
+Enqueue = Callable[..., None]  # app.queue.enqueue_evaluation(settings=, evaluation_id=)
+
+
+def shipped_task(name: str) -> Path | None:
+    """The file of a shipped multiple-choice task, or None."""
+    path = SHIPPED_TASKS / f"{name}.jsonl"
+    ok = name.isidentifier() and not name.endswith(TRAIN_SUFFIX) and path.is_file()
+    return path if ok else None
+
+
+def create_evaluation(
+    *, session: Session, settings: Settings, enqueue: Enqueue, owner: str, request: EvaluationCreate
+) -> EvaluationObject:
+    """Validate the request, store the evaluation as queued and send it to the workers."""
+    model = request.model
+    if request.fine_tuning_job is not None:
+        job = _succeeded_job(session=session, owner=owner, job_id=request.fine_tuning_job)
+        model = job.model
+    else:
+        get_model(settings=settings, model_id=model)
+    for task in request.tasks:
+        if shipped_task(task) is None and get_file(session=session, owner=owner, file_id=task) is None:
+            raise not_found(
+                "task_not_found", f"{task!r} is neither a shipped task nor one of your files", param="tasks"
+            )
+    if request.validation_file is not None and get_file(
+        session=session, owner=owner, file_id=request.validation_file
+    ) is None:  # fmt: skip
+        raise not_found("file_not_found", f"No file with id {request.validation_file!r}", param="validation_file")
+    if request.reference_evaluation is not None:
+        _succeeded_reference(session=session, owner=owner, evaluation_id=request.reference_evaluation)
+    evaluation = Evaluation(
+        id=new_id("eval"), owner=owner, model=model, fine_tuning_job=request.fine_tuning_job,
+        tasks=list(dict.fromkeys(request.tasks)), shots=sorted(set(request.shots)), precision=request.precision,
+        validation_file=request.validation_file, reference_evaluation=request.reference_evaluation,
+        limit=request.limit, seed=request.seed, status=EvaluationStatus.QUEUED, created_at=now(),
+    )  # fmt: skip
+    session.add(evaluation)
+    session.flush()
+    # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
+    try:
+        enqueue(settings=settings, evaluation_id=evaluation.id)
+    except Exception as error:  # noqa: BLE001 - whatever the broker client raises means "not queued"
+        raise ApiError(
+            503, "broker_unavailable", f"Cannot queue the evaluation: {error}", type_="server_error"
+        ) from None
+    return EvaluationObject.of(evaluation)
+
+
+def _succeeded_job(*, session: Session, owner: str, job_id: str) -> Job:
+    job = get_job(session=session, owner=owner, job_id=job_id)
+    if job is None:
+        raise not_found("job_not_found", f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job")
+    if job.status != JobStatus.SUCCEEDED or job.adapter_key is None:
+        raise conflict("job_not_succeeded", f"Job {job_id} is {job.status}; only a succeeded job can be evaluated",
+                       param="fine_tuning_job")  # fmt: skip
+    return job
+
+
+def _succeeded_reference(*, session: Session, owner: str, evaluation_id: str) -> None:
+    reference = get_evaluation(session=session, owner=owner, evaluation_id=evaluation_id)
+    if reference is None:
+        raise not_found(
+            "evaluation_not_found", f"No evaluation with id {evaluation_id!r}", param="reference_evaluation"
+        )
+    if reference.status != EvaluationStatus.SUCCEEDED:
+        raise conflict("reference_not_succeeded", f"The reference evaluation {evaluation_id} is {reference.status};"
+                       " it must have succeeded", param="reference_evaluation")  # fmt: skip
+
+
+def get_evaluation(*, session: Session, owner: str, evaluation_id: str) -> Evaluation | None:
+    """The owner's evaluation with this id, or None."""
+    statement = select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.owner == owner)
+    return session.scalars(statement).one_or_none()
+
+
+def stability_report(*, storage: ObjectStorage, job: Job, suffix: str) -> Iterator[bytes]:
+    """The bytes of the job's stored stability report (`json` or `png`)."""
+    if job.status != JobStatus.SUCCEEDED:
+        raise conflict("stability_not_ready", f"Job {job.id} is {job.status}; the stability report is made after"
+                       " training succeeds", param="fine_tuning_job_id")  # fmt: skip
+    missing = not_found(
+        "stability_not_found", f"Job {job.id} has no stability report (yet): the worker writes it just after training"
+    )
+    return open_object(storage=storage, key=stability_key(job.id, suffix), missing=missing)

@@ -1,0 +1,178 @@
+"""Fixed-rate load on the API over Postgres: mixed reads and keyed creates, p50/p99 latency, errors.
+
+    .venv/bin/python bench/api_load.py [--seconds 60] [--rate 300] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+
+Starts `mambaft api` (one uvicorn process) on a free loopback port over a fresh database on the given
+Postgres server (dropped afterwards), with the embedded filesystem broker standing in for Redis: the
+jobs it creates are queued, not trained. Requests are sent open-loop at the fixed rate (a slow answer
+does not slow the sender down), at most MAX_IN_FLIGHT at once; latency is measured from the moment a
+request was due, so queueing behind a stall counts against the server. The sender is aiohttp: httpx's
+async pool costs more CPU per request than the server does, and on a small box it became the bottleneck.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+MAMBAFT = str(Path(sys.executable).with_name("mambaft"))
+MODEL = "state-spaces/mamba-130m-hf"
+MAX_IN_FLIGHT = 64
+# Share of each request kind; creates carry an Idempotency-Key, a fifth of them a retried one.
+MIX = {"get_job": 0.35, "list_jobs": 0.25, "list_events": 0.25, "create_job": 0.15}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class Load:
+    def __init__(self, http: aiohttp.ClientSession, training_file: str, seed_job: str) -> None:
+        self.http = http
+        self.training_file = training_file
+        self.jobs = [seed_job]
+        self.keys: list[str] = []
+        self.latency: dict[str, list[float]] = defaultdict(list)
+        self.errors: dict[str, int] = defaultdict(int)
+        self.rng = random.Random(0)
+
+    async def one(self, kind: str, due: float) -> None:
+        try:
+            ok = await self._send(kind) < 400
+        except aiohttp.ClientError:
+            ok = False
+        self.latency[kind].append(time.perf_counter() - due)
+        if not ok:
+            self.errors[kind] += 1
+
+    async def _send(self, kind: str) -> int:
+        """Send one request of `kind`; returns its status."""
+        job = self.rng.choice(self.jobs)
+        if kind == "create_job":
+            retry = self.keys and self.rng.random() < 0.2
+            key = self.rng.choice(self.keys) if retry else uuid.uuid4().hex
+            self.keys.append(key)
+            body = {"model": MODEL, "training_file": self.training_file, "seed": 1}
+            async with self.http.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": key}) as r:
+                if r.status == 200:
+                    self.jobs.append((await r.json())["id"])
+                return r.status
+        path = {
+            "get_job": f"/v1/fine_tuning/jobs/{job}",
+            "list_jobs": "/v1/fine_tuning/jobs?limit=20",
+            "list_events": f"/v1/fine_tuning/jobs/{job}/events?limit=20",
+        }[kind]
+        async with self.http.get(path) as response:
+            await response.read()
+            return response.status
+
+
+async def run_load(base_url: str, key: str, rate: float, seconds: float) -> dict:
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as setup:
+        upload = setup.post(
+            "/v1/files", files={"file": ("t.jsonl", b'{"text": "hello"}\n' * 8)}, data={"purpose": "fine-tune"}
+        )
+        training_file = upload.raise_for_status().json()["id"]
+        seed_job = setup.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": training_file})
+        seed_job_id = seed_job.raise_for_status().json()["id"]
+    connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base_url, headers=headers, connector=connector, timeout=timeout) as http:
+        load = Load(http, training_file, seed_job_id)
+        kinds, weights = list(MIX), list(MIX.values())
+        total = int(rate * seconds)
+        tasks: set[asyncio.Task] = set()
+        start = time.perf_counter()
+        for i in range(total):  # bounded: exactly rate x seconds requests
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            task = asyncio.create_task(load.one(load.rng.choices(kinds, weights)[0], due))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    per_kind = {
+        kind: {
+            "n": len(values),
+            "p50_ms": round(1000 * statistics.median(values), 1),
+            "p99_ms": round(1000 * percentile(values, 0.99), 1),
+            "errors": load.errors[kind],
+        }
+        for kind, values in sorted(load.latency.items())
+    }
+    reads = [v for kind, values in load.latency.items() if kind != "create_job" for v in values]
+    return {
+        "requests": total,
+        "achieved_rate": round(total / elapsed, 1),
+        "errors": sum(load.errors.values()),
+        "reads_p50_ms": round(1000 * statistics.median(reads), 1),
+        "reads_p99_ms": round(1000 * percentile(reads, 0.99), 1),
+        "per_kind": per_kind,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test", help="an admin URL")
+    args = parser.parse_args()
+
+    name = f"mambaft_bench_{uuid.uuid4().hex[:12]}"
+    url = args.postgres.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+    with psycopg.connect(args.postgres, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    folder = Path(tempfile.mkdtemp(prefix="mambaft-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAMBAFT_")}
+    env.update(MAMBAFT_DATA_DIR=str(folder), MAMBAFT_DATABASE_URL=url, MAMBAFT_HUB_MODELS=json.dumps([MODEL]))
+    server = None
+    try:
+        subprocess.run([MAMBAFT, "migrate"], env=env, check=True, capture_output=True)
+        created = subprocess.run([MAMBAFT, "create-key", "--owner", "bench"], env=env, check=True, capture_output=True)
+        key = created.stdout.decode().strip()
+        port = free_port()
+        log = (folder / "api.log").open("wb")
+        server = subprocess.Popen([MAMBAFT, "api", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        base_url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base_url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        result = asyncio.run(run_load(base_url, key, args.rate, args.seconds))
+        print(json.dumps({"seconds": args.seconds, "rate": args.rate, **result}, indent=2))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        with psycopg.connect(args.postgres, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Real service processes for the reliability tests: an API server (`mambaft api`) on a free port."""
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from e2e.factories import MAMBAFT, clean_env, free_port
+
+START_TIMEOUT_S = 60
+
+
+class ApiServer:
+    """`mambaft api` on a free loopback port, its log in `folder`; stopped with SIGTERM."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"api-{self.port}.log"
+        self.process = subprocess.Popen(
+            [MAMBAFT, "api", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=clean_env(**env),
+            cwd=folder,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_up(self) -> "ApiServer":
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"API exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=2)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise TimeoutError(f"API not up after {START_TIMEOUT_S}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

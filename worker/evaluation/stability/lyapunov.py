@@ -1,0 +1,100 @@
+"""The analytic half of the stability report: the largest Lyapunov exponent of each layer's recurrence.
+
+Per channel d and state n, Mamba's scan multiplies the state by exp(Δ_t[d]·A[d,n]) at every step, so
+the exponent of that linear time-varying recurrence is the time average of Δ_t[d]·A[d,n]; the layer's
+largest exponent λ is the max over (d, n) and the recurrence contracts (is stable) when λ < 0.
+Mamba-2 has one Δ and one scalar A per head, so its (d, n) is a head. Because A is constant in time,
+the average is A[d,n] · mean_t Δ_t[d]; Δ > 0 always (softplus), so the sign comes from A.
+
+Δ is recomputed from each mixer's real input, captured by a forward pre-hook, through the same
+weights the mixer forwards use (LoRA folded in via `effective_weight`). A is read by `ssm_A` alone,
+so a test can swap that one function to plant an unstable A.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.models.mamba.modeling_mamba import MambaMixer
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+from worker.engine.lora_fold import base_layer, effective_weight
+
+
+@dataclass(frozen=True)
+class LayerLyapunov:
+    layer: int
+    lyapunov_exponent: float  # λ: max over channels/states of the time-averaged log step contraction
+    mean_delta: float  # Δ averaged over batch, time and channels (the step size the model chose)
+    stable: bool  # λ < 0
+
+
+def mixers(model: nn.Module) -> list[nn.Module]:
+    """The Mamba / Mamba-2 mixers of `model`, in layer order."""
+    return [m for m in model.modules() if isinstance(m, MambaMixer | Mamba2Mixer)]
+
+
+def ssm_A(mixer: nn.Module) -> Tensor:
+    """A = -exp(A_log) in fp32: (d_inner, n) for Mamba, (heads,) for Mamba-2."""
+    return -torch.exp(mixer.A_log.float())
+
+
+def mamba_delta(mixer: MambaMixer, hidden: Tensor) -> Tensor:
+    """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner)."""
+    seq_len = hidden.shape[1]
+    x, _ = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l)
+    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
+                 groups=mixer.intermediate_size)[..., :seq_len]  # fmt: skip
+    x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
+    dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
+    delta = F.linear(dt, effective_weight(mixer.dt_proj)) + base_layer(mixer.dt_proj).bias  # (b, l, d_inner)
+    return F.softplus(delta.float())
+
+
+def mamba2_delta(mixer: Mamba2Mixer, hidden: Tensor) -> Tensor:
+    """Δ per head in fp32: hidden (b, l, d_model) -> (b, l, heads). dt is the last `num_heads` columns of
+    in_proj's output in every transformers version (older ones put extra MLP columns first)."""
+    dt = mixer.in_proj(hidden)[..., -mixer.num_heads :].float()  # (b, l, heads)
+    delta = F.softplus(dt + mixer.dt_bias.float())
+    low, high = mixer.time_step_limit
+    return delta.clamp(min=low, max=high)
+
+
+def layer_lyapunov(layer: int, mixer: nn.Module, hidden: Tensor) -> LayerLyapunov:
+    delta = mamba_delta(mixer, hidden) if isinstance(mixer, MambaMixer) else mamba2_delta(mixer, hidden)
+    A = ssm_A(mixer)  # (d_inner, n) or (heads,)
+    mean_delta = delta.mean(dim=(0, 1))  # (d_inner,) or (heads,)
+    rates = mean_delta.view(-1, *[1] * (A.dim() - 1)) * A  # time-averaged Δ·A per (d, n) or head
+    lam = float(rates.max())
+    return LayerLyapunov(layer, lam, float(mean_delta.mean()), lam < 0)
+
+
+@contextmanager
+def capture_mixer_inputs(model: nn.Module) -> Iterator[list[Tensor | None]]:
+    """While active, each forward of `model` stores every mixer's input hidden states (b, l, d_model)."""
+    found = mixers(model)
+    captured: list[Tensor | None] = [None] * len(found)
+
+    def hook(index: int):
+        def store(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured[index] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        return store
+
+    handles = [m.register_forward_pre_hook(hook(i), with_kwargs=True) for i, m in enumerate(found)]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def lyapunov_exponents(model: nn.Module, inputs: Tensor) -> list[LayerLyapunov]:
+    """λ per layer on the token batch `inputs` (b, l), run in fp32."""
+    with capture_mixer_inputs(model) as captured:
+        model(input_ids=inputs.to(next(model.parameters()).device), use_cache=False)
+    return [layer_lyapunov(i, m, h) for i, (m, h) in enumerate(zip(mixers(model), captured, strict=True))]

@@ -1,0 +1,173 @@
+"""The worker's side of evaluations and stability reports; written without Celery so tests drive it directly.
+
+- `run_evaluation`: one delivery of `mambaft.run_evaluation`: claim the queued evaluation, fetch its
+  inputs (a job's adapter archive, uploaded task and validation files), score, store the results.
+- `publish_stability`: after a job succeeded, measure the base and the fine-tuned model's stability
+  (worker/evaluation/stability) and store `jobs/<id>/stability.json` and `.png`. Best effort: a job
+  that trained well never fails because its report could not be made.
+
+An evaluation has no lease: a worker that dies mid-run leaves it `running` (no retry yet).
+"""
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from app.db import now, session_scope
+from app.evaluations.models import Evaluation, EvaluationStatus
+from app.evaluations.service import shipped_task
+from app.jobs.keys import stability_key
+from app.files.models import File
+from app.jobs.lifecycle import JobStatus, record_event
+from app.jobs.models import Job
+from app.settings import Settings
+from app.storage import ObjectStorage, storage_from_settings
+from worker.archive import unpack
+from worker.engine.spec import TrainResult, TrainSpec
+from worker.evaluation.run import EvalSpec, evaluate
+from worker.evaluation.stability.plot import plot_divergence
+from worker.evaluation.stability.report import job_stability
+from worker.job_runner import ERROR_CODES_BY_MODULE, model_source
+
+log = logging.getLogger(__name__)
+
+# The API sends the task before its transaction commits; the row shows up within this long.
+ROW_WAIT_S = 10.0
+ERROR_CODES = {
+    **ERROR_CODES_BY_MODULE,
+    "worker.evaluation.multiple_choice": "invalid_task_file",
+    "worker.engine.data": "invalid_validation_file",
+}
+
+
+class InputMissing(Exception):
+    """An input named by the evaluation is gone (deleted file, job without adapter)."""
+
+
+def _claim(settings: Settings, evaluation_id: str) -> Evaluation | None:
+    """Move the evaluation from queued to running; None when it is not queued (a duplicate delivery)."""
+    deadline = time.monotonic() + ROW_WAIT_S
+    while True:
+        with session_scope(settings.database_url) as session:
+            claimed = session.execute(
+                update(Evaluation)
+                .where(Evaluation.id == evaluation_id, Evaluation.status == EvaluationStatus.QUEUED)
+                .values(status=EvaluationStatus.RUNNING, started_at=now())
+            ).rowcount
+            row = session.get(Evaluation, evaluation_id)
+        if claimed:
+            return row
+        if row is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+
+
+def _fetch(storage: ObjectStorage, key: str, path: Path) -> Path:
+    storage.get_file(key, path)
+    return path
+
+
+def _inputs(settings: Settings, storage: ObjectStorage, evaluation: Evaluation, workdir: Path) -> EvalSpec:
+    """Everything the evaluation reads, downloaded into `workdir`."""
+    with session_scope(settings.database_url) as session:
+        file_ids = [t for t in evaluation.tasks if shipped_task(t) is None] + [evaluation.validation_file]
+        files = {f.id: f for f in session.scalars(select(File).where(File.id.in_([i for i in file_ids if i])))}
+        job = session.get(Job, evaluation.fine_tuning_job) if evaluation.fine_tuning_job else None
+    missing = [i for i in file_ids if i and i not in files]
+    if missing:
+        raise InputMissing(f"files no longer exist: {', '.join(missing)}")
+    tasks = {
+        t: shipped_task(t) or _fetch(storage, files[t].storage_key, workdir / f"{t}.jsonl") for t in evaluation.tasks
+    }
+    adapter = None
+    if evaluation.fine_tuning_job:
+        if job is None or job.adapter_key is None:
+            raise InputMissing(f"the fine-tuning job {evaluation.fine_tuning_job} has no adapter")
+        adapter = unpack(_fetch(storage, job.adapter_key, workdir / "adapter.tar.gz"), workdir / "adapter")
+    validation = evaluation.validation_file
+    return EvalSpec(
+        model=str(model_source(settings, evaluation.model)), tasks=tasks, shots=tuple(evaluation.shots),
+        adapter=adapter, precision=evaluation.precision, seed=evaluation.seed, limit=evaluation.limit,
+        validation_path=_fetch(storage, files[validation].storage_key, workdir / "valid.jsonl") if validation else None,
+    )  # fmt: skip
+
+
+def _reference_results(settings: Settings, evaluation: Evaluation) -> dict[str, Any] | None:
+    if evaluation.reference_evaluation is None:
+        return None
+    with session_scope(settings.database_url) as session:
+        reference = session.get(Evaluation, evaluation.reference_evaluation)
+        return reference.results if reference is not None else None
+
+
+def _finish(settings: Settings, evaluation_id: str, **values: Any) -> None:
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(finished_at=now(), **values))
+
+
+def run_evaluation(*, settings: Settings, evaluation_id: str) -> None:
+    evaluation = _claim(settings, evaluation_id)
+    if evaluation is None:
+        log.info("evaluation %s is not queued; ignoring this delivery", evaluation_id)
+        return
+    with tempfile.TemporaryDirectory(prefix=f"mambaft-{evaluation_id}-") as tmp:
+        try:
+            spec = _inputs(settings, storage_from_settings(settings), evaluation, Path(tmp))
+            results = evaluate(spec, _reference_results(settings, evaluation))
+        except Exception as error:
+            log.exception("evaluation %s failed", evaluation_id)
+            # Paths of this run's scratch folder mean nothing to the client.
+            message = (str(error) or type(error).__name__).replace(f"{tmp}/", "")[:2000]
+            failure = {"code": _error_code(error), "message": message}
+            _finish(settings, evaluation_id, status=EvaluationStatus.FAILED, error=failure)
+            return
+    _finish(settings, evaluation_id, status=EvaluationStatus.SUCCEEDED, results=results)
+
+
+def _error_code(error: BaseException) -> str:
+    """The code of the innermost module on the traceback that has one (as the job runner does)."""
+    if isinstance(error, InputMissing):
+        return "input_missing"
+    code = "evaluation_failed"
+    tb = error.__traceback__
+    while tb is not None:
+        code = ERROR_CODES.get(tb.tb_frame.f_globals.get("__name__", ""), code)
+        tb = tb.tb_next
+    return code
+
+
+def publish_stability(
+    *, settings: Settings, storage: ObjectStorage, job_id: str, spec: TrainSpec, result: TrainResult
+) -> None:
+    """Store the stability report of a job that just succeeded, measured on its validation file (else its
+    training file); logs and records an event, never raises."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.SUCCEEDED:
+            return  # cancelled at the finish line, or gone
+    workdir = spec.output_dir
+    try:
+        data = spec.validation_path or spec.train_path
+        reports = job_stability(spec.model, result.adapter_dir, data, precision=spec.precision)
+        report_json = workdir / "stability.json"
+        report_json.write_text(json.dumps({name: r.to_dict() for name, r in reports.items()}))
+        storage.put_file(stability_key(job_id, "png"), plot_divergence(reports, workdir / "stability.png"))
+        storage.put_file(stability_key(job_id, "json"), report_json)  # last: its presence means both are there
+        tuned = reports["fine_tuned"]
+        message = (
+            f"Stability report: max Lyapunov exponent {tuned.max_lyapunov_exponent:.3g} "
+            f"({'stable' if tuned.stable else 'UNSTABLE'}); {tuned.precision} divergence slope {tuned.max_slope:.3g}"
+        )
+        summary = {"stable": tuned.stable, "max_lyapunov_exponent": tuned.max_lyapunov_exponent,
+                   "max_slope": tuned.max_slope, "exponential_growth": tuned.exponential_growth}  # fmt: skip
+        level = "info"
+    except Exception as error:  # a report is a bonus: the job stays succeeded
+        log.exception("job %s: stability report failed", job_id)
+        message, summary, level = f"Stability report failed: {error}"[:2000], None, "warning"
+    with session_scope(settings.database_url) as session:
+        record_event(session, job_id, "message", message, data=summary, level=level)
