@@ -6,19 +6,22 @@
   (worker/evaluation/stability) and store `jobs/<id>/stability.json` and `.png`. Best effort: a job
   that trained well never fails because its report could not be made.
 
-An evaluation has no lease: a worker that dies mid-run leaves it `running` (no retry yet).
+An evaluation is leased like a job (worker/lease.py): a heartbeat renews the lease while it runs, the
+outcome is written only while the lease is held, and the reaper requeues it if this process dies.
 """
 
 import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from app.db import now, session_scope
+from app.db import session_scope
+from app.evaluations.lifecycle import transition
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.evaluations.service import shipped_task
 from app.jobs.keys import stability_key
@@ -33,6 +36,7 @@ from worker.evaluation.run import EvalSpec, evaluate
 from worker.evaluation.stability.plot import plot_divergence
 from worker.evaluation.stability.report import job_stability
 from worker.job_runner import ERROR_CODES_BY_MODULE, model_source
+from worker.lease import Heartbeat, lock, new_owner_id, take
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +48,25 @@ ERROR_CODES = {
     "worker.engine.data": "invalid_validation_file",
 }
 
+EvaluateFn = Callable[[EvalSpec, dict[str, Any] | None], dict[str, Any]]
+
 
 class InputMissing(Exception):
     """An input named by the evaluation is gone (deleted file, job without adapter)."""
 
 
-def _claim(settings: Settings, evaluation_id: str) -> Evaluation | None:
-    """Move the evaluation from queued to running; None when it is not queued (a duplicate delivery)."""
+def _claim(settings: Settings, evaluation_id: str, owner: str) -> Evaluation | None:
+    """Lease the evaluation to `owner` and move it to running; None when it is not queued (a duplicate
+    delivery)."""
     deadline = time.monotonic() + ROW_WAIT_S
     while True:
         with session_scope(settings.database_url) as session:
-            claimed = session.execute(
-                update(Evaluation)
-                .where(Evaluation.id == evaluation_id, Evaluation.status == EvaluationStatus.QUEUED)
-                .values(status=EvaluationStatus.RUNNING, started_at=now())
-            ).rowcount
-            row = session.get(Evaluation, evaluation_id)
-        if claimed:
-            return row
-        if row is not None or time.monotonic() > deadline:
+            evaluation = take(session, Evaluation, evaluation_id, owner, lease_seconds=settings.lease_seconds)
+            if evaluation is not None:
+                transition(evaluation, EvaluationStatus.RUNNING)
+                return evaluation
+            exists = session.get(Evaluation, evaluation_id) is not None
+        if exists or time.monotonic() > deadline:
             return None
         time.sleep(0.5)
 
@@ -105,28 +109,38 @@ def _reference_results(settings: Settings, evaluation: Evaluation) -> dict[str, 
         return reference.results if reference is not None else None
 
 
-def _finish(settings: Settings, evaluation_id: str, **values: Any) -> None:
+def _finish(settings: Settings, evaluation_id: str, owner: str, target: EvaluationStatus, **values: Any) -> None:
+    """Record the outcome, only while `owner` still holds the lease."""
     with session_scope(settings.database_url) as session:
-        session.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(finished_at=now(), **values))
+        evaluation = lock(session, Evaluation, evaluation_id, owner)
+        if evaluation is None:  # the reaper gave it to another attempt: touch nothing
+            log.warning("evaluation %s: lease lost; leaving it to its new owner", evaluation_id)
+            return
+        transition(evaluation, target, **values)
 
 
-def run_evaluation(*, settings: Settings, evaluation_id: str) -> None:
-    evaluation = _claim(settings, evaluation_id)
+def run_evaluation(*, settings: Settings, evaluation_id: str, score: EvaluateFn = evaluate) -> None:
+    """Run one delivery of `mambaft.run_evaluation`; a delivery for an evaluation not queued does nothing."""
+    owner = new_owner_id()
+    evaluation = _claim(settings, evaluation_id, owner)
     if evaluation is None:
         log.info("evaluation %s is not queued; ignoring this delivery", evaluation_id)
         return
-    with tempfile.TemporaryDirectory(prefix=f"mambaft-{evaluation_id}-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"mambaft-{evaluation_id}-") as tmp,
+        Heartbeat(settings, evaluation_id, owner, Evaluation),
+    ):
         try:
             spec = _inputs(settings, storage_from_settings(settings), evaluation, Path(tmp))
-            results = evaluate(spec, _reference_results(settings, evaluation))
+            results = score(spec, _reference_results(settings, evaluation))
         except Exception as error:
             log.exception("evaluation %s failed", evaluation_id)
             # Paths of this run's scratch folder mean nothing to the client.
             message = (str(error) or type(error).__name__).replace(f"{tmp}/", "")[:2000]
             failure = {"code": _error_code(error), "message": message}
-            _finish(settings, evaluation_id, status=EvaluationStatus.FAILED, error=failure)
+            _finish(settings, evaluation_id, owner, EvaluationStatus.FAILED, error=failure)
             return
-    _finish(settings, evaluation_id, status=EvaluationStatus.SUCCEEDED, results=results)
+    _finish(settings, evaluation_id, owner, EvaluationStatus.SUCCEEDED, results=results)
 
 
 def _error_code(error: BaseException) -> str:

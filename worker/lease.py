@@ -1,8 +1,10 @@
-"""The worker's lease on a running job: claiming it, renewing it, and writing only while holding it.
+"""The worker's lease on a running job or evaluation: claiming it, renewing it, and writing only while
+holding it.
 
-Every write a worker makes to its job goes through `lock_owned`, a conditional UPDATE that both checks
-the lease and locks the row (a row lock on Postgres, the write lock on SQLite) for the rest of the
-transaction. A worker whose lease the reaper took away therefore can never overwrite the next attempt.
+Every write a worker makes to its job or evaluation goes through `lock` (`lock_owned` for jobs), a
+conditional UPDATE that both checks the lease and locks the row (a row lock on Postgres, the write lock
+on SQLite) for the rest of the transaction. A worker whose lease the reaper took away therefore can
+never overwrite the next attempt.
 """
 
 import logging
@@ -11,16 +13,23 @@ import socket
 import threading
 import uuid
 from types import TracebackType
+from typing import TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.db import now, session_scope
+from app.evaluations.models import Evaluation
 from app.jobs.lifecycle import JobStatus, transition
 from app.jobs.models import Job
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# What can be leased; both spell the statuses a lease moves between alike.
+Leased = TypeVar("Leased", Job, Evaluation)
+QUEUED = "queued"
+RUNNING = "running"
 
 
 def new_owner_id() -> str:
@@ -28,26 +37,32 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _guarded_update(session: Session, job_id: str, *conditions, **values) -> bool:  # noqa: ANN002, ANN003
-    statement = update(Job).where(Job.id == job_id, *conditions).values(**values)
+def _guarded_update(
+    session: Session, model: type[Job] | type[Evaluation], row_id: str, *conditions, **values  # noqa: ANN002, ANN003
+) -> bool:
+    statement = update(model).where(model.id == row_id, *conditions).values(**values)
     result = session.execute(statement.execution_options(synchronize_session=False))
     return result.rowcount == 1
 
 
-def claim(session: Session, job_id: str, owner: str, *, lease_seconds: int) -> Job | None:
-    """Take a queued job for `owner` and move it to running; None if it was not queued (a duplicate
-    delivery, or a job cancelled or taken meanwhile)."""
+def take(session: Session, model: type[Leased], row_id: str, owner: str, *, lease_seconds: int) -> Leased | None:
+    """Lease a queued row to `owner`, counting an attempt; None if it was not queued (a duplicate
+    delivery, or one cancelled or taken meanwhile). The caller moves it to running in this transaction."""
     # The guarded UPDATE is the atomic claim: of two workers racing, the second waits on the row lock
-    # and then finds the status no longer queued. The transition (and its event) rides in the same
-    # transaction, so a claim is never visible without its event.
-    claimed = _guarded_update(
-        session, job_id, Job.status == JobStatus.QUEUED,
-        lease_owner=owner, lease_expires_at=now() + lease_seconds, attempts=Job.attempts + 1,
+    # and then finds the status no longer queued.
+    taken = _guarded_update(
+        session, model, row_id, model.status == QUEUED,
+        lease_owner=owner, lease_expires_at=now() + lease_seconds, attempts=model.attempts + 1,
     )  # fmt: skip
-    if not claimed:
+    return session.get(model, row_id, populate_existing=True) if taken else None
+
+
+def claim(session: Session, job_id: str, owner: str, *, lease_seconds: int) -> Job | None:
+    """Take a queued job for `owner` and move it to running; None if it was not queued."""
+    job = take(session, Job, job_id, owner, lease_seconds=lease_seconds)
+    if job is None:
         return None
-    job = session.get(Job, job_id, populate_existing=True)
-    assert job is not None
+    # In the claim's transaction, so a claim is never visible without its event.
     transition(
         session, job, JobStatus.RUNNING,
         message=f"Job started (attempt {job.attempts})", data={"attempt": job.attempts, "worker": owner},
@@ -55,29 +70,41 @@ def claim(session: Session, job_id: str, owner: str, *, lease_seconds: int) -> J
     return job
 
 
+def lock_if(session: Session, model: type[Leased], row_id: str, *conditions) -> Leased | None:  # noqa: ANN002
+    """The row, locked for the rest of this transaction, if `conditions` still hold; else None."""
+    # A no-op assignment: the UPDATE is what re-checks the conditions and takes the lock, atomically.
+    held = _guarded_update(session, model, row_id, *conditions, lease_owner=model.lease_owner)
+    return session.get(model, row_id, populate_existing=True) if held else None
+
+
+def lock(session: Session, model: type[Leased], row_id: str, owner: str) -> Leased | None:
+    """The row, locked for this transaction, while `owner` still holds its lease; else None."""
+    return lock_if(session, model, row_id, model.lease_owner == owner, model.status == RUNNING)
+
+
 def lock_owned(session: Session, job_id: str, owner: str) -> Job | None:
     """The job, row-locked for this transaction, while `owner` still holds its lease; else None."""
-    held = _guarded_update(
-        session, job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING, lease_owner=owner
-    )
-    return session.get(Job, job_id, populate_existing=True) if held else None
+    return lock(session, Job, job_id, owner)
 
 
 class Heartbeat:
     """A thread renewing the lease every `heartbeat_seconds`; sets `lost` once the lease is gone."""
 
-    def __init__(self, settings: Settings, job_id: str, owner: str) -> None:
+    def __init__(
+        self, settings: Settings, row_id: str, owner: str, model: type[Job] | type[Evaluation] = Job
+    ) -> None:
         self.settings = settings
-        self.job_id = job_id
+        self.row_id = row_id
         self.owner = owner
+        self.model = model
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{row_id}", daemon=True)
 
     def renew(self) -> None:
         with session_scope(self.settings.database_url) as session:
             renewed = _guarded_update(
-                session, self.job_id, Job.lease_owner == self.owner, Job.status == JobStatus.RUNNING,
+                session, self.model, self.row_id, self.model.lease_owner == self.owner, self.model.status == RUNNING,
                 lease_expires_at=now() + self.settings.lease_seconds,
             )  # fmt: skip
         if not renewed:
@@ -88,7 +115,7 @@ class Heartbeat:
             try:
                 self.renew()
             except Exception:  # a database hiccup: keep trying until the lease runs out
-                log.exception("job %s: lease renewal failed", self.job_id)
+                log.exception("%s: lease renewal failed", self.row_id)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()

@@ -6,11 +6,12 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base
+from app.db import Base, now
 
 
 class EvaluationStatus(StrEnum):
-    # queued -> running -> succeeded | failed; only the worker moves an evaluation past queued.
+    # queued -> running -> succeeded | failed; running -> queued when the worker was lost (lease expired).
+    # Only workers and the reaper move an evaluation past queued.
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -38,3 +39,13 @@ class Evaluation(Base):
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    # Worker lease, as on jobs: a running evaluation whose lease expired is requeued by the reaper.
+    lease_owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The reaper's resend clock (jobs keep it in their events): when the evaluation was last sent to the
+    # queue (first by the API, at insert), and how many times since then it was re-sent because nobody
+    # took it.
+    queued_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    resends: Mapped[int] = mapped_column(Integer, default=0)

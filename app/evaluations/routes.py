@@ -1,4 +1,4 @@
-"""/v1/evaluations (create, read) and each fine-tuning job's stability report (JSON and plot)."""
+"""/v1/evaluations (create, list, read) and each fine-tuning job's stability report (JSON and plot)."""
 
 from typing import Annotated
 
@@ -11,6 +11,7 @@ from app.evaluations import service
 from app.evaluations.models import Evaluation
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
 from app.jobs.routes import ValidJob
+from app.pagination import AfterQuery, LimitQuery, ListObject
 
 router = APIRouter(tags=["evaluations"])
 
@@ -41,6 +42,14 @@ def create_evaluation(
     body: EvaluationCreate, owner: OwnerDep, session: SessionDep, settings: SettingsDep, enqueue: EnqueueDep
 ) -> EvaluationObject:
     return service.create_evaluation(session=session, settings=settings, enqueue=enqueue, owner=owner, request=body)
+
+
+@router.get("/evaluations")
+def list_evaluations(
+    owner: OwnerDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 20
+) -> ListObject[EvaluationObject]:
+    page = service.list_evaluations(session=session, owner=owner, after=after, limit=limit)
+    return ListObject[EvaluationObject](data=[EvaluationObject.of(e) for e in page.items], has_more=page.has_more)
 
 
 @router.get("/evaluations/{evaluation_id}")

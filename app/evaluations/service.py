@@ -17,6 +17,7 @@ from app.jobs.keys import stability_key
 from app.jobs.lifecycle import JobStatus
 from app.jobs.models import Job
 from app.jobs.service import get_job
+from app.pagination import Page, newest_first
 from app.settings import Settings
 from app.storage import ObjectStorage
 
@@ -97,6 +98,12 @@ def get_evaluation(*, session: Session, owner: str, evaluation_id: str) -> Evalu
     """The owner's evaluation with this id, or None."""
     statement = select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.owner == owner)
     return session.scalars(statement).one_or_none()
+
+
+def list_evaluations(*, session: Session, owner: str, after: str | None, limit: int) -> Page[Evaluation]:
+    """The owner's evaluations, newest first."""
+    statement = select(Evaluation).where(Evaluation.owner == owner)
+    return newest_first(session=session, statement=statement, entity=Evaluation, after=after, limit=limit)
 
 
 def stability_report(*, storage: ObjectStorage, job: Job, suffix: str) -> Iterator[bytes]:
