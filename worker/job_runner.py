@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
@@ -233,6 +234,11 @@ def run_job(
                 publish_stability(settings=settings, storage=storage, job_id=job_id, spec=spec, result=result)
         except TrainingStopped as stop:
             attempt.stopped(hooks, stop)
+        except OperationalError:
+            # The database failed, not the job (down, restarting, failing over). Recording a failure
+            # would fail too, or succeed a moment later and fail a healthy job for good. The lease
+            # runs out instead and the reaper retries the job from its last checkpoint.
+            log.exception("job %s: database unavailable; leaving the job to the reaper", job_id)
         except Exception as error:
             log.exception("job %s failed", job_id)
             attempt.fail(error)

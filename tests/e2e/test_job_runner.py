@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from app.db import now, session_scope
 from app.jobs.lifecycle import JobStatus
@@ -130,6 +131,25 @@ def test_training_exception_fails_job_with_error_object(settings: Settings, stor
     assert job.lease_owner is None and job.finished_at
     final = job_events(settings, job_id)[-1]
     assert (final.type, final.level, final.data["to"]) == ("state", "error", "failed")
+
+
+def test_database_error_mid_training_leaves_the_job_to_the_reaper_instead_of_failing_it(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    job_id = make_job(settings, storage)
+
+    def lose_the_database(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
+        # As a progress write raises while Postgres restarts; the database is back when the runner reacts.
+        raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection unexpectedly"))
+
+    run_job(settings=settings, job_id=job_id, train=lose_the_database)
+
+    job = job_row(settings, job_id)
+    assert (job.status, job.error) == (JobStatus.RUNNING, None)  # not failed: its lease will run out
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
+    reap(settings=settings, enqueue=lambda **_: None)
+    assert job_row(settings, job_id).status == JobStatus.QUEUED
 
 
 def test_malformed_training_file_fails_with_invalid_training_file(settings: Settings, storage: ObjectStorage) -> None:

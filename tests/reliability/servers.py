@@ -44,3 +44,27 @@ class ApiServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class WorkerProcess:
+    """`mambaft worker` (which execs Celery, so this pid is the worker's), its log in `folder`."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.log = folder / f"worker-{time.monotonic_ns()}.log"
+        self.process = subprocess.Popen(
+            [MAMBAFT, "worker"], env=clean_env(**env), cwd=folder, stdout=self.log.open("wb"), stderr=subprocess.STDOUT
+        )
+        self.pid = self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, as when the host or the OOM killer takes the process."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # warm shutdown: a running job is handed back
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
