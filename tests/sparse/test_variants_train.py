@@ -18,7 +18,7 @@ VARIANTS = [("mamba", "controllable"), ("mamba", "observable"), ("mamba2", "stab
 
 @pytest.mark.parametrize(("family", "variant"), VARIANTS)
 def test_a_tiny_model_of_each_variant_trains_on_stdlib_code(family: str, variant: str, tmp_path: Path) -> None:
-    train_path, validation_path = corpus_sample(tmp_path)
+    train_path, validation_path = corpus_sample(tmp_path, chars=600)  # ~37 steps of 8 x 64 tokens
     field = "ssm_structure" if family == "mamba" else "a_constraint"
     arch = Architecture(id="m", family=family, d_model=32, n_layer=2, d_state=8, **{field: variant})
     create_model_folder(arch, tmp_path / "model")

@@ -21,7 +21,9 @@ from torch import Tensor, nn
 from transformers.models.mamba.modeling_mamba import MambaMixer
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
+from worker.engine.companion_scan import all_roots
 from worker.engine.lora_fold import base_layer, effective_weight
+from worker.engine.sparse_mamba import STABLE_FLOOR, is_companion, is_stable, mixer_roots
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,18 @@ def mixers(model: nn.Module) -> list[nn.Module]:
 
 
 def ssm_A(mixer: nn.Module) -> Tensor:
-    """A = -exp(A_log) in fp32: (d_inner, n) for Mamba, (heads,) for Mamba-2."""
+    """The per-step decay rates in fp32: (d_inner, n) for Mamba, (heads,) for Mamba-2.
+
+    Diagonal A: A = -exp(A_log) itself (ST-Mamba2: the constrained value the forwards read).
+    SC/SO A (a companion matrix per channel): the real parts of its n roots. A = V diag(λ) V^{-1} with V
+    constant in time, so in V's coordinates the recurrence is diagonal and the state along root λ_i is
+    scaled by |exp(Δ_t λ_i)| = exp(Δ_t Re λ_i) per step: Re λ_i plays the role of a diagonal A entry, and
+    the exponent of the diagonalised recurrence is the exponent of the original one (V is fixed and
+    invertible, so it changes norms by a bounded factor only)."""
+    if is_companion(mixer):
+        return all_roots(mixer_roots(mixer)).real.float()
+    if is_stable(mixer):
+        return -torch.exp(mixer.A_log.float()).clamp(min=STABLE_FLOOR)
     return -torch.exp(mixer.A_log.float())
 
 

@@ -4,7 +4,7 @@
 report shows whether fine-tuning moved the recurrence towards instability.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from worker.engine.spec import Precision
 from worker.evaluation.model import load_for_eval
 from worker.evaluation.stability.divergence import GROWTH_THRESHOLD, LayerDivergence, divergence
 from worker.evaluation.stability.lyapunov import LayerLyapunov, lyapunov_exponents
+from worker.evaluation.stability.structure import LayerStructure, structure_checks
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class StabilityReport:
     layers: list[LayerLyapunov]
     divergence: list[LayerDivergence]
     growth_threshold: float = GROWTH_THRESHOLD
+    structure: list[LayerStructure] = field(default_factory=list)  # Sparse Mamba layers only (issue 7)
 
     @property
     def max_lyapunov_exponent(self) -> float:
@@ -68,6 +70,7 @@ def stability_report(model: nn.Module, family: str, inputs: Tensor, precision: P
     return StabilityReport(
         family=family, precision=precision, n_sequences=inputs.shape[0], seq_len=inputs.shape[1],
         layers=lyapunov_exponents(model, inputs), divergence=divergence(model, inputs, precision),
+        structure=structure_checks(model),
     )  # fmt: skip
 
 
