@@ -29,7 +29,11 @@ PUBLIC = {
     ("GET", "/v1/models/{model_id:path}"),
 }
 # List routes, and the kind of object whose ids they return.
-LISTS = {("GET", "/v1/files"): "file_id", ("GET", "/v1/fine_tuning/jobs"): "fine_tuning_job_id"}
+LISTS = {
+    ("GET", "/v1/files"): "file_id",
+    ("GET", "/v1/fine_tuning/jobs"): "fine_tuning_job_id",
+    ("GET", "/v1/evaluations"): "evaluation_id",
+}
 # The code a foreign id in each path parameter must get: exactly the code of an id that does not exist.
 NOT_FOUND = {"file_id": "file_not_found", "fine_tuning_job_id": "job_not_found", "evaluation_id": "evaluation_not_found"}
 
