@@ -85,7 +85,8 @@ def _prune_checkpoints(keep: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def train(spec: TrainSpec, hooks: TrainHooks = TrainHooks()) -> TrainResult:
+def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
+    hooks = hooks or TrainHooks()  # a fresh one per call: its callables are not shared state
     # --- setup -------------------------------------------------------------------------------------
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
