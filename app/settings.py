@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     reaper_interval_seconds: int = 15
     max_attempts: int = 3
     checkpoint_every_steps: int = 50
+    # A worker's checkpoint upload is retried this long while object storage is unreachable; then the job fails.
+    storage_retry_seconds: int = Field(default=60, ge=0)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

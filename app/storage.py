@@ -7,8 +7,9 @@ so a reader never sees a half-written upload, whatever crashes in between.
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -16,17 +17,27 @@ from urllib.parse import urlparse
 
 import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as EndpointUnreachable
 
 from app.settings import Settings
 
 CHUNK = 1024 * 1024
+# The server could not be reached or dropped the connection: a later try may succeed. Errors the server
+# answered with (denied, no such bucket) are not retried: they would only come back.
+UNREACHABLE = (EndpointUnreachable, HTTPClientError)
+FIRST_RETRY_WAIT_S = 1.0
+MAX_RETRY_WAIT_S = 10.0
 
 
 class ObjectNotFound(Exception):
     def __init__(self, key: str) -> None:
         super().__init__(f"no object stored under {key!r}")
         self.key = key
+
+
+class StorageUnavailable(Exception):
+    """Object storage stayed unreachable for as long as we were willing to retry."""
 
 
 class ObjectStorage(Protocol):
@@ -219,3 +230,28 @@ def storage_from_settings(settings: Settings) -> ObjectStorage:
     if url.startswith("s3://"):
         return S3Storage(url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
     raise ValueError(f"unsupported MAMBAFT_STORAGE_URL scheme: {url!r} (use file:// or s3://)")
+
+
+def put_file_retrying(
+    storage: ObjectStorage,
+    key: str,
+    path: Path,
+    *,
+    retry_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """`storage.put_file`, tried again with doubling waits while the server is unreachable, for at most
+    `retry_seconds`; then StorageUnavailable. Safe to repeat: a write is atomic, so a failed try leaves
+    nothing under `key` and the next one stores it whole."""
+    deadline = clock() + retry_seconds
+    wait = FIRST_RETRY_WAIT_S
+    while True:
+        try:
+            return storage.put_file(key, path)
+        except UNREACHABLE as error:
+            left = deadline - clock()
+            if left <= 0:
+                raise StorageUnavailable(f"object storage unreachable for {retry_seconds}s: {error}") from error
+            sleep(min(wait, left))
+            wait = min(wait * 2, MAX_RETRY_WAIT_S)

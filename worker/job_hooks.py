@@ -14,7 +14,7 @@ from app.jobs.keys import checkpoint_key
 from app.jobs.lifecycle import JobStatus, record_event
 from app.jobs.models import Checkpoint, Job
 from app.settings import Settings
-from app.storage import ObjectStorage
+from app.storage import ObjectStorage, put_file_retrying
 from worker.archive import pack
 from worker.engine.spec import Progress, TrainHooks
 from worker.lease import Heartbeat, lock_owned
@@ -75,7 +75,10 @@ class JobHooks:
     def on_checkpoint(self, folder: Path, step: int) -> None:
         key = checkpoint_key(self.job_id, step)
         with tempfile.TemporaryDirectory(prefix="mambaft-ckpt-") as tmp:
-            self.storage.put_file(key, pack(folder, Path(tmp) / "checkpoint.tar.gz"))
+            # Training waits out a short storage outage here instead of losing the attempt; the heartbeat
+            # thread keeps the lease meanwhile.
+            archive = pack(folder, Path(tmp) / "checkpoint.tar.gz")
+            put_file_retrying(self.storage, key, archive, retry_seconds=self.settings.storage_retry_seconds)
         with session_scope(self.settings.database_url) as session:
             if lock_owned(session, self.job_id, self.owner) is None:
                 self.heartbeat.lost.set()

@@ -23,7 +23,7 @@ from app.jobs.lifecycle import JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
 from app.queue import BrokerUnavailable, enqueue_job
 from app.settings import Settings
-from app.storage import ObjectNotFound, ObjectStorage, storage_from_settings
+from app.storage import ObjectNotFound, ObjectStorage, StorageUnavailable, storage_from_settings
 from worker.archive import pack, unpack
 from worker.engine.spec import LoraSpec, TrainHooks, TrainingStopped, TrainResult, TrainSpec
 from worker.engine.trainer import train as engine_train
@@ -61,9 +61,11 @@ def fine_tuned_model_id(job: Job) -> str:
 
 
 def error_code(error: BaseException) -> str:
-    """The code of the innermost engine module on the traceback, or training_failed."""
+    """Our own failure's code, else the code of the innermost engine module on the traceback, else training_failed."""
     if isinstance(error, JobFailed):
         return error.code
+    if isinstance(error, StorageUnavailable):
+        return "storage_unavailable"
     code = "training_failed"
     tb: TracebackType | None = error.__traceback__
     while tb is not None:

@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -56,8 +56,15 @@ class ProductionStack:
         self.workers.append(worker)
         return worker
 
-    def create_job(self, *, train_lines: int) -> str:
-        """A fp32 (deterministic on CPU) LoRA job on mamba-tiny, created through the API."""
+    def restart_api(self) -> ApiServer:
+        """SIGKILL the API and start a new one on the same port, as a supervisor restarting it would."""
+        assert self.api is not None
+        self.api.kill()
+        self.api = ApiServer(self.folder, self.env, port=self.api.port)
+        return self.api
+
+    def job_request(self, *, train_lines: int) -> dict[str, Any]:
+        """The body of a fp32 (deterministic on CPU) LoRA job on mamba-tiny, its files uploaded through the API."""
         assert self.api is not None
         self.api.wait_up()
         with httpx.Client(base_url=self.api.url, timeout=30) as client:
@@ -67,12 +74,17 @@ class ProductionStack:
                 content = {"file": (name, demo_slice(name, lines))}
                 upload = client.post("/v1/files", files=content, data={"purpose": "fine-tune"})
                 files[role] = upload.raise_for_status().json()["id"]
-            created = client.post("/v1/fine_tuning/jobs", json={
-                "model": "mamba-tiny", **files, "precision": "fp32", "seed": 3,
-                "lora": {"r": 4, "alpha": 8, "target_modules": ["in_proj", "x_proj"]},
-                "hyperparameters": {"n_epochs": 1, "batch_size": 2, "max_seq_len": 64, "learning_rate": 3e-3},
-            })  # fmt: skip
-            return created.raise_for_status().json()["id"]
+        return {
+            "model": "mamba-tiny", **files, "precision": "fp32", "seed": 3,
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["in_proj", "x_proj"]},
+            "hyperparameters": {"n_epochs": 1, "batch_size": 2, "max_seq_len": 64, "learning_rate": 3e-3},
+        }  # fmt: skip
+
+    def create_job(self, *, train_lines: int) -> str:
+        body = self.job_request(train_lines=train_lines)
+        assert self.api is not None
+        created = httpx.post(f"{self.api.url}/v1/fine_tuning/jobs", json=body, timeout=30)
+        return created.raise_for_status().json()["id"]
 
     def _read(self, read: Callable[[Session], T]) -> T:
         """`read(session)`, retried while our own Postgres is down or restarting."""
@@ -87,6 +99,10 @@ class ProductionStack:
         job = self._read(lambda s: s.get(Job, job_id))
         assert job is not None
         return job
+
+    def job_count(self) -> int:
+        """Jobs in the database, of every owner: a duplicate create shows up here even if no list shows it."""
+        return self._read(lambda s: s.scalar(select(func.count()).select_from(Job)) or 0)
 
     def events(self, job_id: str) -> list[JobEvent]:
         statement = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)

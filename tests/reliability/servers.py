@@ -12,12 +12,13 @@ START_TIMEOUT_S = 60
 
 
 class ApiServer:
-    """`mambaft api` on a free loopback port, its log in `folder`; stopped with SIGTERM."""
+    """`mambaft api` on a loopback port (a free one unless given), its log in `folder`; stopped with SIGTERM."""
 
-    def __init__(self, folder: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, folder: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"api-{self.port}.log"
+        # One log per process, also when a restarted API takes over the port.
+        self.log = folder / f"api-{self.port}-{time.monotonic_ns()}.log"
         self.process = subprocess.Popen(
             [MAMBAFT, "api", "--host", "127.0.0.1", "--port", str(self.port)],
             env=clean_env(**env),
@@ -36,6 +37,11 @@ class ApiServer:
             except httpx.TransportError:
                 time.sleep(0.2)
         raise TimeoutError(f"API not up after {START_TIMEOUT_S}s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: requests in flight are cut off and no shutdown handler runs."""
+        self.process.kill()
+        self.process.wait()
 
     def stop(self) -> None:
         self.process.terminate()

@@ -1,16 +1,28 @@
 """Faults while a fine-tuning job runs on the production stack (see production_stack.py): a worker
-killed with SIGKILL, the broker restarted, the database restarted. Each time the job ends `succeeded`,
-never stuck in `running`."""
+killed with SIGKILL, the broker restarted, the database restarted, the API restarted. Each time the
+job ends `succeeded`, never stuck in `running`."""
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from e2e.conftest import aws_credentials, models_dir, s3_endpoint  # noqa: F401  (fixtures, re-exported by name)
 
-from .production_stack import LEASE_S, REAPER_INTERVAL_S, ProductionStack, is_transition, production_stack, worker_pid
+from .production_stack import (
+    JOB_TIMEOUT_S,
+    LEASE_S,
+    REAPER_INTERVAL_S,
+    TERMINAL,
+    ProductionStack,
+    is_transition,
+    production_stack,
+    worker_pid,
+)
 
 TRAIN_LINES = 48
 # Worker start (Celery, torch) and first claim on a busy 2-core machine.
@@ -22,6 +34,7 @@ OUTAGE_S = 3
 # About twice as many steps, so training is still going when the outage begins.
 OUTAGE_TRAIN_LINES = 96
 SOAK_RUNS = 10
+POLL_INTERVAL_S = 0.1
 
 
 @pytest.fixture
@@ -103,3 +116,70 @@ def test_job_survives_a_postgres_restart_mid_job(stack: ProductionStack) -> None
     # reaper requeues it and the retry resumes from the last checkpoint.
     assert stack.wait_terminal(job_id).status == "succeeded", stack.log_tail()
     assert any(e.message.startswith("Resuming from checkpoint") for e in stack.events(job_id)), stack.log_tail()
+
+
+class JobPoller(threading.Thread):
+    """A client polling GET /v1/fine_tuning/jobs/{id} until the job is terminal, retrying whenever the
+    API does not answer; it keeps every answer so the test can tell what the client saw."""
+
+    def __init__(self, url: str, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.path = f"{url}/v1/fine_tuning/jobs/{job_id}"
+        self.answers: list[httpx.Response] = []
+        self.unanswered = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self.done.is_set():
+                try:
+                    answer = client.get(self.path)
+                except httpx.TransportError:
+                    self.unanswered += 1
+                else:
+                    self.answers.append(answer)
+                    if answer.status_code == 200 and answer.json()["status"] in TERMINAL:
+                        self.done.set()
+                time.sleep(POLL_INTERVAL_S)
+
+
+def post_until_answered(url: str, body: dict[str, Any], key: str) -> httpx.Response:
+    """A client's create, retried under one Idempotency-Key until the API answers."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return httpx.post(f"{url}/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": key}, timeout=30)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(POLL_INTERVAL_S)
+
+
+def test_api_restart_while_clients_poll_loses_and_duplicates_nothing(stack: ProductionStack) -> None:
+    stack.start_worker()
+    assert stack.api is not None
+    body = stack.job_request(train_lines=OUTAGE_TRAIN_LINES)
+    first = post_until_answered(stack.api.url, body, key="create-once")
+    assert first.status_code == 200, first.text
+    job_id = first.json()["id"]
+    wait_until_mid_job(stack, job_id)
+    poller = JobPoller(stack.api.url, job_id)
+    poller.start()
+    try:
+        api = stack.restart_api()
+        # The client never learned whether its create went through, so it sends it again.
+        retried = post_until_answered(api.url, body, key="create-once")
+        poller.join(JOB_TIMEOUT_S)
+    finally:
+        poller.done.set()
+        poller.join()
+
+    assert poller.unanswered > 0, "the restart never cut the poller off: nothing was tested"
+    assert [a.status_code for a in poller.answers if a.status_code != 200] == [], stack.log_tail()
+    seen = [a.json() for a in poller.answers]
+    assert {s["id"] for s in seen} == {job_id}
+    assert seen[-1]["status"] == "succeeded", stack.log_tail()
+    assert (retried.status_code, retried.json()) == (200, first.json())
+    listed = httpx.get(f"{api.url}/v1/fine_tuning/jobs", timeout=30).raise_for_status().json()["data"]
+    assert [j["id"] for j in listed] == [job_id]
+    assert stack.job_count() == 1
