@@ -9,6 +9,11 @@ seeds 0..S-1 (the seed sets both the initialization and the batch order, so seed
 sees the same batches). Per variant: validation perplexity, training tokens/s, training time, wall
 time of the whole run (load, training, both validation passes) and parameters, as mean and 95%
 t-interval; and per claim the paired relative difference against the stock model of the same seed.
+
+On CUDA stock Mamba runs mamba-ssm's fused kernel while SC/SO run our pure-torch diagonalized scan (the
+kernel takes one real diagonal A per channel), eager (their step cannot be captured as a CUDA graph).
+"Mamba (torch scan)" is stock Mamba forced onto the same pure-torch scan, eager too, so its time against
+SC/SO isolates what the structure costs from what the kernel and the graph save.
 """
 
 import argparse
@@ -18,11 +23,14 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from worker.engine import mamba_forward  # noqa: E402
 from worker.engine.architecture import Architecture, create_model_folder  # noqa: E402
 from worker.engine.spec import TrainSpec  # noqa: E402
 from worker.engine.stdlib_corpus import build_corpus  # noqa: E402
@@ -31,6 +39,7 @@ from worker.engine.trainer import train  # noqa: E402
 # (name, family, variant field, variant); the first of each family is its baseline.
 VARIANTS = [
     ("Mamba", "mamba", "ssm_structure", "diagonal"),
+    (TORCH_SCAN := "Mamba (torch scan)", "mamba", "ssm_structure", "diagonal"),
     ("SC-Mamba", "mamba", "ssm_structure", "controllable"),
     ("SO-Mamba", "mamba", "ssm_structure", "observable"),
     ("Mamba-2", "mamba2", "a_constraint", "none"),
@@ -53,19 +62,22 @@ def take_tokens(source: Path, target: Path, chars: int) -> None:
 
 
 def run_one(args: argparse.Namespace, variant: tuple[str, str, str, str], seed: int, data: dict[str, Path],
-            work: Path) -> dict[str, float]:  # fmt: skip
+            work: Path, split: str = "train") -> dict[str, float]:  # fmt: skip
     name, family, field, value = variant
     arch = Architecture(id=name, family=family, d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state,
                         seed=seed, **{field: value})  # fmt: skip
-    folder = work / f"{name}-{seed}"
+    folder = work / f"{name.replace(' ', '_')}-{seed}-{split}"
     parameters = create_model_folder(arch, folder / "model")
+    # Only the mixer's scan falls back to torch: the rest of the step is the same as SC/SO's.
+    torch_scan = mock.patch.object(mamba_forward, "fused_kernels_available", lambda: False)
     start = time.perf_counter()
-    result = train(TrainSpec(
-        model=str(folder / "model"), train_path=data["train"], validation_path=data["validation"],
-        output_dir=folder / "out", precision="bf16" if args.device == "cuda" else "fp32", lora=None,
-        learning_rate=args.lr, batch_size=args.batch_size, max_seq_len=args.seq_len, seed=seed,
-        device=args.device, checkpoint_every=0,
-    ))  # fmt: skip
+    with torch_scan if name == TORCH_SCAN else nullcontext():
+        result = train(TrainSpec(
+            model=str(folder / "model"), train_path=data[split], validation_path=data["validation"],
+            output_dir=folder / "out", precision="bf16" if args.device == "cuda" else "fp32", lora=None,
+            learning_rate=args.lr, batch_size=args.batch_size, max_seq_len=args.seq_len, seed=seed,
+            device=args.device, checkpoint_every=0, cuda_graphs=name != TORCH_SCAN,
+        ))  # fmt: skip
     wall = time.perf_counter() - start
     m = result.metrics
     return {"validation_perplexity": m["validation_perplexity"], "tokens_per_second": m["tokens_per_second"],
@@ -86,19 +98,25 @@ def fmt(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
+def paired(mine: list[dict[str, float]], base: list[dict[str, float]], metric: str) -> list[float]:
+    """Per-seed relative difference in % (same initialization seed and batch order, so seed noise cancels)."""
+    return [100 * (a[metric] / b[metric] - 1) for a, b in zip(mine, base)]
+
+
 def table(runs: dict[str, list[dict[str, float]]]) -> str:
-    rows = ["| model | val. perplexity | Δ ppl vs stock | tokens/s | Δ train time vs stock | train s | wall s "
-            "| parameters |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, family, _, _ in VARIANTS:
+    rows = ["| model | val. perplexity | Δ ppl vs stock | tokens/s | Δ train time vs stock | Δ train time vs "
+            "torch scan | train s | wall s | parameters |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, family, _, _ in [v for v in VARIANTS if v[0] in runs]:
         mine, base = runs[name], runs[BASELINE[family]]
-        # Paired by seed: same initialization seed and batch order, so seed-to-seed noise cancels.
-        d_ppl = [100 * (a["validation_perplexity"] / b["validation_perplexity"] - 1) for a, b in zip(mine, base)]
-        d_time = [100 * (a["train_seconds"] / b["train_seconds"] - 1) for a, b in zip(mine, base)]
-        paired = name != BASELINE[family]
+        is_base = name == BASELINE[family]
+        vs_torch = family == "mamba" and name not in (BASELINE[family], TORCH_SCAN) and TORCH_SCAN in runs
         rows.append(
             f"| {name} | {fmt([r['validation_perplexity'] for r in mine], 3)} "
-            f"| {fmt(d_ppl, 2) + ' %' if paired else '—'} | {fmt([r['tokens_per_second'] for r in mine], 0)} "
-            f"| {fmt(d_time, 1) + ' %' if paired else '—'} | {fmt([r['train_seconds'] for r in mine], 2)} "
+            f"| {'—' if is_base else fmt(paired(mine, base, 'validation_perplexity'), 2) + ' %'} "
+            f"| {fmt([r['tokens_per_second'] for r in mine], 0)} "
+            f"| {'—' if is_base else fmt(paired(mine, base, 'train_seconds'), 1) + ' %'} "
+            f"| {fmt(paired(mine, runs[TORCH_SCAN], 'train_seconds'), 1) + ' %' if vs_torch else '—'} "
+            f"| {fmt([r['train_seconds'] for r in mine], 2)} "
             f"| {fmt([r['wall_seconds'] for r in mine], 2)} | {int(mine[0]['parameters']):,} |"
         )
     return "\n".join(rows)
@@ -117,7 +135,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--validation-tokens", type=int, default=32_768)
     parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers here")
+    parser.add_argument("--from-json", type=Path, default=None, help="print the tables of a saved --json run")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(table(saved["runs"]))
+        return
 
     with tempfile.TemporaryDirectory(prefix="sparse-bench-") as tmp:
         work = Path(tmp)
@@ -126,10 +149,19 @@ def main() -> None:
         # Non-ASCII characters and one EOS per file add a few tokens: the table reports the real steps.
         take_tokens(corpus.train, data["train"], args.steps * args.batch_size * args.seq_len)
         take_tokens(corpus.validation, data["validation"], args.validation_tokens)
+        # On the CPU every Mamba runs the torch scan already: the control would repeat Mamba.
+        variants = [v for v in VARIANTS if args.device == "cuda" or v[0] != TORCH_SCAN]
+        if args.device == "cuda":
+            # A few steps of each variant first, not measured: the kernels' first-use compilation and
+            # autotuning would otherwise land in the timings of seed 0.
+            data["warm-up"] = work / "warm-up.jsonl"
+            take_tokens(corpus.train, data["warm-up"], 4 * args.batch_size * args.seq_len)
+            for variant in variants:
+                run_one(args, variant, 0, data, work, split="warm-up")
         runs: dict[str, list[dict[str, float]]] = {}
         # Seed-major: on a shared machine, load that comes and goes then hits every variant alike.
         for seed in range(args.seeds):
-            for variant in VARIANTS:
+            for variant in variants:
                 runs.setdefault(variant[0], []).append(run_one(args, variant, seed, data, work))
                 print(variant[0], seed, runs[variant[0]][-1], file=sys.stderr, flush=True)
     if args.json:

@@ -1,14 +1,20 @@
 """Tokens/s, peak memory and a GPU-time split of one LoRA step: our engine vs stock, in one run.
 
 GPU (same shapes and settings as ../shared/device/stock_profile.py: batch 8 x 1024, LoRA r=8,
-frozen weights bf16, trainable fp32, autocast bf16, fused AdamW):
-    python3 bench/step.py gpu [mamba|mamba2] [engine,engine...]   (ours, ours_graph, ours_lean, ours_lean_graph)
+frozen weights in the half precision, trainable fp32, autocast, fused AdamW):
+    python3 bench/step.py gpu [mamba|mamba2] [engine,engine...] [--precision bf16|fp16|fp32] [--shapes 1.4b,130m]
+        engines: ours, ours_graph, ours_lean, ours_lean_graph. fp16 adds dynamic loss scaling
+        (GradScaler, as the trainer does); fp32 keeps every weight fp32 and runs no autocast.
+The largest batch x 1024 tokens one step fits in the GPU, per engine (stock included):
+    python3 bench/step.py capacity [mamba|mamba2] [engine,engine...] [--precision ...]
 CPU (the embedded default: tiny model shape d_model 128 x 4 layers, batch 4 x 256):
     python3 bench/step.py cpu
 Stock on the CPU is transformers' own pure-torch path (a Python loop over tokens).
 """
 
+import argparse
 import collections
+import gc
 import json
 import sys
 import time
@@ -28,6 +34,9 @@ from worker.engine.spec import LoraSpec  # noqa: E402
 OUR_TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"), "mamba2": ("in_proj", "out_proj")}
 # What stock peft accepts: it refuses out_proj on both families.
 STOCK_TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj"), "mamba2": ("in_proj",)}
+# The dtype of frozen weights and of autocast; fp32 runs without autocast.
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+SHAPES = {"1.4b": (2048, 48), "130m": (768, 24)}
 
 
 def make(family: str, d: int, layers: int, vocab: int) -> torch.nn.Module:
@@ -38,7 +47,7 @@ def make(family: str, d: int, layers: int, vocab: int) -> torch.nn.Module:
                                         expand=2, use_mambapy=False))
 
 
-def build(engine: str, family: str, d: int, layers: int, vocab: int, device: str) -> torch.nn.Module:
+def build(engine: str, family: str, d: int, layers: int, vocab: int, device: str, precision: str) -> torch.nn.Module:
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the GPU: a 1.4B random init on the host takes minutes
         model = make(family, d, layers, vocab)
@@ -49,8 +58,9 @@ def build(engine: str, family: str, d: int, layers: int, vocab: int, device: str
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(STOCK_TARGETS[family])))
     model = model.to(device)
     if device == "cuda":
+        frozen = HALF[precision] or torch.float32
         for p in model.parameters():
-            p.data = p.data.float() if p.requires_grad else p.data.to(torch.bfloat16)
+            p.data = p.data.float() if p.requires_grad else p.data.to(frozen)
     return model
 
 
@@ -78,47 +88,63 @@ def capture(eager_step, optimizer) -> "callable":
     return graph.replay
 
 
-def measure(engine: str, family: str, d: int, layers: int, batch: int, seq: int, device: str, steps: int) -> dict:
-    vocab = 50280 if device == "cuda" else 264
-    model = build(engine, family, d, layers, vocab, device)
-    graphed = engine.endswith("graph")
-    # "lean" engines recompute each layer in backward (memory-lean mode).
+def make_step(engine: str, model: torch.nn.Module, precision: str, batch: int, seq: int, device: str,
+              graphed: bool) -> "callable":  # fmt: skip
+    """One training step of `model` on a fixed random batch, eager or captured as a CUDA graph."""
     params = [p for p in model.parameters() if p.requires_grad]
     if graphed:  # the learning rate lives on the GPU so a captured step can still follow a schedule
         optimizer = torch.optim.AdamW(params, lr=torch.tensor(1e-5, device=device), fused=True, capturable=True)
     else:
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device == "cuda")
+    # Disabled (bf16, fp32) it passes everything through; under fp16 it scales the loss and skips
+    # overflowing steps on the GPU, with no host sync, so the captured step keeps it.
+    scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
+    vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (batch, seq), device=device)
     targets = ids.roll(-1, dims=1)
     targets[:, -1] = -100  # the same 1023 scored positions per row as the model's own shifted loss
     model.train()
+    half = HALF[precision] if device == "cuda" else None
 
     def eager_step() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda", cache_enabled=not graphed):
+        with torch.autocast(device, dtype=half or torch.bfloat16, enabled=half is not None, cache_enabled=not graphed):
             if engine == "stock":
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             else:
                 loss = next_token_loss(model, ids, targets)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if not graphed:
             optimizer.zero_grad(set_to_none=True)
 
+    return capture(eager_step, optimizer) if graphed else eager_step
+
+
+def timed(step: "callable", steps: int, warmup: int, sync: "callable") -> float:
+    """Seconds per step after `warmup` steps."""
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def measure(engine: str, family: str, d: int, layers: int, batch: int, seq: int, device: str, steps: int,
+            precision: str = "bf16") -> dict:  # fmt: skip
+    vocab = 50280 if device == "cuda" else 264
+    model = build(engine, family, d, layers, vocab, device, precision)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    step = capture(eager_step, optimizer) if graphed else eager_step
-    warmup = 2 if device == "cuda" else 1
-    for i in range(steps + warmup):
-        if i == warmup:
-            sync()
-            start = time.perf_counter()
-        step()
-    sync()
-    seconds = (time.perf_counter() - start) / steps
-    result = dict(engine=engine, family=family, d=d, layers=layers, batch=batch, seq=seq,
-                  tokens_per_s=round(batch * seq / seconds), step_ms=round(seconds * 1e3, 1))
+    step = make_step(engine, model, precision, batch, seq, device, graphed=engine.endswith("graph"))
+    seconds = timed(step, steps, warmup=2 if device == "cuda" else 1, sync=sync)
+    result = dict(engine=engine, family=family, d=d, layers=layers, batch=batch, seq=seq, precision=precision,
+                  tokens_per_s=round(batch * seq / seconds), step_ms=round(seconds * 1e3, 1))  # fmt: skip
     if device == "cuda":
         result["peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -137,24 +163,84 @@ def measure(engine: str, family: str, d: int, layers: int, batch: int, seq: int,
     return result
 
 
-def compare(shapes: list[tuple[str, int, int, int, int]], device: str, steps: int, engines: list[str]) -> None:
+def peak_of_step(engine: str, model: torch.nn.Module, precision: str, batch: int, seq: int) -> tuple[int, float]:
+    """Peak bytes and seconds of one eager step at `batch` (after one warm-up step)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    step = make_step(engine, model, precision, batch, seq, "cuda", graphed=False)
+    seconds = timed(step, 1, warmup=1, sync=torch.cuda.synchronize)
+    return torch.cuda.max_memory_allocated(), seconds
+
+
+def capacity(engine: str, family: str, d: int, layers: int, seq: int, precision: str) -> dict:
+    """The largest batch of `seq` tokens one step fits in. Peak memory is close to affine in the batch
+    (weights + per-row activations), but small batches overstate the per-row cost, so the line is refit
+    through the last two measured batches until a prediction fits; a batch that does not fit steps down."""
+    model = build(engine, family, d, layers, 50280, "cuda", precision)
+    card = torch.cuda.mem_get_info()[1] * 0.97  # the whole card, less a margin for the allocator
+    points = [(b, *peak_of_step(engine, model, precision, b, seq)) for b in (2, 4)]
+    best = points[-1]
+    for _ in range(4):
+        (b1, p1, _), (b2, p2, _) = points[-2:]
+        per_row = (p2 - p1) / (b2 - b1)
+        batch = int(b2 + (card - p2) // per_row)
+        if batch <= best[0]:
+            break
+        try:
+            points.append((batch, *peak_of_step(engine, model, precision, batch, seq)))
+            best = points[-1]
+        except torch.OutOfMemoryError:  # the same line, a smaller target
+            card *= 0.97
+    batch, peak, seconds = best
+    result = dict(engine=engine, family=family, d=d, layers=layers, precision=precision, seq=seq, max_batch=batch,
+                  max_tokens=batch * seq, peak_GiB=round(peak / 2**30, 2), tokens_per_s=round(batch * seq / seconds),
+                  tried=[b for b, _, _ in points])  # fmt: skip
+    del model
+    return result
+
+
+def compare(shapes: list[tuple[str, int, int, int, int]], device: str, steps: int, engines: list[str],
+            precision: str) -> None:  # fmt: skip
     for family, d, layers, batch, seq in shapes:
-        stock = measure("stock", family, d, layers, batch, seq, device, steps)
+        stock = measure("stock", family, d, layers, batch, seq, device, steps, precision)
         print(json.dumps(stock), flush=True)
         for engine in engines:
-            ours = measure(engine, family, d, layers, batch, seq, device, steps)
+            try:
+                ours = measure(engine, family, d, layers, batch, seq, device, steps, precision)
+            except Exception as error:  # one engine failing (say, an OOM) must not lose the others' figures
+                print(json.dumps(dict(family=family, d=d, engine=engine, precision=precision, error=repr(error))))
+                continue
+            finally:
+                gc.collect()
             print(json.dumps(ours), flush=True)
-            print(json.dumps(dict(family=family, d=d, layers=layers, engine=engine,
+            print(json.dumps(dict(family=family, d=d, layers=layers, engine=engine, precision=precision,
                                   speedup=round(ours["tokens_per_s"] / stock["tokens_per_s"], 2))), flush=True)
 
 
-if __name__ == "__main__":
-    mode = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-    if mode == "gpu":
-        family = sys.argv[2] if len(sys.argv) > 2 else "mamba"
-        print("torch", torch.__version__, torch.cuda.get_device_name())
-        engines = sys.argv[3].split(",") if len(sys.argv) > 3 else ["ours", "ours_graph", "ours_lean", "ours_lean_graph"]
-        compare([(family, 2048, 48, 8, 1024), (family, 768, 24, 8, 1024)], "cuda", steps=4, engines=engines)
-    else:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["gpu", "capacity", "cpu"], nargs="?", default="cpu")
+    parser.add_argument("family", choices=["mamba", "mamba2"], nargs="?", default="mamba")
+    parser.add_argument("engines", nargs="?", default="ours,ours_graph,ours_lean,ours_lean_graph")
+    parser.add_argument("--precision", choices=list(HALF), default="bf16")
+    parser.add_argument("--shapes", default="1.4b,130m", help=f"comma-separated, of {list(SHAPES)}")
+    args = parser.parse_args()
+    engines = args.engines.split(",")
+    if args.mode == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        compare([("mamba", 128, 4, 4, 256)], "cpu", steps=2, engines=["ours"])
+        compare([("mamba", 128, 4, 4, 256)], "cpu", steps=2, engines=["ours"], precision="fp32")
+        return
+    print("torch", torch.__version__, torch.cuda.get_device_name(), args.precision, flush=True)
+    shapes = [SHAPES[name] for name in args.shapes.split(",")]
+    if args.mode == "gpu":
+        compare([(args.family, d, layers, 8, 1024) for d, layers in shapes], "cuda", 4, engines, args.precision)
+        return
+    for d, layers in shapes:
+        for engine in engines:
+            print(json.dumps(capacity(engine, args.family, d, layers, 1024, args.precision)), flush=True)
+            gc.collect()
+
+
+if __name__ == "__main__":
+    main()

@@ -66,6 +66,12 @@ def is_companion(mixer: nn.Module) -> bool:
     return isinstance(mixer, MambaMixer) and getattr(mixer, "ssm_structure", "diagonal") in COMPANION
 
 
+def graph_capturable(model: nn.Module) -> bool:
+    """False for SC/SO models: capturing their complex-valued backward as a CUDA graph fails on the GPU
+    (cudaErrorStreamCaptureUnsupported, seen on an H100 with torch 2.11), so the trainer runs them eager."""
+    return not any(is_companion(module) for module in model.modules())
+
+
 def is_stable(mixer: nn.Module) -> bool:
     return isinstance(mixer, Mamba2Mixer) and getattr(mixer, "a_constraint", "none") == "stable"
 

@@ -35,6 +35,7 @@ from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
 from worker.engine.loss import next_token_loss
 from worker.engine.mamba_forward import set_activation_recompute
 from worker.engine.precision import PrecisionPolicy
+from worker.engine.sparse_mamba import graph_capturable
 from worker.engine.spec import (
     Progress,
     TrainHooks,
@@ -135,7 +136,7 @@ def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
     model.train()
     forward_backward = ForwardBackward(
         lambda inputs, targets: next_token_loss(model, inputs, targets), precision,
-        use_graphs=spec.cuda_graphs and device.type == "cuda",
+        use_graphs=spec.cuda_graphs and device.type == "cuda" and graph_capturable(model),
     )
     last_checkpoint = None
     for position, inputs, targets, n_tokens in batches(
