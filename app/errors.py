@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 
+from app.storage import UNREACHABLE
+
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +57,22 @@ def not_found(code: str, message: str, *, param: str | None = None) -> ApiError:
 
 def conflict(code: str, message: str, *, param: str | None = None) -> ApiError:
     return ApiError(409, code, message, param=param)
+
+
+# How long a client should wait before retrying while a dependency is unreachable (as /readyz says).
+RETRY_AFTER_SECONDS = "5"
+
+
+def unavailable(code: str, message: str) -> ApiError:
+    """503 with Retry-After: a dependency is down, and the same request can succeed once it is back."""
+    return ApiError(503, code, message, type_="server_error", headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def broker_unavailable() -> ApiError:
+    """A create that must queue work while the broker is down; raised before anything is committed."""
+    return unavailable(
+        "broker_unavailable", "The job queue (broker) is unreachable; nothing was created, retry shortly"
+    )
 
 
 def render(error: ApiError) -> JSONResponse:
@@ -111,25 +129,19 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
     return render(_from_validation(error))
 
 
-# How long a client should wait before retrying while the database is unreachable (as /readyz says).
-DATABASE_RETRY_AFTER_SECONDS = "5"
-
-
 async def _database_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DBAPIError)
     # A lost or refused connection (or a locked SQLite file) is an outage; anything else is a bug.
     if not (error.connection_invalidated or isinstance(error, OperationalError)):
         return await _unexpected(request, error)
     log.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(error.orig).__name__)
-    return render(
-        ApiError(
-            503,
-            "database_unavailable",
-            "The database is unreachable; retry shortly",
-            type_="server_error",
-            headers={"Retry-After": DATABASE_RETRY_AFTER_SECONDS},
-        )
-    )
+    return render(unavailable("database_unavailable", "The database is unreachable; retry shortly"))
+
+
+async def _storage_error(request: Request, error: Exception) -> JSONResponse:
+    # Only errors of reaching the server: one it answered (denied, no such bucket) stays a 500.
+    log.warning("object storage unreachable on %s %s: %s", request.method, request.url.path, type(error).__name__)
+    return render(unavailable("storage_unavailable", "Object storage is unreachable; retry shortly"))
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -143,4 +155,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, _storage_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -8,10 +8,9 @@ from sqlalchemy import text
 
 from app.db import get_engine
 from app.deps import BrokerDep, SettingsDep, get_storage
+from app.errors import RETRY_AFTER_SECONDS
 
 router = APIRouter(tags=["health"])
-
-RETRY_AFTER_SECONDS = "5"
 
 
 @router.get("/healthz")

@@ -23,7 +23,7 @@ from app.jobs.lifecycle import JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
 from app.queue import BrokerUnavailable, enqueue_job
 from app.settings import Settings
-from app.storage import ObjectNotFound, ObjectStorage, StorageUnavailable, storage_from_settings
+from app.storage import ObjectNotFound, ObjectStorage, StorageUnavailable, put_file_retrying, storage_from_settings
 from worker.archive import pack, unpack
 from worker.engine.spec import LoraSpec, TrainHooks, TrainingStopped, TrainResult, TrainSpec
 from worker.engine.trainer import train as engine_train
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 TrainFn = Callable[[TrainSpec, TrainHooks], TrainResult]
 
-HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate", "max_seq_len")
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate", "max_seq_len", "activation_recompute")
 LORA_FIELDS = ("r", "alpha", "dropout", "target_modules", "train_ssm_params")
 # Shipped beside the adapter, so a client can load base + adapter + tokenizer from what it downloaded.
 TOKENIZER_FILES = (
@@ -158,10 +158,9 @@ class JobAttempt:
         extras = [source / name for name in TOKENIZER_FILES if isinstance(source, Path) and (source / name).is_file()]
         extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
         key = adapter_key(self.job.id)
-        self.storage.put_file(key, pack(result.adapter_dir, self.workdir / "adapter.tar.gz", extra_files=extras))
+        self._upload(key, pack(result.adapter_dir, self.workdir / "adapter.tar.gz", extra_files=extras))
         if result.merged_dir is not None:
-            merged = pack(result.merged_dir, self.workdir / "merged.tar.gz")
-            self.storage.put_file(merged_key(self.job.id), merged)
+            self._upload(merged_key(self.job.id), pack(result.merged_dir, self.workdir / "merged.tar.gz"))
 
         def succeed(session: Session, job: Job) -> None:
             if job.cancel_requested:
@@ -176,6 +175,11 @@ class JobAttempt:
             transition(session, job, JobStatus.SUCCEEDED, message="The job has successfully completed")
 
         self._owned(succeed)
+
+    def _upload(self, key: str, archive: Path) -> None:
+        # Waits out a storage outage like a checkpoint upload (the heartbeat keeps the lease meanwhile)
+        # rather than throwing away the finished training; a longer one fails with storage_unavailable.
+        put_file_retrying(self.storage, key, archive, retry_seconds=self.settings.storage_retry_seconds)
 
     def stopped(self, hooks: JobHooks, stop: TrainingStopped) -> None:
         if hooks.lease_lost:  # the job is someone else's now: touch nothing

@@ -23,7 +23,7 @@ from app.base_models.architectures import (
     VARIANTS,
 )
 from app.base_models.schemas import ModelCreate
-from app.errors import invalid_request, not_found
+from app.errors import broker_unavailable, invalid_request, not_found
 from app.settings import Settings
 
 # A safetensors header is a few KB to a few MB; anything larger is not one we should parse.
@@ -154,9 +154,9 @@ def create_model(
     (folder / CREATE_REQUEST_FILE).write_text(json.dumps(record, indent=2))
     try:
         enqueue(settings=settings, model_id=request.id)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever the broker client raises means "not queued"
         shutil.rmtree(folder, ignore_errors=True)  # no half-requested model stays "creating" for ever
-        raise
+        raise broker_unavailable() from None
     info = _read_local(request.id, folder, owner)
     assert info is not None
     return info

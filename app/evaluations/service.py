@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.base_models.service import get_model
 from app.db import new_id, now
 from app.downloads import open_object
-from app.errors import ApiError, conflict, not_found
+from app.errors import broker_unavailable, conflict, not_found
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
 from app.files.service import get_file
@@ -66,10 +66,8 @@ def create_evaluation(
     # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
     try:
         enqueue(settings=settings, evaluation_id=evaluation.id)
-    except Exception as error:  # noqa: BLE001 - whatever the broker client raises means "not queued"
-        raise ApiError(
-            503, "broker_unavailable", f"Cannot queue the evaluation: {error}", type_="server_error"
-        ) from None
+    except Exception:  # noqa: BLE001 - whatever the broker client raises means "not queued"
+        raise broker_unavailable() from None
     return EvaluationObject.of(evaluation)
 
 

@@ -12,7 +12,7 @@ from app.base_models.service import check_variant, get_model
 from app.db import new_id, now
 from app.deps import Broker
 from app.downloads import open_object
-from app.errors import conflict, invalid_request, not_found
+from app.errors import broker_unavailable, conflict, invalid_request, not_found
 from app.files.service import FINE_TUNE, get_file
 from app.idempotency import claim_for, run_once
 from app.jobs.config import resolve_hyperparameters, resolve_lora
@@ -41,9 +41,15 @@ def create_job(
     idempotency_key: str | None,
     fingerprint: str,
 ) -> JobObject:
-    """Validate and queue a job, then enqueue it; a repeated keyed request returns the first job."""
+    """Validate and queue a job, then enqueue it; a repeated keyed request returns the first job.
+
+    While the broker is down the request fails with 503 and nothing is committed, so the client's retry
+    (under the same Idempotency-Key) creates the job once. A job that is committed is always answered
+    with 200 and always runs: if the send fails after the check, the reaper sends it."""
 
     def create() -> dict[str, Any]:
+        # Before anything is written, so no write lock is held while the broker answers (or times out).
+        _require_broker(broker=broker, settings=settings)
         # Inside `create`, so a retry under the same Idempotency-Key replays its job instead of a 429.
         check_job_slots(session=session, owner=owner, limit=settings.max_concurrent_jobs)
         job = _insert_queued(session=session, settings=settings, owner=owner, request=request)
@@ -107,12 +113,22 @@ def _check_training_input(*, session: Session, owner: str, file_id: str, param: 
         )
 
 
+def _require_broker(*, broker: Broker, settings: Settings) -> None:
+    try:
+        broker.ping_broker(settings=settings)
+    except Exception as error:  # noqa: BLE001 - whatever the broker client raises means "cannot queue"
+        # The type only: a broker error's message can carry its URL, credentials included.
+        log.warning("broker unreachable; no job created: %s", type(error).__name__)
+        raise broker_unavailable() from None
+
+
 def _enqueue(*, broker: Broker, settings: Settings, job_id: str) -> None:
     try:
         broker.enqueue_job(settings=settings, job_id=job_id)
     except Exception:
-        # The job is committed as queued: the reaper re-sends queued jobs and a worker's claim is
-        # idempotent, so a broker outage delays the job instead of failing the request.
+        # The broker failed between the check and the send. The job is committed as queued: the reaper
+        # re-sends queued jobs and a worker's claim is idempotent, so this delays the job, and the 200
+        # the client gets stays true.
         log.warning("could not enqueue job %s; the reaper will send it later", job_id, exc_info=True)
 
 

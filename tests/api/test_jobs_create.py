@@ -37,7 +37,8 @@ def test_a_job_is_queued_with_defaults_and_enqueued(client: TestClient, training
         "train_ssm_params": False,
         "export_merged": False,
     }
-    assert job["hyperparameters"] == {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256}
+    assert job["hyperparameters"] == {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256,
+                                      "activation_recompute": False}  # fmt: skip
     assert isinstance(job["seed"], int)
     assert job["progress"] == {"step": 0, "total_steps": None}
     assert (job["finished_at"], job["error"], job["fine_tuned_model"], job["trained_tokens"]) == (None,) * 4
@@ -55,7 +56,8 @@ def test_every_setting_is_stored_as_given(client: TestClient, training_file: str
             "r": 16, "alpha": 32, "dropout": 0.1, "target_modules": ["in_proj"], "train_ssm_params": True,
             "export_merged": True,
         },
-        hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate": 0.5, "max_seq_len": 1024},
+        hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate": 0.5, "max_seq_len": 1024,
+                         "activation_recompute": True},  # fmt: skip
         seed=1234,
         suffix="my-run",
         metadata={"team": "nlp", "ticket": ""},
@@ -88,7 +90,8 @@ def test_openai_method_and_auto_values_are_understood(client: TestClient, traini
 
     job = create(client, job_body(training_file, method=method)).json()
 
-    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256}
+    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256,
+                                      "activation_recompute": False}  # fmt: skip
     assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": job["hyperparameters"]}}
 
 
@@ -98,11 +101,34 @@ def test_dropout_is_allowed_when_no_target_is_kernel_read(client: TestClient, tr
     assert create(client, job_body(training_file, lora=lora)).status_code == 200
 
 
-def test_the_job_survives_a_broker_outage(client: TestClient, training_file: str, broker: Broker) -> None:
+def test_a_broker_outage_refuses_the_job_with_503_and_stores_nothing(
+    client: TestClient, training_file: str, broker: Broker
+) -> None:
     broker.reachable = False
+    key = {"Idempotency-Key": "create-once"}
+
+    refused = client.post("/v1/fine_tuning/jobs", json=job_body(training_file), headers=key)
+
+    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "broker_unavailable")
+    assert int(refused.headers["retry-after"]) > 0
+    assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
+    broker.reachable = True
+    retried = client.post("/v1/fine_tuning/jobs", json=job_body(training_file), headers=key)
+    assert retried.status_code == 200  # the 503 was not remembered under the key
+    assert broker.enqueued == [retried.json()["id"]]
+
+
+def test_a_send_failing_after_the_broker_check_still_answers_the_committed_job(
+    client: TestClient, training_file: str, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broker_lost_meanwhile(**_: Any) -> None:
+        raise ConnectionError("broker went away after the check")
+
+    monkeypatch.setattr(broker, "enqueue_job", broker_lost_meanwhile)
 
     response = create(client, job_body(training_file))
 
+    # The job is committed as queued and the reaper sends it, so the 200 is true.
     assert response.status_code == 200
     assert client.get(f"/v1/fine_tuning/jobs/{response.json()['id']}").json()["status"] == "queued"
 

@@ -86,3 +86,19 @@ def job_row(settings: Settings, job_id: str) -> Job:
         job = session.get(Job, job_id)
         assert job is not None
         return job
+
+
+def adapter_logits_change(models_dir: Path, adapter: Path) -> float:
+    """How far a downloaded adapter folder, loaded with plain peft on mamba-tiny, moves its logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)  # shipped inside the archive
+    inputs = tokenizer("reverse: abc =", return_tensors="pt").input_ids
+    base = AutoModelForCausalLM.from_pretrained(models_dir / "mamba-tiny")
+    with torch.no_grad():
+        before = base(input_ids=inputs).logits
+        tuned = PeftModel.from_pretrained(base, adapter)
+        after = tuned(input_ids=inputs).logits
+    return (after - before).abs().max().item()

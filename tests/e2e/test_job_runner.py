@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
+import worker.job_runner
 from app.db import now, session_scope
+from app.jobs.keys import adapter_key
 from app.jobs.lifecycle import JobStatus
 from app.jobs.models import Job, JobEvent
 from app.settings import Settings
@@ -92,6 +95,20 @@ def test_retry_after_lost_worker_resumes_from_checkpoint_and_publishes(
         names = set(tar.getnames())
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
     assert all(not name.startswith("/") and ".." not in name.split("/") for name in names)
+
+
+def test_the_job_hyperparameters_reach_the_engine_memory_lean_mode_included(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    hyperparameters = {"n_epochs": 2, "batch_size": 3, "learning_rate": 0.01, "max_seq_len": 48,
+                       "activation_recompute": True}  # fmt: skip
+    job_id = make_job(settings, storage, hyperparameters=hyperparameters)
+    specs: list[TrainSpec] = []
+
+    run_job(settings=settings, job_id=job_id, train=lambda spec, hooks: specs.append(spec) or fake_adapter(spec))
+
+    assert job_row(settings, job_id).status == JobStatus.SUCCEEDED
+    assert {name: getattr(specs[0], name) for name in hyperparameters} == hyperparameters
 
 
 def test_cancel_of_running_job_stops_it_within_seconds(settings: Settings, storage: ObjectStorage) -> None:
@@ -269,3 +286,39 @@ def test_worker_that_lost_its_lease_stops_and_leaves_the_job_to_its_new_owner(
 
     job = job_row(settings, job_id)
     assert (job.status, job.lease_owner, job.error) == (JobStatus.RUNNING, "another-worker", None)
+
+
+class AdapterUploadOutage:
+    """The deployment's storage, except that the first `failures` adapter uploads find it unreachable."""
+
+    def __init__(self, storage: ObjectStorage, job_id: str, failures: int) -> None:
+        self.storage, self.key, self.failures = storage, adapter_key(job_id), failures
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.storage, name)
+
+    def put_file(self, key: str, path: Path) -> int:
+        if key == self.key and self.failures > 0:
+            self.failures -= 1
+            raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+        return self.storage.put_file(key, path)
+
+
+@pytest.mark.parametrize(("retry_seconds", "status"), [(10, JobStatus.SUCCEEDED), (0, JobStatus.FAILED)])
+def test_the_adapter_upload_waits_out_a_storage_outage_up_to_the_retry_limit(
+    settings: Settings, storage: ObjectStorage, monkeypatch: pytest.MonkeyPatch, retry_seconds: int, status: str
+) -> None:
+    job_id = make_job(settings, storage)
+    outage = AdapterUploadOutage(storage, job_id, failures=1)  # one try fails, the next (after 1 s) would not
+    monkeypatch.setattr(worker.job_runner, "storage_from_settings", lambda _: outage)
+
+    patient = settings.model_copy(update={"storage_retry_seconds": retry_seconds})
+    run_job(settings=patient, job_id=job_id, train=lambda spec, hooks: fake_adapter(spec))
+
+    job = job_row(settings, job_id)
+    assert job.status == status, job.error
+    if status == JobStatus.FAILED:
+        assert job.error is not None and job.error["code"] == "storage_unavailable"
+        assert not storage.exists(adapter_key(job_id))  # nothing half-published
+    else:
+        assert job.adapter_key == adapter_key(job_id) and storage.exists(job.adapter_key)

@@ -20,7 +20,7 @@ from app.settings import Settings
 from app.storage import storage_from_settings
 
 from .conftest import S3_BUCKET
-from .factories import MAMBAFT, clean_env, demo_slice, free_port, job_row, make_job
+from .factories import MAMBAFT, adapter_logits_change, clean_env, demo_slice, free_port, job_row, make_job
 
 START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 300
@@ -145,21 +145,6 @@ def _wait_terminal(client: httpx.Client, job_id: str, service: Service) -> dict:
     pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s\n{service.log_tail()}")
 
 
-def _logits_change(models_dir: Path, adapter: Path) -> float:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(adapter)  # shipped inside the archive
-    inputs = tokenizer("reverse: abc =", return_tensors="pt").input_ids
-    base = AutoModelForCausalLM.from_pretrained(models_dir / "mamba-tiny")
-    with torch.no_grad():
-        before = base(input_ids=inputs).logits
-        tuned = PeftModel.from_pretrained(base, adapter)
-        after = tuned(input_ids=inputs).logits
-    return (after - before).abs().max().item()
-
-
 @pytest.mark.parametrize("deployment", ["embedded", "production"])
 def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     service: Service = request.getfixturevalue(deployment)
@@ -203,7 +188,7 @@ def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureReques
     with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
         tar.extractall(adapter, filter="data")  # refuses absolute paths, `..` and links
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
-    assert _logits_change(service.models_dir, adapter) > 1e-4
+    assert adapter_logits_change(service.models_dir, adapter) > 1e-4
 
     deadline = time.monotonic() + 30
     while (orphaned := job_row(service.settings, orphan)).status == JobStatus.RUNNING and time.monotonic() < deadline:

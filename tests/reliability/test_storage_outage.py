@@ -20,16 +20,6 @@ SHORT_RETRY_S = 2
 
 
 @pytest.fixture
-def s3(aws_credentials: None) -> Iterator[OwnS3]:
-    server = OwnS3()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def stack(tmp_path: Path, models_dir: Path, s3: OwnS3) -> Iterator[ProductionStack]:
     with production_stack(tmp_path, models_dir, s3.endpoint) as running:
         yield running
