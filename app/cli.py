@@ -63,12 +63,17 @@ def _active_key_count(settings: Settings) -> int:
         return session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) or 0
 
 
-def _serve_api(settings: Settings, host: str, port: int) -> None:
+def _serve_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings=settings), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(settings=settings), host=host, port=port, log_level="info")
+        return
+    # Each worker process builds its own app (uvicorn needs an import string for that), so every one
+    # reads the same MAMBAFT_* settings this process read.
+    uvicorn.run("app.main:create_app", factory=True, workers=workers, host=host, port=port, log_level="info")
 
 
 def _migrate(settings: Settings) -> None:
@@ -118,7 +123,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
     """The API alone (production: migrations run separately, workers run on GPU hosts)."""
     _check_auth(settings, args.host)
-    _serve_api(settings, args.host, args.port)
+    _serve_api(settings, args.host, args.port, args.workers)
 
 
 def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> None:
@@ -163,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambaft", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", parents=[common, listen], help=cmd_serve.__doc__).set_defaults(run=cmd_serve)
-    commands.add_parser("api", parents=[common, listen], help=cmd_api.__doc__).set_defaults(run=cmd_api)
+    api = commands.add_parser("api", parents=[common, listen], help=cmd_api.__doc__)
+    api.add_argument("--workers", type=int, default=1, help="API processes sharing the port (uvicorn workers)")
+    api.set_defaults(run=cmd_api)
     commands.add_parser("worker", parents=[common], help=cmd_worker.__doc__).set_defaults(run=cmd_worker)
     commands.add_parser("migrate", parents=[common], help="apply database migrations").set_defaults(run=cmd_migrate)
     create = commands.add_parser("create-key", parents=[common], help="create an API key and print it once")

@@ -33,6 +33,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+# Requests of one API process that hold a session at once (app/deps.py); the pool keeps that many
+# connections open, so a request never waits to connect, plus overflow for the rest (event streams,
+# probes).
+REQUEST_SESSIONS = 10
+
+
 @lru_cache
 def get_engine(database_url: str) -> Engine:
     if database_url.startswith("sqlite"):
@@ -47,7 +53,7 @@ def get_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True)
+    return create_engine(database_url, pool_pre_ping=True, pool_size=REQUEST_SESSIONS, max_overflow=10)
 
 
 @lru_cache

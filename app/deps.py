@@ -1,15 +1,16 @@
 """Dependencies every route shares: settings, one transaction, storage, broker, the caller's identity."""
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
-from app.db import session_scope
+from app.db import REQUEST_SESSIONS, session_scope
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
 
@@ -17,22 +18,37 @@ from app.storage import ObjectStorage, storage_from_settings
 LOCAL_OWNER = "local"
 
 
-def get_app_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are async: FastAPI runs a plain `def` one on a worker thread, a hop there
+# and back that costs CPU on every request for nothing.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    """One transaction per request, rolled back if the route raises."""
-    with session_scope(settings.database_url) as session:
+async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    """One transaction per request, rolled back if the route raises.
+
+    Opening the session does no I/O (it connects at its first query, on the route's thread), so it
+    happens here on the event loop; only the commit or rollback and close go to a worker thread.
+    """
+    scope = session_scope(settings.database_url)
+    session = scope.__enter__()
+    try:
         yield session
+    except BaseException as error:
+        await run_in_threadpool(scope.__exit__, type(error), error, error.__traceback__)
+        raise
+    await run_in_threadpool(scope.__exit__, None, None, None)
 
 
 # scope="function" commits before the response goes out, so a client that reads back what it just
-# created always finds it.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+# created always finds it. max_concurrency makes requests beyond REQUEST_SESSIONS wait for a session on
+# the event loop: unlimited, each took a worker thread and blocked it on the connection pool, while the
+# requests holding the connections waited for a free thread to finish on; under load that stalled every
+# request until the pool's 30 s timeout answered 500.
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=REQUEST_SESSIONS)]
 
 
 def get_storage(request: Request) -> ObjectStorage:
