@@ -35,7 +35,7 @@ class Hyperparameters(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, le=1)
     max_seq_len: int = Field(256, ge=16, le=65536)
     # Memory-lean mode: recompute each layer's activations in backward instead of keeping them; on
-    # an H100 at 1.4B it fits 3.6x the batch at about 0.8x the speed (bench/RESULTS.md).
+    # an H100 at 1.4B, 39% of stock's peak memory at 1.2x its speed (bench/RESULTS.md).
     activation_recompute: bool = False
 
     @model_validator(mode="before")

@@ -12,6 +12,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
+# Backward of one chunk holds its logits in bf16 and fp32, the log-softmax and its gradient: about
+# 14 bytes x tokens x vocab, at the start of backward, while every saved activation is still alive.
+# With a 50k vocabulary that is 2.7 GiB for 4096 tokens and 0.7 GiB for 1024, which is what sets the
+# memory-lean mode's peak (bench/RESULTS.md).
+CHUNK_TOKENS = 1024
 
 
 def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
@@ -19,7 +24,7 @@ def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tenso
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
-def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens: int = 4096) -> Tensor:
+def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
     """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t]."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.backbone(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
