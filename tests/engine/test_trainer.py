@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from worker.engine import mamba_forward
 from worker.engine import precision as precision_module
 from worker.engine.loading import load_base
 from worker.engine.lora_fold import attach_lora, load_adapter
@@ -115,3 +116,26 @@ def test_mamba2_lora_smoke(tiny_mamba2, demo_train, demo_valid, tmp_path):
     assert_learned(result.metrics)
     assert result.metrics["family"] == "mamba2"
     assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == LORA.r
+
+
+def test_memory_lean_mode_recomputes_the_layers_and_trains_to_the_same_losses(
+    tiny_mamba, demo_train, demo_valid, tmp_path, monkeypatch
+):
+    # Recomputing each layer in backward changes what is kept, not what is computed: on the CPU in fp32
+    # every step's loss and the validation loss agree to rounding, while the mixers run more often.
+    calls = []
+    counted = mamba_forward.mamba_mixer_forward
+    monkeypatch.setattr(mamba_forward, "mamba_mixer_forward", lambda *a, **k: calls.append(1) or counted(*a, **k))
+    runs = {}
+    for recompute in (False, True):
+        losses: list[float] = []
+        calls.clear()
+        spec = make_spec(tiny_mamba, demo_train, demo_valid, tmp_path / str(recompute), activation_recompute=recompute)
+        result = train(spec, TrainHooks(on_progress=lambda p, losses=losses: losses.append(p.loss)))
+        runs[recompute] = (losses, result.metrics["validation_loss"], len(calls))
+    (plain_losses, plain_valid, plain_calls), (lean_losses, lean_valid, lean_calls) = runs[False], runs[True]
+    assert len(plain_losses) > 1 and lean_losses == pytest.approx(plain_losses, abs=1e-5)
+    assert lean_valid == pytest.approx(plain_valid, abs=1e-5)
+    # Every training step runs each mixer once more, in backward.
+    layers = AutoConfig.from_pretrained(tiny_mamba).num_hidden_layers
+    assert lean_calls - plain_calls == len(lean_losses) * layers
