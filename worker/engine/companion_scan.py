@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from worker.engine.scan import chunked_states
+from worker.engine.scan import chunked_states, skip_and_gate, step_size
 
 REAL_MARGIN = 1e-4  # every root has real part <= -REAL_MARGIN
 MAX_STATE = 16
@@ -96,21 +96,6 @@ def residues(lam: Tensor) -> Tensor:
     return 1 / diff.prod(dim=-1)
 
 
-def _delta(delta: Tensor, delta_bias: Tensor | None) -> Tensor:
-    delta = delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[None, :, None]
-    return F.softplus(delta)  # (b, d, l)
-
-
-def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
-    if D is not None:
-        y = y + D.float()[None, :, None] * u.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(u.dtype)
-
-
 def companion_scan_reference(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
@@ -118,7 +103,7 @@ def companion_scan_reference(
     """Dense recurrence. u, delta, z: (b, d, l); A: (d, n, n); B, C: (b, n, l); D: (d,). Returns (b, d, l).
 
     Runs in A's dtype (fp64 in the parity tests)."""
-    dt = _delta(delta, delta_bias).to(A.dtype)
+    dt = step_size(delta, delta_bias).to(A.dtype)
     b, d, length = u.shape
     h = torch.zeros(b, d, A.shape[-1], dtype=A.dtype, device=u.device)
     ys = []
@@ -127,7 +112,7 @@ def companion_scan_reference(
         dBu = (dt[:, :, t] * u[:, :, t].to(A.dtype))[..., None] * B[:, None, :, t].to(A.dtype)  # (b, d, n)
         h = (step @ h[..., None])[..., 0] + dBu
         ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t].to(A.dtype)))
-    return _finish(torch.stack(ys, dim=-1), u, D, z)
+    return skip_and_gate(torch.stack(ys, dim=-1), u, D, z)
 
 
 def companion_scan_fast(
@@ -136,7 +121,7 @@ def companion_scan_fast(
 ) -> Tensor:
     """Diagonalized scan. lam: (d, n/2) complex pair representatives; P: (b, n, l) the input-dependent
     matrix (C_t for SC, B_t for SO). Same result as the reference with the matching dense A."""
-    dt = _delta(delta, delta_bias)  # (b, d, l)
+    dt = step_size(delta, delta_bias)  # (b, d, l)
     m = lam.shape[-1]
     w = residues(lam.to(torch.complex128))[:, :m].to(lam.dtype)  # (d, m): fp64 products, then cast
     powers = lam[:, :, None] ** torch.arange(2 * m, device=lam.device)  # (d, m, n): λ^k
@@ -150,4 +135,4 @@ def companion_scan_fast(
     else:
         states = chunked_states(log_decay, dtu * w[None, :, None, :])
         y = (states * at_roots).sum(-1)
-    return _finish(2 * y.real, u, D, z)
+    return skip_and_gate(2 * y.real, u, D, z)

@@ -18,12 +18,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _discretize(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Log-decay dt·A and input dt·B·u, both (b, d, l, n) in fp32."""
+def step_size(delta: Tensor, delta_bias: Tensor | None) -> Tensor:
+    """dt = softplus(delta + delta_bias), (b, d, l) in fp32."""
     delta = delta.float()
     if delta_bias is not None:
         delta = delta + delta_bias.float()[None, :, None]
-    dt = F.softplus(delta)  # (b, d, l)
+    return F.softplus(delta)
+
+
+def skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """y + D·u, gated by silu(z); (b, d, l) in u's dtype."""
+    if D is not None:
+        y = y + D.float()[None, :, None] * u.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(u.dtype)
+
+
+def _discretize(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Log-decay dt·A and input dt·B·u, both (b, d, l, n) in fp32."""
+    dt = step_size(delta, delta_bias)  # (b, d, l)
     log_decay = dt[..., None] * A.float()[None, :, None, :]
     dBu = (dt * u.float())[..., None] * B.float().transpose(1, 2)[:, None, :, :]
     return log_decay, dBu
@@ -31,12 +45,7 @@ def _discretize(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tens
 
 def _readout(states: Tensor, u: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
     """y = <h, C> + D·u, gated by silu(z); states (b, d, l, n) -> y (b, d, l) in u's dtype."""
-    y = torch.einsum("bdln,bnl->bdl", states, C.float())
-    if D is not None:
-        y = y + D.float()[None, :, None] * u.float()
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(u.dtype)
+    return skip_and_gate(torch.einsum("bdln,bnl->bdl", states, C.float()), u, D, z)
 
 
 def selective_scan_reference(

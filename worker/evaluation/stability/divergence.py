@@ -7,8 +7,6 @@ A Lyapunov-stable recurrence forgets old rounding errors, so e_t stays flat or g
 one amplifies them by exp(λ) per step. The growth rate is the least-squares slope of log e_t against t.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +14,7 @@ from torch import Tensor, nn
 
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.spec import Precision
-from worker.evaluation.stability.lyapunov import mixers
+from worker.evaluation.stability.lyapunov import capture_each, mixers
 
 # Nats per position. Polynomial growth of rounding error (√t, t) over L positions fits a slope of at
 # most 3/L (0.023 at L = 128), while an exponent of 0.05 doubles the error every 14 tokens.
@@ -41,33 +39,18 @@ def growth_rate(curve: Tensor) -> float:
     return float((t_centered * (y - y.mean())).sum() / (t_centered**2).sum())
 
 
-@contextmanager
-def capture_layer_outputs(model: nn.Module) -> Iterator[list[Tensor | None]]:
-    """While active, each forward stores every layer's output (b, l, d_model): the block around each mixer."""
+def layer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The block around each mixer: its output is the layer's output, the residual stream."""
     mixer_ids = {id(m) for m in mixers(model)}
-    blocks = [m for m in model.modules() if id(getattr(m, "mixer", None)) in mixer_ids]
-    captured: list[Tensor | None] = [None] * len(blocks)
-
-    def hook(index: int):
-        def store(_module: nn.Module, _args: tuple, output: Tensor | tuple) -> None:
-            captured[index] = (output[0] if isinstance(output, tuple) else output).detach().float()
-
-        return store
-
-    handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+    return [m for m in model.modules() if id(getattr(m, "mixer", None)) in mixer_ids]
 
 
 @torch.no_grad()
 def layer_outputs(model: nn.Module, inputs: Tensor, precision: Precision) -> list[Tensor]:
     device = next(model.parameters()).device
-    with capture_layer_outputs(model) as captured, PrecisionPolicy(precision, device).autocast():
+    with capture_each(layer_blocks(model), inputs=False) as captured, PrecisionPolicy(precision, device).autocast():
         model(input_ids=inputs.to(device), use_cache=False)
-    return [c for c in captured if c is not None]
+    return [c.float() for c in captured if c is not None]
 
 
 def divergence(model: nn.Module, inputs: Tensor, precision: Precision) -> list[LayerDivergence]:

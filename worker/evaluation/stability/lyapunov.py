@@ -86,18 +86,24 @@ def layer_lyapunov(layer: int, mixer: nn.Module, hidden: Tensor) -> LayerLyapuno
 
 
 @contextmanager
-def capture_mixer_inputs(model: nn.Module) -> Iterator[list[Tensor | None]]:
-    """While active, each forward of `model` stores every mixer's input hidden states (b, l, d_model)."""
-    found = mixers(model)
-    captured: list[Tensor | None] = [None] * len(found)
+def capture_each(modules: list[nn.Module], *, inputs: bool) -> Iterator[list[Tensor | None]]:
+    """While active, each forward stores, per module, the hidden states it received (`inputs`) or its
+    (first) output, detached: (b, l, d_model) each."""
+    captured: list[Tensor | None] = [None] * len(modules)
 
     def hook(index: int):
-        def store(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        def store_input(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             captured[index] = (args[0] if args else kwargs["hidden_states"]).detach()
 
-        return store
+        def store_output(_module: nn.Module, _args: tuple, output: Tensor | tuple) -> None:
+            captured[index] = (output[0] if isinstance(output, tuple) else output).detach()
 
-    handles = [m.register_forward_pre_hook(hook(i), with_kwargs=True) for i, m in enumerate(found)]
+        return store_input if inputs else store_output
+
+    handles = [
+        m.register_forward_pre_hook(hook(i), with_kwargs=True) if inputs else m.register_forward_hook(hook(i))
+        for i, m in enumerate(modules)
+    ]
     try:
         yield captured
     finally:
@@ -108,6 +114,6 @@ def capture_mixer_inputs(model: nn.Module) -> Iterator[list[Tensor | None]]:
 @torch.no_grad()
 def lyapunov_exponents(model: nn.Module, inputs: Tensor) -> list[LayerLyapunov]:
     """λ per layer on the token batch `inputs` (b, l), run in fp32."""
-    with capture_mixer_inputs(model) as captured:
+    with capture_each(mixers(model), inputs=True) as captured:
         model(input_ids=inputs.to(next(model.parameters()).device), use_cache=False)
     return [layer_lyapunov(i, m, h) for i, (m, h) in enumerate(zip(mixers(model), captured, strict=True))]
