@@ -63,17 +63,24 @@ def _active_key_count(settings: Settings) -> int:
         return session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) or 0
 
 
+# Longer than the idle timeout of the proxies put in front of APIs (60 s on AWS ALB and in nginx's upstream
+# keep-alive): with uvicorn's 5 s, a client or proxy that reused a pooled connection just as the server
+# closed it had its request reset instead of answered.
+KEEP_ALIVE_S = 90
+
+
 def _serve_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     from app.main import create_app
 
-    if workers == 1:
-        uvicorn.run(create_app(settings=settings), host=host, port=port, log_level="info")
-        return
     # Each worker process builds its own app (uvicorn needs an import string for that), so every one
     # reads the same MAMBAFT_* settings this process read.
-    uvicorn.run("app.main:create_app", factory=True, workers=workers, host=host, port=port, log_level="info")
+    app = create_app(settings=settings) if workers == 1 else "app.main:create_app"
+    uvicorn.run(
+        app, factory=workers > 1, workers=workers, host=host, port=port, log_level="info",
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 def _migrate(settings: Settings) -> None:
