@@ -78,7 +78,12 @@ def _serve_api(settings: Settings, host: str, port: int, workers: int = 1) -> No
     # reads the same MAMBAFT_* settings this process read.
     app = create_app(settings=settings) if workers == 1 else "app.main:create_app"
     uvicorn.run(
-        app, factory=workers > 1, workers=workers, host=host, port=port, log_level="info",
+        app,
+        factory=workers > 1,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="info",
         timeout_keep_alive=KEEP_ALIVE_S,
     )
 

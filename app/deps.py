@@ -1,8 +1,10 @@
-"""Dependencies every route shares: settings, one transaction, storage, broker, the caller's identity."""
+"""Dependencies every route shares: settings, storage, broker, and `Db`, which runs a request's blocking
+work (the caller's authentication included) as one transaction on one worker thread."""
 
 import hashlib
-from collections.abc import AsyncIterator
-from typing import Annotated, Protocol
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
@@ -11,11 +13,14 @@ from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
 from app.db import REQUEST_SESSIONS, session_scope
+from app.limits import RateLimiter
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
 
 # The owner of everything when auth is off (a loopback-only, single-user deployment).
 LOCAL_OWNER = "local"
+
+T = TypeVar("T")
 
 
 # Dependencies that do no I/O are async: FastAPI runs a plain `def` one on a worker thread, a hop there
@@ -27,28 +32,69 @@ async def get_app_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
-    """One transaction per request, rolled back if the route raises.
+@dataclass(frozen=True)
+class Tx:
+    """What a request's blocking work gets on its worker thread: its transaction and the caller."""
 
-    Opening the session does no I/O (it connects at its first query, on the route's thread), so it
-    happens here on the event loop; only the commit or rollback and close go to a worker thread.
+    session: Session
+    owner: str
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Db:
+    """Runs a request's blocking work in one transaction, on one worker thread, for the caller's owner.
+
+    Routes are `async` and call `run` once. FastAPI gives each `def` dependency and route a thread hop
+    of its own, there and back: four to six per request when the key lookup, the object lookup, the route
+    and the commit were each one, and on this API's small indexed queries the hops cost more CPU than the
+    queries (3.6 against 1.7 ms per `GET /v1/fine_tuning/jobs/{id}`, bench/RESULTS.md).
     """
-    scope = session_scope(settings.database_url)
-    session = scope.__enter__()
-    try:
-        yield session
-    except BaseException as error:
-        await run_in_threadpool(scope.__exit__, type(error), error, error.__traceback__)
-        raise
-    await run_in_threadpool(scope.__exit__, None, None, None)
+
+    settings: Settings
+    api_key: str | None  # None when auth is off
+    rate_limiter: RateLimiter
+
+    async def run(self, work: Callable[[Tx], T]) -> T:
+        return await run_in_threadpool(self._in_transaction, work)
+
+    def _in_transaction(self, work: Callable[[Tx], T]) -> T:
+        with session_scope(self.settings.database_url) as session:
+            return work(Tx(session=session, owner=self._owner(session), settings=self.settings))
+
+    def _owner(self, session: Session) -> str:
+        if self.api_key is None:
+            return LOCAL_OWNER
+        owner = auth_service.authenticate(session=session, key=self.api_key)
+        # Counted after authentication, so a flood of bad keys cannot spend a tenant's budget.
+        self.rate_limiter.check(owner)
+        return owner
 
 
-# scope="function" commits before the response goes out, so a client that reads back what it just
-# created always finds it. max_concurrency makes requests beyond REQUEST_SESSIONS wait for a session on
-# the event loop: unlimited, each took a worker thread and blocked it on the connection pool, while the
-# requests holding the connections waited for a free thread to finish on; under load that stalled every
-# request until the pool's 30 s timeout answered 500.
-SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=REQUEST_SESSIONS)]
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mft-...`")
+
+
+async def get_db(
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> AsyncIterator[Db]:
+    """The caller's `Db`. A missing key is refused here, before the request is parsed further; a wrong
+    or revoked one when the key is looked up, first thing in `Db.run`."""
+    if settings.auth_disabled:
+        api_key = None
+    elif credentials is None:
+        raise auth_service.invalid_api_key("Missing API key: send `Authorization: Bearer <key>`")
+    else:
+        api_key = credentials.credentials
+    yield Db(settings=settings, api_key=api_key, rate_limiter=request.app.state.rate_limiter)
+
+
+# max_concurrency makes requests beyond REQUEST_SESSIONS wait on the event loop, so a thread never waits
+# for a pooled connection: unlimited, threads blocked on the pool while requests holding connections
+# waited for a free thread, and under load every request stalled until the pool's 30 s timeout
+# answered 500. scope="function" ends the slot when the route returns, before a response streams.
+DbDep = Annotated[Db, Depends(get_db, scope="function", max_concurrency=REQUEST_SESSIONS)]
 
 
 def get_storage(request: Request) -> ObjectStorage:
@@ -70,7 +116,7 @@ class Broker(Protocol):
     def ping_broker(self, *, settings: Settings) -> None: ...
 
 
-def get_broker() -> Broker:
+async def get_broker() -> Broker:
     # Imported on first use: app.queue loads Celery, which requests that never touch the queue don't need.
     from app import queue
 
@@ -78,28 +124,6 @@ def get_broker() -> Broker:
 
 
 BrokerDep = Annotated[Broker, Depends(get_broker)]
-
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer mft-...`")
-
-
-def current_owner(
-    request: Request,
-    settings: SettingsDep,
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The tenant the request acts for: the owner of its API key."""
-    if settings.auth_disabled:
-        return LOCAL_OWNER
-    if credentials is None:
-        raise auth_service.invalid_api_key("Missing API key: send `Authorization: Bearer <key>`")
-    owner = auth_service.authenticate(session=session, key=credentials.credentials)
-    # Counted after authentication, so a flood of bad keys cannot spend a tenant's budget.
-    request.app.state.rate_limiter.check(owner)
-    return owner
-
-
-OwnerDep = Annotated[str, Depends(current_owner)]
 
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 

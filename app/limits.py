@@ -29,7 +29,7 @@ class RateLimiter:
     def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self._clock = clock
-        self._lock = threading.Lock()  # sync dependencies run on a thread pool
+        self._lock = threading.Lock()  # `Db.run` checks from worker threads
         self._buckets: dict[str, tuple[float, float]] = {}  # owner -> (tokens, last refill time)
 
     def check(self, owner: str) -> None:

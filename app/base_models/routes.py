@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from app.base_models import service
 from app.base_models.schemas import ModelCreate
 from app.base_models.service import BaseModelInfo
-from app.deps import OwnerDep, SettingsDep
+from app.deps import DbDep, Tx
 from app.pagination import ListObject
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -42,7 +42,7 @@ class ModelObject(BaseModel):
         )
 
 
-def get_model_enqueuer() -> Callable[..., None]:
+async def get_model_enqueuer() -> Callable[..., None]:
     # Imported on first use, as app.deps.get_broker does: app.queue loads Celery.
     from app.queue import enqueue_model_creation
 
@@ -52,19 +52,30 @@ def get_model_enqueuer() -> Callable[..., None]:
 EnqueueModelDep = Annotated[Callable[..., None], Depends(get_model_enqueuer)]
 
 
+# Models live in the models folder, not the database: `db.run` authenticates the caller and reads the
+# folder on its thread.
 @router.get("")
-def list_models(settings: SettingsDep, owner: OwnerDep) -> ListObject[ModelObject]:
-    models = service.list_models(settings=settings, owner=owner)
-    return ListObject[ModelObject](data=[ModelObject.of(m) for m in models], has_more=False)
+async def list_models(db: DbDep) -> ListObject[ModelObject]:
+    def work(tx: Tx) -> ListObject[ModelObject]:
+        models = service.list_models(settings=tx.settings, owner=tx.owner)
+        return ListObject[ModelObject](data=[ModelObject.of(m) for m in models], has_more=False)
+
+    return await db.run(work)
 
 
 # Hub ids contain "/", hence the path converter.
 @router.get("/{model_id:path}")
-def get_model(model_id: str, settings: SettingsDep, owner: OwnerDep) -> ModelObject:
-    return ModelObject.of(service.get_model(settings=settings, model_id=model_id, owner=owner))
+async def get_model(model_id: str, db: DbDep) -> ModelObject:
+    return await db.run(
+        lambda tx: ModelObject.of(service.get_model(settings=tx.settings, model_id=model_id, owner=tx.owner))
+    )
 
 
 @router.post("")
-def create_model(request: ModelCreate, settings: SettingsDep, owner: OwnerDep, enqueue: EnqueueModelDep) -> ModelObject:
+async def create_model(request: ModelCreate, db: DbDep, enqueue: EnqueueModelDep) -> ModelObject:
     """A randomly initialized model; `status` is "creating" until a worker has written its weights."""
-    return ModelObject.of(service.create_model(settings=settings, owner=owner, request=request, enqueue=enqueue))
+    return await db.run(
+        lambda tx: ModelObject.of(
+            service.create_model(settings=tx.settings, owner=tx.owner, request=request, enqueue=enqueue)
+        )
+    )

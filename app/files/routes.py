@@ -2,10 +2,10 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, UploadFile
+from fastapi import APIRouter, Form, UploadFile
 from fastapi.responses import StreamingResponse
 
-from app.deps import IdempotencyKeyDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from app.deps import DbDep, IdempotencyKeyDep, StorageDep, Tx
 from app.errors import not_found
 from app.files import service
 from app.files.models import File
@@ -15,62 +15,67 @@ from app.pagination import AfterQuery, LimitQuery, ListObject
 router = APIRouter(prefix="/files", tags=["files"])
 
 
-def valid_file(file_id: str, owner: OwnerDep, session: SessionDep) -> File:
-    """The caller's file named in the path; another owner's file is as absent as a missing one."""
-    file = service.get_file(session=session, owner=owner, file_id=file_id)
+def owned_file(tx: Tx, file_id: str) -> File:
+    """The caller's file with this id; another owner's file is as absent as a missing one."""
+    file = service.get_file(session=tx.session, owner=tx.owner, file_id=file_id)
     if file is None:
         raise not_found("file_not_found", f"No file with id {file_id!r}", param="file_id")
     return file
 
 
-ValidFile = Annotated[File, Depends(valid_file)]
-
-
 @router.post("")
-def upload_file(
+async def upload_file(
     file: UploadFile,
     purpose: Annotated[str, Form(max_length=64)],
-    owner: OwnerDep,
-    session: SessionDep,
+    db: DbDep,
     storage: StorageDep,
-    settings: SettingsDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> FileObject:
-    return service.upload_file(
-        session=session,
-        storage=storage,
-        settings=settings,
-        owner=owner,
-        stream=file.file,
-        filename=file.filename,
-        purpose=purpose,
-        idempotency_key=idempotency_key,
+    return await db.run(
+        lambda tx: service.upload_file(
+            session=tx.session,
+            storage=storage,
+            settings=tx.settings,
+            owner=tx.owner,
+            stream=file.file,
+            filename=file.filename,
+            purpose=purpose,
+            idempotency_key=idempotency_key,
+        )
     )
 
 
 @router.get("")
-def list_files(
-    owner: OwnerDep,
-    session: SessionDep,
-    purpose: str | None = None,
-    after: AfterQuery = None,
-    limit: LimitQuery = 20,
+async def list_files(
+    db: DbDep, purpose: str | None = None, after: AfterQuery = None, limit: LimitQuery = 20
 ) -> ListObject[FileObject]:
-    page = service.list_files(session=session, owner=owner, purpose=purpose, after=after, limit=limit)
-    return ListObject[FileObject](data=[FileObject.of(f) for f in page.items], has_more=page.has_more)
+    def work(tx: Tx) -> ListObject[FileObject]:
+        page = service.list_files(session=tx.session, owner=tx.owner, purpose=purpose, after=after, limit=limit)
+        return ListObject[FileObject](data=[FileObject.of(f) for f in page.items], has_more=page.has_more)
+
+    return await db.run(work)
 
 
 @router.get("/{file_id}")
-def get_file(file: ValidFile) -> FileObject:
-    return FileObject.of(file)
+async def get_file(file_id: str, db: DbDep) -> FileObject:
+    return await db.run(lambda tx: FileObject.of(owned_file(tx, file_id)))
 
 
 @router.get("/{file_id}/content")
-def download_file(file: ValidFile, storage: StorageDep) -> StreamingResponse:
-    return StreamingResponse(service.file_content(storage=storage, file=file), media_type="application/octet-stream")
+async def download_file(file_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
+    # The first chunk is read inside `db.run`, on its thread: opening an object is blocking storage I/O.
+    def work(tx: Tx) -> StreamingResponse:
+        content = service.file_content(storage=storage, file=owned_file(tx, file_id))
+        return StreamingResponse(content, media_type="application/octet-stream")
+
+    return await db.run(work)
 
 
 @router.delete("/{file_id}")
-def delete_file(file: ValidFile, owner: OwnerDep, session: SessionDep, storage: StorageDep) -> DeletedFile:
-    service.delete_file(session=session, storage=storage, owner=owner, file=file)
-    return DeletedFile(id=file.id)
+async def delete_file(file_id: str, db: DbDep, storage: StorageDep) -> DeletedFile:
+    def work(tx: Tx) -> DeletedFile:
+        file = owned_file(tx, file_id)
+        service.delete_file(session=tx.session, storage=storage, owner=tx.owner, file=file)
+        return DeletedFile(id=file.id)
+
+    return await db.run(work)

@@ -3,18 +3,10 @@
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.deps import (
-    BrokerDep,
-    FingerprintDep,
-    IdempotencyKeyDep,
-    OwnerDep,
-    SessionDep,
-    SettingsDep,
-    StorageDep,
-)
+from app.deps import BrokerDep, DbDep, FingerprintDep, IdempotencyKeyDep, StorageDep, Tx
 from app.errors import not_found
 from app.jobs import events, service
 from app.jobs.models import Job
@@ -27,63 +19,60 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def valid_job(fine_tuning_job_id: str, owner: OwnerDep, session: SessionDep) -> Job:
-    """The caller's job named in the path; another owner's job is as absent as a missing one."""
-    job = service.get_job(session=session, owner=owner, job_id=fine_tuning_job_id)
+def owned_job(tx: Tx, job_id: str) -> Job:
+    """The caller's job with this id; another owner's job is as absent as a missing one."""
+    job = service.get_job(session=tx.session, owner=tx.owner, job_id=job_id)
     if job is None:
-        message = f"No fine-tuning job with id {fine_tuning_job_id!r}"
-        raise not_found("job_not_found", message, param="fine_tuning_job_id")
+        raise not_found("job_not_found", f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
     return job
 
 
-ValidJob = Annotated[Job, Depends(valid_job)]
-
-
 @router.post("")
-def create_job(
+async def create_job(
     body: JobCreate,
-    owner: OwnerDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    db: DbDep,
     broker: BrokerDep,
     fingerprint: FingerprintDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobObject:
-    return service.create_job(
-        session=session,
-        settings=settings,
-        broker=broker,
-        owner=owner,
-        request=body,
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
+    return await db.run(
+        lambda tx: service.create_job(
+            session=tx.session,
+            settings=tx.settings,
+            broker=broker,
+            owner=tx.owner,
+            request=body,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+        )
     )
 
 
 @router.get("")
-def list_jobs(
-    owner: OwnerDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 20
-) -> ListObject[JobObject]:
-    page = service.list_jobs(session=session, owner=owner, after=after, limit=limit)
-    return ListObject[JobObject](data=[JobObject.of(j) for j in page.items], has_more=page.has_more)
+async def list_jobs(db: DbDep, after: AfterQuery = None, limit: LimitQuery = 20) -> ListObject[JobObject]:
+    def work(tx: Tx) -> ListObject[JobObject]:
+        page = service.list_jobs(session=tx.session, owner=tx.owner, after=after, limit=limit)
+        return ListObject[JobObject](data=[JobObject.of(j) for j in page.items], has_more=page.has_more)
+
+    return await db.run(work)
 
 
 @router.get("/{fine_tuning_job_id}")
-def get_job(job: ValidJob) -> JobObject:
-    return JobObject.of(job)
+async def get_job(fine_tuning_job_id: str, db: DbDep) -> JobObject:
+    return await db.run(lambda tx: JobObject.of(owned_job(tx, fine_tuning_job_id)))
 
 
 @router.post("/{fine_tuning_job_id}/cancel")
-def cancel_job(job: ValidJob, session: SessionDep) -> JobObject:
-    return JobObject.of(service.cancel_job(session=session, job=job))
+async def cancel_job(fine_tuning_job_id: str, db: DbDep) -> JobObject:
+    return await db.run(
+        lambda tx: JobObject.of(service.cancel_job(session=tx.session, job=owned_job(tx, fine_tuning_job_id)))
+    )
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=ListObject[JobEventObject])
-def list_events(
-    job: ValidJob,
-    owner: OwnerDep,
-    session: SessionDep,
-    settings: SettingsDep,
+async def list_events(
+    fine_tuning_job_id: str,
+    db: DbDep,
     after: Annotated[
         str | None,
         Query(max_length=64, description="An event id: older events when listing, newer ones when streaming"),
@@ -92,19 +81,30 @@ def list_events(
     stream: bool = False,
 ) -> ListObject[JobEventObject] | StreamingResponse:
     cursor = events.parse_event_id(after)
-    if stream:
-        frames = events.stream_events(database_url=settings.database_url, owner=owner, job_id=job.id, after=cursor)
-        return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-    page = events.list_events(session=session, owner=owner, job_id=job.id, before=cursor, limit=limit)
-    return ListObject[JobEventObject](data=[JobEventObject.of(e) for e in page.items], has_more=page.has_more)
+
+    def work(tx: Tx) -> ListObject[JobEventObject] | StreamingResponse:
+        job = owned_job(tx, fine_tuning_job_id)
+        if stream:
+            frames = events.stream_events(
+                database_url=tx.settings.database_url, owner=tx.owner, job_id=job.id, after=cursor
+            )
+            return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        page = events.list_events(session=tx.session, owner=tx.owner, job_id=job.id, before=cursor, limit=limit)
+        return ListObject[JobEventObject](data=[JobEventObject.of(e) for e in page.items], has_more=page.has_more)
+
+    return await db.run(work)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints")
-def list_checkpoints(
-    job: ValidJob, owner: OwnerDep, session: SessionDep, after: AfterQuery = None, limit: LimitQuery = 20
+async def list_checkpoints(
+    fine_tuning_job_id: str, db: DbDep, after: AfterQuery = None, limit: LimitQuery = 20
 ) -> ListObject[CheckpointObject]:
-    page = service.list_checkpoints(session=session, owner=owner, job=job, after=after, limit=limit)
-    return ListObject[CheckpointObject](data=[CheckpointObject.of(c) for c in page.items], has_more=page.has_more)
+    def work(tx: Tx) -> ListObject[CheckpointObject]:
+        job = owned_job(tx, fine_tuning_job_id)
+        page = service.list_checkpoints(session=tx.session, owner=tx.owner, job=job, after=after, limit=limit)
+        return ListObject[CheckpointObject](data=[CheckpointObject.of(c) for c in page.items], has_more=page.has_more)
+
+    return await db.run(work)
 
 
 def _archive(chunks: Iterator[bytes], filename: str) -> StreamingResponse:
@@ -113,12 +113,22 @@ def _archive(chunks: Iterator[bytes], filename: str) -> StreamingResponse:
     )
 
 
+# The first chunk is read inside `db.run`, on its thread: opening an object is blocking storage I/O.
 @router.get("/{fine_tuning_job_id}/adapter", response_class=StreamingResponse)
-def download_adapter(job: ValidJob, storage: StorageDep) -> StreamingResponse:
-    return _archive(service.adapter_archive(storage=storage, job=job), f"{job.id}-adapter.tar.gz")
+async def download_adapter(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
+    def work(tx: Tx) -> StreamingResponse:
+        job = owned_job(tx, fine_tuning_job_id)
+        return _archive(service.adapter_archive(storage=storage, job=job), f"{job.id}-adapter.tar.gz")
+
+    return await db.run(work)
 
 
 @router.get("/{fine_tuning_job_id}/merged", response_class=StreamingResponse)
-def download_merged(job: ValidJob, storage: StorageDep) -> StreamingResponse:
+async def download_merged(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
     """The base model with the adapter merged in (jobs created with `lora.export_merged`)."""
-    return _archive(service.merged_archive(storage=storage, job=job), f"{job.id}-merged.tar.gz")
+
+    def work(tx: Tx) -> StreamingResponse:
+        job = owned_job(tx, fine_tuning_job_id)
+        return _archive(service.merged_archive(storage=storage, job=job), f"{job.id}-merged.tar.gz")
+
+    return await db.run(work)
