@@ -8,6 +8,7 @@ from functools import lru_cache
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Explicit constraint names so Alembic migrations are stable across SQLite and Postgres.
@@ -54,6 +55,22 @@ def get_engine(database_url: str) -> Engine:
 
         return engine
     return create_engine(database_url, pool_pre_ping=True, pool_size=REQUEST_SESSIONS, max_overflow=10)
+
+
+@lru_cache
+def get_read_engine(database_url: str) -> AsyncEngine:
+    """Postgres connections for `Db.read`: the async driver, so a read needs no worker thread; each
+    statement commits alone, so a read spends no round trips on BEGIN and COMMIT; and the server refuses
+    any write on them, so a route that wrongly writes through `Db.read` fails loudly instead of
+    committing statement by statement."""
+    return create_async_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_size=REQUEST_SESSIONS,
+        max_overflow=0,  # Db's max_concurrency already caps the reads in flight at REQUEST_SESSIONS
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c default_transaction_read_only=on"},
+    )
 
 
 @lru_cache

@@ -9,10 +9,11 @@ from typing import Annotated, Protocol, TypeVar
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
-from app.db import REQUEST_SESSIONS, session_scope
+from app.db import REQUEST_SESSIONS, get_read_engine, session_scope
 from app.limits import RateLimiter
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
@@ -43,12 +44,13 @@ class Tx:
 
 @dataclass(frozen=True)
 class Db:
-    """Runs a request's blocking work in one transaction, on one worker thread, for the caller's owner.
+    """A request's database work, done for the caller's owner in one call: `read` or `run`.
 
-    Routes are `async` and call `run` once. FastAPI gives each `def` dependency and route a thread hop
-    of its own, there and back: four to six per request when the key lookup, the object lookup, the route
-    and the commit were each one, and on this API's small indexed queries the hops cost more CPU than the
-    queries (3.6 against 1.7 ms per `GET /v1/fine_tuning/jobs/{id}`, bench/RESULTS.md).
+    Routes are `async` and make one such call. FastAPI gives each `def` dependency and route a thread
+    hop of its own, there and back: five per `GET /v1/fine_tuning/jobs/{id}` when the key lookup, the job
+    lookup, the route, its response and the commit were each one, and on this API's small indexed
+    queries the hops cost more CPU than the queries: 3.6 ms per request with five hops, 2.3 with `run`'s
+    one, 1.7 with `read`'s none (bench/RESULTS.md).
     """
 
     settings: Settings
@@ -56,7 +58,22 @@ class Db:
     rate_limiter: RateLimiter
 
     async def run(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` in one transaction on one worker thread: any blocking work, writes included."""
         return await run_in_threadpool(self._in_transaction, work)
+
+    async def read(self, work: Callable[[Tx], T]) -> T:
+        """Run `work`, which only reads the database, on the event loop (Postgres; SQLite: as `run`).
+
+        `work` runs in a greenlet that yields to the loop at each query, so it must do no other blocking
+        I/O (storage, broker, files: use `run`); the connection refuses writes.
+        """
+        if self.settings.database_url.startswith("sqlite"):
+            # The sqlite3 driver has no async form, and its queries are calls into this process anyway.
+            return await self.run(work)
+        async with AsyncSession(get_read_engine(self.settings.database_url)) as session:
+            return await session.run_sync(
+                lambda sync: work(Tx(session=sync, owner=self._owner(sync), settings=self.settings))
+            )
 
     def _in_transaction(self, work: Callable[[Tx], T]) -> T:
         with session_scope(self.settings.database_url) as session:

@@ -149,6 +149,18 @@ def cpu_seconds(process: psutil.Process) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time of the machine's Postgres processes (its other clients' work included)."""
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "postgres":
+            try:
+                total += sum(process.cpu_times()[:2])
+            except psutil.NoSuchProcess:  # a backend that exited while being read
+                pass
+    return total
+
+
 def create_seed_job(base_url: str, headers: dict[str, str]) -> tuple[str, str]:
     """A training file and a job on it; returns their ids."""
     with httpx.Client(base_url=base_url, headers=headers, timeout=30) as setup:
@@ -233,12 +245,16 @@ def main() -> None:
         training_file, seed_job = create_seed_job(base_url, headers)
         with running_job(Settings(data_dir=folder, database_url=url), seed_job):
             load_before, server_cpu = os.getloadavg()[0], cpu_seconds(psutil.Process(server.pid))
+            postgres_cpu = postgres_cpu_seconds()
             result = asyncio.run(run_load(base_url, headers, training_file, seed_job, args.rate, args.seconds))
             server_cpu = cpu_seconds(psutil.Process(server.pid)) - server_cpu
+            postgres_cpu = postgres_cpu_seconds() - postgres_cpu
         machine = {
             "server_cpu_cores": round(server_cpu / result["elapsed_s"], 2),
             # What an answer costs the server whatever else runs on the machine: compare this across changes.
             "server_cpu_ms_per_ok": round(1000 * server_cpu / max(1, result["requests"] - result["errors"]), 2),
+            # Postgres exited processes (finished backends) drop out of the sum, so this is a lower bound.
+            "postgres_cpu_cores": round(postgres_cpu / result["elapsed_s"], 2),
             "load_average_1m": [load_before, os.getloadavg()[0]],
             "cpus": os.cpu_count(),
         }

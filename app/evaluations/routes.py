@@ -49,12 +49,12 @@ async def list_evaluations(db: DbDep, after: AfterQuery = None, limit: LimitQuer
         page = service.list_evaluations(session=tx.session, owner=tx.owner, after=after, limit=limit)
         return ListObject[EvaluationObject](data=[EvaluationObject.of(e) for e in page.items], has_more=page.has_more)
 
-    return await db.run(work)
+    return await db.read(work)
 
 
 @router.get("/evaluations/{evaluation_id}")
 async def get_evaluation(evaluation_id: str, db: DbDep) -> EvaluationObject:
-    return await db.run(lambda tx: EvaluationObject.of(owned_evaluation(tx, evaluation_id)))
+    return await db.read(lambda tx: EvaluationObject.of(owned_evaluation(tx, evaluation_id)))
 
 
 # The first chunk is read inside `db.run`, on its thread: opening an object is blocking storage I/O.

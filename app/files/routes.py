@@ -53,12 +53,12 @@ async def list_files(
         page = service.list_files(session=tx.session, owner=tx.owner, purpose=purpose, after=after, limit=limit)
         return ListObject[FileObject](data=[FileObject.of(f) for f in page.items], has_more=page.has_more)
 
-    return await db.run(work)
+    return await db.read(work)
 
 
 @router.get("/{file_id}")
 async def get_file(file_id: str, db: DbDep) -> FileObject:
-    return await db.run(lambda tx: FileObject.of(owned_file(tx, file_id)))
+    return await db.read(lambda tx: FileObject.of(owned_file(tx, file_id)))
 
 
 @router.get("/{file_id}/content")

@@ -54,12 +54,12 @@ async def list_jobs(db: DbDep, after: AfterQuery = None, limit: LimitQuery = 20)
         page = service.list_jobs(session=tx.session, owner=tx.owner, after=after, limit=limit)
         return ListObject[JobObject](data=[JobObject.of(j) for j in page.items], has_more=page.has_more)
 
-    return await db.run(work)
+    return await db.read(work)
 
 
 @router.get("/{fine_tuning_job_id}")
 async def get_job(fine_tuning_job_id: str, db: DbDep) -> JobObject:
-    return await db.run(lambda tx: JobObject.of(owned_job(tx, fine_tuning_job_id)))
+    return await db.read(lambda tx: JobObject.of(owned_job(tx, fine_tuning_job_id)))
 
 
 @router.post("/{fine_tuning_job_id}/cancel")
@@ -92,7 +92,7 @@ async def list_events(
         page = events.list_events(session=tx.session, owner=tx.owner, job_id=job.id, before=cursor, limit=limit)
         return ListObject[JobEventObject](data=[JobEventObject.of(e) for e in page.items], has_more=page.has_more)
 
-    return await db.run(work)
+    return await db.read(work)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints")
@@ -104,7 +104,7 @@ async def list_checkpoints(
         page = service.list_checkpoints(session=tx.session, owner=tx.owner, job=job, after=after, limit=limit)
         return ListObject[CheckpointObject](data=[CheckpointObject.of(c) for c in page.items], has_more=page.has_more)
 
-    return await db.run(work)
+    return await db.read(work)
 
 
 def _archive(chunks: Iterator[bytes], filename: str) -> StreamingResponse:

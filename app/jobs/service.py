@@ -70,6 +70,11 @@ def _insert_queued(*, session: Session, settings: Settings, owner: str, request:
     check_variant(model=model, requested=request.ssm_structure)
     lora = resolve_lora(request.lora, family=model.family)
     hyperparameters = resolve_hyperparameters(request)
+    # Checked before the job is added, so these lookups flush nothing and the job, its status change
+    # and its events go to the database in one flush.
+    _check_training_input(session=session, owner=owner, file_id=request.training_file, param="training_file")
+    if request.validation_file is not None:
+        _check_training_input(session=session, owner=owner, file_id=request.validation_file, param="validation_file")
     job = Job(
         id=new_id("ftjob"),
         owner=owner,
@@ -90,11 +95,7 @@ def _insert_queued(*, session: Session, settings: Settings, owner: str, request:
         cancel_requested=False,
     )
     session.add(job)
-    session.flush()  # the events below reference the row
     record_event(session, job.id, "message", f"Created fine-tuning job {job.id}")
-    _check_training_input(session=session, owner=owner, file_id=request.training_file, param="training_file")
-    if request.validation_file is not None:
-        _check_training_input(session=session, owner=owner, file_id=request.validation_file, param="validation_file")
     transition(session, job, JobStatus.QUEUED, message="Files validated; job queued")
     session.flush()
     return job
