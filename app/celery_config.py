@@ -41,7 +41,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             folder.mkdir(parents=True, exist_ok=True)
         return {**{name: str(path) for name, path in folders.items()}, "store_processed": True, "polling_interval": 0.5}
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S}
+        # Bounded waits on a Redis that stops answering: the API's broker check reuses pooled connections,
+        # and without a socket timeout its PING would wait forever. Above the workers' 1 s BRPOP.
+        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S, "socket_connect_timeout": 2, "socket_timeout": 5}
     return {}
 
 

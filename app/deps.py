@@ -35,7 +35,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 @dataclass(frozen=True)
 class Tx:
-    """What a request's blocking work gets on its worker thread: its transaction and the caller."""
+    """What a request's database work is handed: its session, the caller's owner, the settings."""
 
     session: Session
     owner: str
@@ -97,7 +97,8 @@ async def get_db(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AsyncIterator[Db]:
     """The caller's `Db`. A missing key is refused here, before the request is parsed further; a wrong
-    or revoked one when the key is looked up, first thing in `Db.run`."""
+    or revoked one when `Db.run` or `Db.read` looks it up, before the route's own work (so after the
+    request has passed validation)."""
     if settings.auth_disabled:
         api_key = None
     elif credentials is None:

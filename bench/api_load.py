@@ -1,10 +1,10 @@
 """Fixed-rate load on the API over Postgres: mixed reads and keyed creates, p50/p99 latency, errors.
 
     .venv/bin/python bench/api_load.py [--seconds 60] [--rate 300] [--workers 1] \
-        [--postgres postgresql://postgres@127.0.0.1:5432/test]
+        [--postgres postgresql://postgres@127.0.0.1:5432/test] [--redis redis://127.0.0.1:6379/15]
 
 Starts `mambaft api --workers N` on a free loopback port over a fresh database on the given Postgres
-server (dropped afterwards), with the embedded filesystem broker standing in for Redis: the jobs it
+server (dropped afterwards), with the embedded filesystem broker or, with `--redis`, Redis: the jobs it
 creates are queued, not trained. One job runs meanwhile as the API sees a running job: this process
 claims it and drives the worker's own lease heartbeat, cancel polling and progress writes
 (`worker.job_hooks.JobHooks`) at their real rates, without the training itself (which runs on a GPU
@@ -36,7 +36,9 @@ import aiohttp
 import httpx
 import psutil
 import psycopg
+import redis
 
+from app.celery_config import QUEUE
 from app.db import session_scope
 from app.settings import Settings
 from app.storage import storage_from_settings
@@ -222,6 +224,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--workers", type=int, default=1, help="API processes (`mambaft api --workers`)")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test", help="an admin URL")
+    parser.add_argument(
+        "--redis",
+        help="a Redis database as the broker, as in production (redis://127.0.0.1:6379/15); its queue is"
+        " deleted afterwards. Default: the embedded filesystem broker",
+    )
     args = parser.parse_args()
 
     name = f"mambaft_bench_{uuid.uuid4().hex[:12]}"
@@ -231,6 +238,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="mambaft-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAMBAFT_")}
     env.update(MAMBAFT_DATA_DIR=str(folder), MAMBAFT_DATABASE_URL=url, MAMBAFT_HUB_MODELS=json.dumps([MODEL]))
+    if args.redis:
+        env["MAMBAFT_BROKER_URL"] = args.redis
     server = None
     try:
         subprocess.run([MAMBAFT, "migrate"], env=env, check=True, capture_output=True)
@@ -266,6 +275,8 @@ def main() -> None:
     finally:
         if server is not None:
             stop(server)
+        if args.redis:
+            redis.Redis.from_url(args.redis).delete(QUEUE)
         with psycopg.connect(args.postgres, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

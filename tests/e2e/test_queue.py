@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def test_unreachable_broker_raises_broker_unavailable_quickly(tmp_path: Path) ->
     with pytest.raises(BrokerUnavailable):
         enqueue_job(settings=settings, job_id="ftjob-789")
     assert time.monotonic() - started < 15
+
+
+def test_a_redis_that_stops_answering_fails_the_check_within_the_socket_timeout(tmp_path: Path) -> None:
+    # Accepts connections (the kernel's backlog does) and never answers a command: a hung server, not a
+    # refused port. The check reuses pooled connections, so only the socket timeout bounds its PING.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        settings = Settings(data_dir=tmp_path, broker_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            ping_broker(settings=settings)
+        assert time.monotonic() - started < 15
 
 
 def test_consumed_embedded_messages_are_pruned_once_old(tmp_path: Path) -> None:
