@@ -72,11 +72,11 @@ KEEP_ALIVE_S = 90
 def _serve_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
-    from app.main import create_app
+    from app.main import served_app
 
     # Each worker process builds its own app (uvicorn needs an import string for that), so every one
     # reads the same MAMBAFT_* settings this process read.
-    app = create_app(settings=settings) if workers == 1 else "app.main:create_app"
+    app = served_app(settings) if workers == 1 else "app.main:served_app"
     uvicorn.run(
         app,
         factory=workers > 1,
