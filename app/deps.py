@@ -1,5 +1,6 @@
-"""Dependencies every route shares: settings, storage, broker, and `Db`, which runs a request's blocking
-work (the caller's authentication included) as one transaction on one worker thread."""
+"""Dependencies every route shares: settings, storage, broker, and `Db`, which does a request's database
+work, the caller's authentication first, in one call: on a worker thread (`run`) or, for Postgres reads,
+on the event loop (`read`)."""
 
 import hashlib
 from collections.abc import AsyncIterator, Callable

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -145,22 +145,26 @@ def running_job(settings: Settings, job_id: str) -> Iterator[None]:
         thread.join()
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    """User + system CPU time of a process and its children (uvicorn's workers)."""
-    processes = [process, *process.children(recursive=True)]
-    return sum(sum(p.cpu_times()[:2]) for p in processes)
-
-
-def postgres_cpu_seconds() -> float:
-    """User + system CPU time of the machine's Postgres processes (its other clients' work included)."""
+def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
+    """User + system CPU time of these processes."""
     total = 0.0
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] == "postgres":
-            try:
-                total += sum(process.cpu_times()[:2])
-            except psutil.NoSuchProcess:  # a backend that exited while being read
-                pass
+    for process in processes:
+        try:
+            total += sum(process.cpu_times()[:2])
+        except psutil.NoSuchProcess:  # a Postgres backend that exited while being read
+            pass
     return total
+
+
+def server_processes(server: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The API process and its children (uvicorn's workers)."""
+    process = psutil.Process(server.pid)
+    return [process, *process.children(recursive=True)]
+
+
+def postgres_processes() -> list[psutil.Process]:
+    """The machine's Postgres processes (their work for other clients included)."""
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
 
 
 def create_seed_job(base_url: str, headers: dict[str, str]) -> tuple[str, str]:
@@ -258,11 +262,11 @@ def main() -> None:
                 # Not counted: the API processes' first requests open their database connections and
                 # warm their caches, a cost paid once per process, not per request.
                 asyncio.run(run_load(base_url, headers, training_file, seed_job, args.rate, args.warmup))
-            load_before, server_cpu = os.getloadavg()[0], cpu_seconds(psutil.Process(server.pid))
-            postgres_cpu = postgres_cpu_seconds()
+            load_before, server_cpu = os.getloadavg()[0], cpu_seconds(server_processes(server))
+            postgres_cpu = cpu_seconds(postgres_processes())
             result = asyncio.run(run_load(base_url, headers, training_file, seed_job, args.rate, args.seconds))
-            server_cpu = cpu_seconds(psutil.Process(server.pid)) - server_cpu
-            postgres_cpu = postgres_cpu_seconds() - postgres_cpu
+            server_cpu = cpu_seconds(server_processes(server)) - server_cpu
+            postgres_cpu = cpu_seconds(postgres_processes()) - postgres_cpu
         machine = {
             "server_cpu_cores": round(server_cpu / result["elapsed_s"], 2),
             # What an answer costs the server whatever else runs on the machine: compare this across changes.

@@ -5,13 +5,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from app.deps import DbDep, StorageDep, Tx
+from app.deps import Db, DbDep, StorageDep, Tx
 from app.errors import not_found
 from app.evaluations import service
 from app.evaluations.models import Evaluation
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
 from app.jobs.routes import owned_job
 from app.pagination import AfterQuery, LimitQuery, ListObject
+from app.storage import ObjectStorage
 
 router = APIRouter(tags=["evaluations"])
 
@@ -57,20 +58,19 @@ async def get_evaluation(evaluation_id: str, db: DbDep) -> EvaluationObject:
     return await db.read(lambda tx: EvaluationObject.of(owned_evaluation(tx, evaluation_id)))
 
 
-# The first chunk is read inside `db.run`, on its thread: opening an object is blocking storage I/O.
-@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/stability", response_class=StreamingResponse)
-async def get_stability(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
+async def _stability(db: Db, storage: ObjectStorage, job_id: str, suffix: str, media_type: str) -> StreamingResponse:
     def work(tx: Tx) -> StreamingResponse:
-        body = service.stability_report(storage=storage, job=owned_job(tx, fine_tuning_job_id), suffix="json")
-        return StreamingResponse(body, media_type="application/json")
+        body = service.stability_report(storage=storage, job=owned_job(tx, job_id), suffix=suffix)
+        return StreamingResponse(body, media_type=media_type)
 
     return await db.run(work)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/stability", response_class=StreamingResponse)
+async def get_stability(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
+    return await _stability(db, storage, fine_tuning_job_id, "json", "application/json")
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}/stability.png", response_class=StreamingResponse)
 async def get_stability_plot(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
-    def work(tx: Tx) -> StreamingResponse:
-        body = service.stability_report(storage=storage, job=owned_job(tx, fine_tuning_job_id), suffix="png")
-        return StreamingResponse(body, media_type="image/png")
-
-    return await db.run(work)
+    return await _stability(db, storage, fine_tuning_job_id, "png", "image/png")

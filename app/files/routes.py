@@ -63,7 +63,6 @@ async def get_file(file_id: str, db: DbDep) -> FileObject:
 
 @router.get("/{file_id}/content")
 async def download_file(file_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
-    # The first chunk is read inside `db.run`, on its thread: opening an object is blocking storage I/O.
     def work(tx: Tx) -> StreamingResponse:
         content = service.file_content(storage=storage, file=owned_file(tx, file_id))
         return StreamingResponse(content, media_type="application/octet-stream")

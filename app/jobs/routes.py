@@ -1,12 +1,12 @@
 """/v1/fine_tuning/jobs: create, list, read and cancel jobs; their events, checkpoints and adapter."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.deps import BrokerDep, DbDep, FingerprintDep, IdempotencyKeyDep, StorageDep, Tx
+from app.deps import BrokerDep, Db, DbDep, FingerprintDep, IdempotencyKeyDep, StorageDep, Tx
 from app.errors import not_found
 from app.jobs import events, service
 from app.jobs.models import Job
@@ -107,28 +107,29 @@ async def list_checkpoints(
     return await db.read(work)
 
 
-def _archive(chunks: Iterator[bytes], filename: str) -> StreamingResponse:
-    return StreamingResponse(
-        chunks, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
-    )
+async def _archive(db: Db, job_id: str, open_archive: Callable[[Job], Iterator[bytes]], name: str) -> StreamingResponse:
+    """A job's stored archive, `{job id}-{name}.tar.gz`, opened (`open_archive`) on `db.run`'s thread."""
 
-
-# The first chunk is read inside `db.run`, on its thread: opening an object is blocking storage I/O.
-@router.get("/{fine_tuning_job_id}/adapter", response_class=StreamingResponse)
-async def download_adapter(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
     def work(tx: Tx) -> StreamingResponse:
-        job = owned_job(tx, fine_tuning_job_id)
-        return _archive(service.adapter_archive(storage=storage, job=job), f"{job.id}-adapter.tar.gz")
+        job = owned_job(tx, job_id)
+        disposition = f'attachment; filename="{job.id}-{name}.tar.gz"'
+        return StreamingResponse(
+            open_archive(job), media_type="application/gzip", headers={"Content-Disposition": disposition}
+        )
 
     return await db.run(work)
+
+
+@router.get("/{fine_tuning_job_id}/adapter", response_class=StreamingResponse)
+async def download_adapter(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
+    return await _archive(
+        db, fine_tuning_job_id, lambda job: service.adapter_archive(storage=storage, job=job), "adapter"
+    )
 
 
 @router.get("/{fine_tuning_job_id}/merged", response_class=StreamingResponse)
 async def download_merged(fine_tuning_job_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
     """The base model with the adapter merged in (jobs created with `lora.export_merged`)."""
-
-    def work(tx: Tx) -> StreamingResponse:
-        job = owned_job(tx, fine_tuning_job_id)
-        return _archive(service.merged_archive(storage=storage, job=job), f"{job.id}-merged.tar.gz")
-
-    return await db.run(work)
+    return await _archive(
+        db, fine_tuning_job_id, lambda job: service.merged_archive(storage=storage, job=job), "merged"
+    )
