@@ -1,16 +1,12 @@
-"""The worker's side of evaluations and stability reports; written without Celery so tests drive it directly.
+"""The worker's side of evaluations; written without Celery so tests drive it directly.
 
-- `run_evaluation`: one delivery of `mambaft.run_evaluation`: claim the queued evaluation, fetch its
-  inputs (a job's adapter archive, uploaded task and validation files), score, store the results.
-- `publish_stability`: after a job succeeded, measure the base and the fine-tuned model's stability
-  (worker/evaluation/stability) and store `jobs/<id>/stability.json` and `.png`. Best effort: a job
-  that trained well never fails because its report could not be made.
+`run_evaluation` runs one delivery of `mambaft.run_evaluation`: claim the queued evaluation, fetch its
+inputs (a job's adapter archive, uploaded task and validation files), score, store the results.
 
 An evaluation is leased like a job (worker/lease.py): a heartbeat renews the lease while it runs, the
 outcome is written only while the lease is held, and the reaper requeues it if this process dies.
 """
 
-import json
 import logging
 import tempfile
 import time
@@ -24,17 +20,12 @@ from app.db import session_scope
 from app.evaluations.lifecycle import transition
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.evaluations.service import shipped_task
-from app.jobs.keys import stability_key
 from app.files.models import File
-from app.jobs.lifecycle import JobStatus, record_event
 from app.jobs.models import Job
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
 from worker.archive import unpack
-from worker.engine.spec import TrainResult, TrainSpec
 from worker.evaluation.run import EvalSpec, evaluate
-from worker.evaluation.stability.plot import plot_divergence
-from worker.evaluation.stability.report import job_stability
 from worker.job_runner import ERROR_CODES_BY_MODULE, model_source
 from worker.lease import Heartbeat, lock, new_owner_id, take
 
@@ -154,34 +145,3 @@ def _error_code(error: BaseException) -> str:
         tb = tb.tb_next
     return code
 
-
-def publish_stability(
-    *, settings: Settings, storage: ObjectStorage, job_id: str, spec: TrainSpec, result: TrainResult
-) -> None:
-    """Store the stability report of a job that just succeeded, measured on its validation file (else its
-    training file); logs and records an event, never raises."""
-    with session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status != JobStatus.SUCCEEDED:
-            return  # cancelled at the finish line, or gone
-    workdir = spec.output_dir
-    try:
-        data = spec.validation_path or spec.train_path
-        reports = job_stability(spec.model, result.adapter_dir, data, precision=spec.precision)
-        report_json = workdir / "stability.json"
-        report_json.write_text(json.dumps({name: r.to_dict() for name, r in reports.items()}))
-        storage.put_file(stability_key(job_id, "png"), plot_divergence(reports, workdir / "stability.png"))
-        storage.put_file(stability_key(job_id, "json"), report_json)  # last: its presence means both are there
-        tuned = reports["fine_tuned"]
-        message = (
-            f"Stability report: max Lyapunov exponent {tuned.max_lyapunov_exponent:.3g} "
-            f"({'stable' if tuned.stable else 'UNSTABLE'}); {tuned.precision} divergence slope {tuned.max_slope:.3g}"
-        )
-        summary = {"stable": tuned.stable, "max_lyapunov_exponent": tuned.max_lyapunov_exponent,
-                   "max_slope": tuned.max_slope, "exponential_growth": tuned.exponential_growth}  # fmt: skip
-        level = "info"
-    except Exception as error:  # a report is a bonus: the job stays succeeded
-        log.exception("job %s: stability report failed", job_id)
-        message, summary, level = f"Stability report failed: {error}"[:2000], None, "warning"
-    with session_scope(settings.database_url) as session:
-        record_event(session, job_id, "message", message, data=summary, level=level)

@@ -28,6 +28,7 @@ from worker.archive import pack, unpack
 from worker.engine.spec import LoraSpec, TrainHooks, TrainingStopped, TrainResult, TrainSpec
 from worker.engine.trainer import train as engine_train
 from worker.job_hooks import JobHooks
+from worker.job_stability import store_stability_report
 from worker.lease import Heartbeat, claim, lock_owned, new_owner_id
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,9 @@ class JobAttempt:
         ))  # fmt: skip
         return folder
 
-    def publish(self, result: TrainResult) -> None:
-        """Upload the adapter, then point the job at it: a half-written adapter is never served."""
+    def publish(self, spec: TrainSpec, result: TrainResult) -> None:
+        """Upload the adapter and make the stability report, then point the job at them: a half-written
+        adapter is never served, and a succeeded job has everything it promises."""
         source = model_source(self.settings, self.job.model)
         extras = [source / name for name in TOKENIZER_FILES if isinstance(source, Path) and (source / name).is_file()]
         extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
@@ -161,6 +163,7 @@ class JobAttempt:
         self._upload(key, pack(result.adapter_dir, self.workdir / "adapter.tar.gz", extra_files=extras))
         if result.merged_dir is not None:
             self._upload(merged_key(self.job.id), pack(result.merged_dir, self.workdir / "merged.tar.gz"))
+        stability = store_stability_report(storage=self.storage, job_id=self.job.id, spec=spec, result=result)
 
         def succeed(session: Session, job: Job) -> None:
             if job.cancel_requested:
@@ -172,6 +175,7 @@ class JobAttempt:
             job.current_step = result.steps
             job.fine_tuned_model = fine_tuned_model_id(job)
             record_event(session, job.id, "metrics", "Training finished", data=result.metrics)
+            record_event(session, job.id, "message", stability.message, data=stability.summary, level=stability.level)
             transition(session, job, JobStatus.SUCCEEDED, message="The job has successfully completed")
 
         self._owned(succeed)
@@ -232,12 +236,7 @@ def run_job(
             resume = attempt.fetch_latest_checkpoint()
             spec = build_spec(job, settings=settings, workdir=Path(tmp), inputs=inputs, resume=resume)
             result = train(spec, hooks.as_train_hooks())
-            attempt.publish(result)
-            if not hooks.shutdown.is_set():
-                # Imported here: evaluation_runner imports this module. It never raises.
-                from worker.evaluation_runner import publish_stability
-
-                publish_stability(settings=settings, storage=storage, job_id=job_id, spec=spec, result=result)
+            attempt.publish(spec, result)
         except TrainingStopped as stop:
             attempt.stopped(hooks, stop)
         except OperationalError:

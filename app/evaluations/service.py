@@ -1,5 +1,6 @@
 """Evaluations: validate and queue, read; and the stability report a worker stores for each trained job."""
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.base_models.service import get_model
 from app.db import new_id, now
 from app.downloads import open_object
-from app.errors import broker_unavailable, conflict, not_found
+from app.errors import ApiError, broker_unavailable, conflict, not_found
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
 from app.files.service import get_file
@@ -19,7 +20,7 @@ from app.jobs.models import Job
 from app.jobs.service import get_job
 from app.pagination import Page, newest_first
 from app.settings import Settings
-from app.storage import ObjectStorage
+from app.storage import ObjectNotFound, ObjectStorage
 
 SHIPPED_TASKS = Path(__file__).resolve().parents[2] / "demo" / "tasks"
 TRAIN_SUFFIX = "_train"  # demo/tasks/<task>_train.jsonl is fine-tuning data, not a task
@@ -105,11 +106,24 @@ def list_evaluations(*, session: Session, owner: str, after: str | None, limit: 
 
 
 def stability_report(*, storage: ObjectStorage, job: Job, suffix: str) -> Iterator[bytes]:
-    """The bytes of the job's stored stability report (`json` or `png`)."""
+    """The bytes of the job's stored stability report (`json` or `png`); when it is missing, the reason the
+    worker stored (a succeeded job has either)."""
     if job.status != JobStatus.SUCCEEDED:
         raise conflict("stability_not_ready", f"Job {job.id} is {job.status}; the stability report is made after"
                        " training succeeds", param="fine_tuning_job_id")  # fmt: skip
-    missing = not_found(
-        "stability_not_found", f"Job {job.id} has no stability report (yet): the worker writes it just after training"
-    )
-    return open_object(storage=storage, key=stability_key(job.id, suffix), missing=missing)
+    absent = not_found("stability_not_found", f"Job {job.id} has no stability report")
+    try:
+        return open_object(storage=storage, key=stability_key(job.id, suffix), missing=absent)
+    except ApiError as error:
+        if error is not absent:
+            raise
+        raise _stability_failure(storage=storage, job=job) or absent from None
+
+
+def _stability_failure(*, storage: ObjectStorage, job: Job) -> ApiError | None:
+    """The reason the worker stored when it could not make the job's report, as the error to answer."""
+    try:
+        failure = json.loads(b"".join(storage.iter_bytes(stability_key(job.id, "error.json"))))
+    except ObjectNotFound:
+        return None
+    return not_found("stability_failed", f"The stability report of job {job.id} could not be made: {failure['message']}")

@@ -170,6 +170,9 @@ def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureReques
 
         job = _wait_terminal(client, job_id, service)
         assert job["status"] == "succeeded", f"{job['error']}\n{service.log_tail()}"
+        # Everything a succeeded job promises is stored by then: the stability report too.
+        report = client.get(f"/v1/fine_tuning/jobs/{job_id}/stability")
+        assert report.status_code == 200, report.text
         assert job["fine_tuned_model"] == f"mamba-tiny:ft-e2e:{job_id}"
         assert job["progress"]["step"] == job["progress"]["total_steps"] > 0
         metrics = job["metrics"]

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from app.evaluations.routes import get_enqueue
 from app.settings import Settings
 from worker.bootstrap import ensure_tiny_models
+from worker import job_stability
 from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
 
@@ -77,6 +78,31 @@ def test_trained_job_gets_a_stability_report_and_beats_its_base(
     assert ratio == (pytest.approx(expected) if expected is not None else None)
     assert tuned["results"]["validation"]["tokens"] > 0 and tuned["finished_at"] >= tuned["created_at"]
 
+
+def test_a_report_that_cannot_be_made_is_answered_with_its_reason_once_the_job_succeeded(
+    client: TestClient, settings: Settings, train_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise ValueError("max() iterable argument is empty")
+
+    monkeypatch.setattr(job_stability, "job_stability", broken)
+    hyper = {"n_epochs": 1, "batch_size": 16, "max_seq_len": 64}
+    job_id = client.post("/v1/fine_tuning/jobs", json={
+        "model": "mamba-tiny", "training_file": train_file, "precision": "fp32", "hyperparameters": hyper,
+    }).json()["id"]  # fmt: skip
+    run_job(settings=settings, job_id=job_id)
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "succeeded"  # the adapter is fine
+
+    for suffix in ("stability", "stability.png"):
+        report = client.get(f"/v1/fine_tuning/jobs/{job_id}/{suffix}")
+        assert report.status_code == 404, report.text
+        error = report.json()["error"]
+        assert error["code"] == "stability_failed" and error["message"].endswith("max() iterable argument is empty")
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 50}).json()["data"]
+    failed = [e for e in events if e["message"].startswith("Stability report failed")]
+    assert len(failed) == 1 and failed[0]["level"] == "warning"
+    # Recorded before the job turned succeeded, so a client that saw succeeded can read it.
+    assert events.index(failed[0]) > [(e["data"] or {}).get("to") for e in events].index("succeeded")
 
 def test_a_file_that_is_not_a_task_fails_the_evaluation(
     evaluate: Callable[..., dict[str, Any]], train_file: str

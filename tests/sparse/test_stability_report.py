@@ -15,7 +15,7 @@ IDS = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(0))
 
 
 def test_report_of_an_observable_model_is_stable_with_full_rank_layers() -> None:
-    # SC gets the same report end to end, through publish_stability (test_created_model_job.py).
+    # SC gets the same report end to end, through the job runner (test_created_model_job.py).
     structure = "observable"
     model = tiny(structure).eval()
 

@@ -47,9 +47,17 @@ def layer_blocks(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def layer_outputs(model: nn.Module, inputs: Tensor, precision: Precision) -> list[Tensor]:
+    """Each block's output (b, l, d_model) in fp32, in layer order."""
     device = next(model.parameters()).device
-    with capture_each(layer_blocks(model), inputs=False) as captured, PrecisionPolicy(precision, device).autocast():
-        model(input_ids=inputs.to(device), use_cache=False)
+    blocks = layer_blocks(model)
+    with capture_each(blocks, inputs=False) as captured, PrecisionPolicy(precision, device).autocast():
+        # Asking for hidden states makes the backbone run its own loop over the blocks: the fused CUDA
+        # loop (mamba_forward.backbone_forward) calls the norm kernel and each mixer directly, so the
+        # blocks' forward hooks would never fire.
+        model(input_ids=inputs.to(device), use_cache=False, output_hidden_states=True)
+    missing = [i for i, c in enumerate(captured) if c is None]
+    if missing or not blocks:
+        raise RuntimeError(f"no output captured for layers {missing} of {len(blocks)}: the forward bypassed them")
     return [c.float() for c in captured if c is not None]
 
 
