@@ -35,8 +35,9 @@ from worker.engine.spec import TrainResult, TrainSpec
 from worker.evaluation.run import EvalSpec, evaluate
 from worker.evaluation.stability.plot import plot_divergence
 from worker.evaluation.stability.report import job_stability
-from worker.job_runner import ERROR_CODES_BY_MODULE, model_source
+from worker.job_runner import ERROR_CODES_BY_MODULE
 from worker.lease import Heartbeat, lock, new_owner_id, take
+from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def _inputs(settings: Settings, storage: ObjectStorage, evaluation: Evaluation, 
         adapter = unpack(_fetch(storage, job.adapter_key, workdir / "adapter.tar.gz"), workdir / "adapter")
     validation = evaluation.validation_file
     return EvalSpec(
-        model=str(model_source(settings, evaluation.model)), tasks=tasks, shots=tuple(evaluation.shots),
+        model=str(model_source(settings=settings, storage=storage, owner=evaluation.owner, model_id=evaluation.model)),
+        tasks=tasks, shots=tuple(evaluation.shots),
         adapter=adapter, precision=evaluation.precision, seed=evaluation.seed, limit=evaluation.limit,
         validation_path=_fetch(storage, files[validation].storage_key, workdir / "valid.jsonl") if validation else None,
     )  # fmt: skip

@@ -43,6 +43,7 @@ def test_models_lists_local_folders_then_hub_ids(client: TestClient, catalog: No
         "parameters": 10,
         "lora_targets": ["in_proj", "x_proj", "dt_proj", "out_proj", "embeddings", "lm_head"],
         "status": "ready",
+        "error": None,
         "ssm_structure": "diagonal",
         "a_constraint": None,
     }
