@@ -37,6 +37,9 @@ from app.settings import Settings
 # A safetensors header is a few KB to a few MB; anything larger is not one we should parse.
 MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
 BYTE_TOKENIZER = "byte"
+# Versions before the models table built a tenant's model as a folder in models_dir holding this file:
+# such a folder is that tenant's, so it is never offered as a shared model.
+TENANT_FOLDER_MARKER = "mambaft_create.json"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_local(model_id: str, folder: Path) -> BaseModelInfo | None:
+    if (folder / TENANT_FOLDER_MARKER).exists():
+        return None
     config_path = folder / "config.json"
     config = _read_json(config_path)
     model_type = config.get("model_type") if isinstance(config, dict) else None
