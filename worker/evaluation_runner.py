@@ -95,9 +95,9 @@ def _inputs(settings: Settings, storage: ObjectStorage, evaluation: Evaluation, 
             raise InputMissing(f"the fine-tuning job {evaluation.fine_tuning_job} has no adapter")
         adapter = unpack(_fetch(storage, job.adapter_key, workdir / "adapter.tar.gz"), workdir / "adapter")
     validation = evaluation.validation_file
+    model = model_source(settings=settings, storage=storage, owner=evaluation.owner, model_id=evaluation.model)
     return EvalSpec(
-        model=str(model_source(settings=settings, storage=storage, owner=evaluation.owner, model_id=evaluation.model)),
-        tasks=tasks, shots=tuple(evaluation.shots),
+        model=str(model), tasks=tasks, shots=tuple(evaluation.shots),
         adapter=adapter, precision=evaluation.precision, seed=evaluation.seed, limit=evaluation.limit,
         validation_path=_fetch(storage, files[validation].storage_key, workdir / "valid.jsonl") if validation else None,
     )  # fmt: skip
