@@ -93,7 +93,9 @@ def test_unreadable_safetensors_leave_parameters_unknown(client: TestClient, set
     assert client.get("/v1/models/odd").json()["parameters"] is None
 
 
-def test_a_folder_an_earlier_version_created_for_one_tenant_is_not_shared(client: TestClient, settings: Settings) -> None:
+def test_a_folder_an_earlier_version_created_for_one_tenant_is_not_shared(
+    client: TestClient, settings: Settings
+) -> None:
     assert settings.models_dir is not None
     write_model(settings.models_dir, "alices-old-model", "mamba")
     (settings.models_dir / "alices-old-model" / "mambaft_create.json").write_text(json.dumps({"owner": "alice"}))

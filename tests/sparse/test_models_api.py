@@ -78,6 +78,21 @@ def test_a_duplicate_id_is_400_and_keeps_the_first_request(client: TestClient, m
     assert len(model_requests) == 1
 
 
+@pytest.mark.parametrize("settings", [{"hub_models": ["hub-mamba"]}], indirect=True)
+@pytest.mark.parametrize("shared", ["folder-mamba", "hub-mamba"])
+def test_the_id_of_a_shared_model_is_a_duplicate(
+    client: TestClient, settings: Settings, model_requests: list[str], shared: str
+) -> None:
+    assert settings.models_dir is not None
+    (settings.models_dir / "folder-mamba").mkdir(parents=True)
+    (settings.models_dir / "folder-mamba" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+
+    response = client.post("/v1/models", json={**SC, "id": shared})
+
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "duplicate_model_id")
+    assert model_requests == []
+
+
 def test_a_job_may_not_change_the_models_structure(
     client: TestClient, settings: Settings, model_requests: list[str]
 ) -> None:
