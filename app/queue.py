@@ -49,9 +49,9 @@ def enqueue_evaluation(*, settings: Settings, evaluation_id: str) -> None:
     _send(settings, RUN_EVALUATION_TASK, evaluation_id)
 
 
-def enqueue_model_creation(*, settings: Settings, model_id: str) -> None:
-    """Send `mambaft.create_model(model_id)`; raises BrokerUnavailable like enqueue_job."""
-    _send(settings, CREATE_MODEL_TASK, model_id)
+def enqueue_model_creation(*, settings: Settings, model_uid: str) -> None:
+    """Send `mambaft.create_model(model_uid)`; raises BrokerUnavailable like enqueue_job."""
+    _send(settings, CREATE_MODEL_TASK, model_uid)
 
 
 def ping_broker(*, settings: Settings) -> None:

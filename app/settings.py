@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # (counted in the database). 0 turns a limit off.
     rate_limit_per_second: float = Field(default=0, ge=0)
     max_concurrent_jobs: int = Field(default=0, ge=0)
+    # Largest model POST /v1/models creates, counted from the architecture before anything is queued;
+    # the default admits the largest public Mamba (2.8B).
+    max_model_parameters: int = Field(default=3_000_000_000, ge=1)
 
     # A running job whose worker stops renewing its lease for this long is requeued by the reaper.
     lease_seconds: int = 60
@@ -57,6 +60,11 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Where the embedded filesystem broker keeps its messages (shared by API and worker)."""
         return self.data_dir / "broker"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where a worker unpacks created models it fetched from object storage, one folder per model uid."""
+        return self.data_dir / "model-cache"
 
     @property
     def embedded_broker(self) -> bool:

@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, pool
 # Every module that defines tables must be imported here, or autogenerate (and the drift test in
 # tests/api/test_migrations.py) will not see its tables.
 import app.auth.models  # noqa: F401
+import app.base_models.models  # noqa: F401
 import app.evaluations.models  # noqa: F401
 import app.files.models  # noqa: F401
 import app.idempotency  # noqa: F401

@@ -7,7 +7,8 @@
   MAMBAFT_TEST_POSTGRES_URL (default 127.0.0.1:5432, database `test`); tests skip if it is unreachable.
 - `database_url`: one migrated database, SQLite by default; parametrize it indirectly to run a test on
   both: `@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)`.
-- `settings`: `make_settings(database_url=database_url)`.
+- `settings`: `make_settings(database_url=database_url)`; parametrize it indirectly with a dict of
+  overrides to change a setting: `@pytest.mark.parametrize("settings", [{"max_attempts": 1}], indirect=True)`.
 - `broker`: a `FakeBroker` recording enqueued job ids; set `broker.reachable = False` to fail it.
 - `app`: `create_app(settings)` with `broker` in place of the real queue.
 - `make_client(owner="alice")`: a TestClient for `app` authenticated with a new API key of `owner`.
@@ -113,8 +114,8 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def settings(make_settings: Callable[..., Settings], database_url: str) -> Settings:
-    return make_settings(database_url=database_url)
+def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settings], database_url: str) -> Settings:
+    return make_settings(database_url=database_url, **getattr(request, "param", {}))
 
 
 @dataclass

@@ -26,8 +26,9 @@ from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
 from worker.archive import unpack
 from worker.evaluation.run import EvalSpec, evaluate
-from worker.job_runner import ERROR_CODES_BY_MODULE, model_source
+from worker.job_runner import ERROR_CODES_BY_MODULE
 from worker.lease import Heartbeat, lock, new_owner_id, take
+from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ def _inputs(settings: Settings, storage: ObjectStorage, evaluation: Evaluation, 
             raise InputMissing(f"the fine-tuning job {evaluation.fine_tuning_job} has no adapter")
         adapter = unpack(_fetch(storage, job.adapter_key, workdir / "adapter.tar.gz"), workdir / "adapter")
     validation = evaluation.validation_file
+    model = model_source(settings=settings, storage=storage, owner=evaluation.owner, model_id=evaluation.model)
     return EvalSpec(
-        model=str(model_source(settings, evaluation.model)), tasks=tasks, shots=tuple(evaluation.shots),
+        model=str(model), tasks=tasks, shots=tuple(evaluation.shots),
         adapter=adapter, precision=evaluation.precision, seed=evaluation.seed, limit=evaluation.limit,
         validation_path=_fetch(storage, files[validation].storage_key, workdir / "valid.jsonl") if validation else None,
     )  # fmt: skip

@@ -30,6 +30,7 @@ from worker.engine.trainer import train as engine_train
 from worker.job_hooks import JobHooks
 from worker.job_stability import store_stability_report
 from worker.lease import Heartbeat, claim, lock_owned, new_owner_id
+from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ TOKENIZER_FILES = (
 ERROR_CODES_BY_MODULE = {
     "worker.engine.loading": "model_load_failed",
     "worker.engine.data": "invalid_training_file",
+    "worker.model_store": "model_load_failed",
 }
 MAX_ERROR_MESSAGE = 2000
 
@@ -75,16 +77,8 @@ def error_code(error: BaseException) -> str:
     return code
 
 
-def model_source(settings: Settings, model: str) -> Path | str:
-    """A folder under models_dir when there is one (never outside it), else the hub id."""
-    assert settings.models_dir is not None
-    root = settings.models_dir.resolve()
-    folder = (root / model).resolve()
-    return folder if folder.is_relative_to(root) and folder != root and folder.is_dir() else model
-
-
 def build_spec(
-    job: Job, *, settings: Settings, workdir: Path, inputs: dict[str, Path], resume: Path | None
+    job: Job, *, settings: Settings, model: Path | str, workdir: Path, inputs: dict[str, Path], resume: Path | None
 ) -> TrainSpec:
     hyper = {k: v for k, v in job.hyperparameters.items() if k in HYPERPARAMETERS}
     lora = None
@@ -95,7 +89,7 @@ def build_spec(
         lora = LoraSpec(**fields)
     export_merged = bool(job.lora and job.lora.get("export_merged"))
     return TrainSpec(
-        model=str(model_source(settings, job.model)), train_path=inputs["train"],
+        model=str(model), train_path=inputs["train"],
         validation_path=inputs.get("validation"), output_dir=workdir / "output", precision=job.precision,
         lora=lora, export_merged=export_merged, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume, **hyper,
     )  # fmt: skip
@@ -153,10 +147,10 @@ class JobAttempt:
         ))  # fmt: skip
         return folder
 
-    def publish(self, spec: TrainSpec, result: TrainResult) -> None:
-        """Upload the adapter and make the stability report, then point the job at them: a half-written
-        adapter is never served, and a succeeded job has everything it promises."""
-        source = model_source(self.settings, self.job.model)
+    def publish(self, spec: TrainSpec, result: TrainResult, source: Path | str) -> None:
+        """Upload the adapter (with the tokenizer of the base model at `source`) and make the stability
+        report, then point the job at them: a half-written adapter is never served, and a succeeded job
+        has everything it promises."""
         extras = [source / name for name in TOKENIZER_FILES if isinstance(source, Path) and (source / name).is_file()]
         extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
         key = adapter_key(self.job.id)
@@ -232,11 +226,12 @@ def run_job(
         attempt = JobAttempt(settings, storage, job, owner, Path(tmp))
         hooks = JobHooks(settings, storage, job_id, owner, heartbeat, shutdown or threading.Event())
         try:
+            model = model_source(settings=settings, storage=storage, owner=job.owner, model_id=job.model)
             inputs = attempt.download_inputs()
             resume = attempt.fetch_latest_checkpoint()
-            spec = build_spec(job, settings=settings, workdir=Path(tmp), inputs=inputs, resume=resume)
+            spec = build_spec(job, settings=settings, model=model, workdir=Path(tmp), inputs=inputs, resume=resume)
             result = train(spec, hooks.as_train_hooks())
-            attempt.publish(spec, result)
+            attempt.publish(spec, result, model)
         except TrainingStopped as stop:
             attempt.stopped(hooks, stop)
         except OperationalError:

@@ -27,5 +27,5 @@ def run_evaluation_task(evaluation_id: str) -> None:
 
 
 @app.task(name=CREATE_MODEL_TASK, ignore_result=True)
-def create_model_task(model_id: str) -> None:
-    create_model(settings=get_settings(), model_id=model_id)
+def create_model_task(model_uid: str) -> None:
+    create_model(settings=get_settings(), model_uid=model_uid)

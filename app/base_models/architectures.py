@@ -17,7 +17,7 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
 }
 SUPPORTED_MODEL_TYPES = tuple(LORA_TARGETS)
 
-# Sparse Mamba variants (issue 7), per family; the first is the stock model. The worker's
+# Sparse Mamba variants, per family; the first is the stock model. The worker's
 # worker/engine/sparse_mamba.py implements them and checks the same names when it loads a model.
 VARIANT_FIELD = {"mamba": "ssm_structure", "mamba2": "a_constraint"}
 VARIANTS = {"mamba": ("diagonal", "controllable", "observable"), "mamba2": ("none", "stable")}
@@ -26,5 +26,3 @@ COMPANION_STRUCTURES = frozenset({"controllable", "observable"})
 # Vandermonde matrix of the roots conditions worse as d_state grows, hence the lower ceiling.
 MAX_COMPANION_STATE = 16
 MAX_STATE = 256
-# What POST /v1/models writes into the new model's folder; the worker builds the weights beside it.
-CREATE_REQUEST_FILE = "mambaft_create.json"

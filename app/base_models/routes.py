@@ -1,7 +1,7 @@
 """GET /v1/models: the base models jobs can fine-tune; POST /v1/models: a new one from an architecture."""
 
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
@@ -23,7 +23,8 @@ class ModelObject(BaseModel):
     family: str | None  # "mamba" | "mamba2"; None for a hub id whose family only the worker can tell
     parameters: int | None
     lora_targets: list[str]
-    status: Literal["ready", "creating"]
+    status: Literal["ready", "creating", "failed"]
+    error: dict[str, Any] | None  # a failed creation's code and message
     ssm_structure: str | None  # Mamba: diagonal | controllable | observable
     a_constraint: str | None  # Mamba-2: none | stable
 
@@ -37,6 +38,7 @@ class ModelObject(BaseModel):
             parameters=info.parameters,
             lora_targets=list(info.lora_targets),
             status=info.status,
+            error=info.error,
             ssm_structure=info.variant if info.family == "mamba" else None,
             a_constraint=info.variant if info.family == "mamba2" else None,
         )
@@ -52,12 +54,11 @@ async def get_model_enqueuer() -> Callable[..., None]:
 EnqueueModelDep = Annotated[Callable[..., None], Depends(get_model_enqueuer)]
 
 
-# Models live in the models folder, not the database: `db.run` authenticates the caller and reads the
-# folder on its thread.
+# Shared models live in the models folder: `db.run` reads it on its thread, beside the caller's rows.
 @router.get("")
 async def list_models(db: DbDep) -> ListObject[ModelObject]:
     def work(tx: Tx) -> ListObject[ModelObject]:
-        models = service.list_models(settings=tx.settings, owner=tx.owner)
+        models = service.list_models(session=tx.session, settings=tx.settings, owner=tx.owner)
         return ListObject[ModelObject](data=[ModelObject.of(m) for m in models], has_more=False)
 
     return await db.run(work)
@@ -67,7 +68,9 @@ async def list_models(db: DbDep) -> ListObject[ModelObject]:
 @router.get("/{model_id:path}")
 async def get_model(model_id: str, db: DbDep) -> ModelObject:
     return await db.run(
-        lambda tx: ModelObject.of(service.get_model(settings=tx.settings, model_id=model_id, owner=tx.owner))
+        lambda tx: ModelObject.of(
+            service.get_model(session=tx.session, settings=tx.settings, owner=tx.owner, model_id=model_id)
+        )
     )
 
 
@@ -76,6 +79,8 @@ async def create_model(request: ModelCreate, db: DbDep, enqueue: EnqueueModelDep
     """A randomly initialized model; `status` is "creating" until a worker has written its weights."""
     return await db.run(
         lambda tx: ModelObject.of(
-            service.create_model(settings=tx.settings, owner=tx.owner, request=request, enqueue=enqueue)
+            service.create_model(
+                session=tx.session, settings=tx.settings, owner=tx.owner, request=request, enqueue=enqueue
+            )
         )
     )

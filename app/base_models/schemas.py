@@ -17,7 +17,7 @@ class ModelCreate(BaseModel):
     d_model: int = Field(ge=16, le=8192, multiple_of=16)  # Mamba-2 heads: 2·d_model / 32 per model
     n_layer: int = Field(ge=1, le=128)
     d_state: int = Field(ge=1, le=MAX_STATE)
-    tokenizer: str = Field("byte", min_length=1, max_length=64)  # "byte" or a local model's id
+    tokenizer: str = Field("byte", min_length=1, max_length=512)  # "byte" or a ready model the caller sees
     ssm_structure: str | None = None  # Mamba: diagonal | controllable | observable
     a_constraint: str | None = None  # Mamba-2: none | stable
     seed: int = Field(0, ge=0, le=2**31 - 1)

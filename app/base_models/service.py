@@ -1,33 +1,45 @@
-"""The base models a job may fine-tune: HF-format folders under `models_dir`, plus configured hub ids.
+"""The base models a job may fine-tune: the operator's shared ones (HF-format folders under `models_dir`,
+configured hub ids), visible to every tenant, and each tenant's own created models (rows, see models.py).
 
-Everything is read from config.json and safetensors headers, never by loading weights.
+Shared models are read from config.json and safetensors headers, never by loading weights. A created
+model's id may not repeat a shared one; should the operator add a shared model of that id later, the
+tenant's own keeps the name for that tenant. Another tenant's models are never consulted, so no answer
+depends on them.
 """
 
 import json
 import math
-import shutil
 import struct
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from app.base_models.architectures import (
     COMPANION_STRUCTURES,
-    CREATE_REQUEST_FILE,
     LORA_TARGETS,
     MAX_COMPANION_STATE,
     SUPPORTED_MODEL_TYPES,
     VARIANT_FIELD,
     VARIANTS,
 )
+from app.base_models.models import CreatedModel, ModelStatus
+from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
 from app.base_models.schemas import ModelCreate
-from app.errors import broker_unavailable, invalid_request, not_found
+from app.db import new_id, now
+from app.errors import ApiError, broker_unavailable, conflict, invalid_request, not_found
 from app.settings import Settings
 
 # A safetensors header is a few KB to a few MB; anything larger is not one we should parse.
 MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+BYTE_TOKENIZER = "byte"
+# Versions before the models table built a tenant's model as a folder in models_dir holding this file:
+# such a folder is that tenant's, so it is never offered as a shared model.
+TENANT_FOLDER_MARKER = "mambaft_create.json"
 
 
 @dataclass(frozen=True)
@@ -37,28 +49,30 @@ class BaseModelInfo:
     created: int
     owned_by: str
     parameters: int | None
-    status: str = "ready"  # "creating" until the worker has written the weights
+    status: str = ModelStatus.READY
     variant: str | None = None  # ssm_structure (Mamba) or a_constraint (Mamba-2); None for hub ids
+    error: dict[str, Any] | None = None  # why a created model failed
+    vocab_size: int | None = None  # embedding rows, where known without loading (not for hub ids)
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
         return LORA_TARGETS[self.family] if self.family else ()
 
 
-def list_models(*, settings: Settings, owner: str | None = None) -> list[BaseModelInfo]:
-    """Local models first, then hub ids not shadowed by a local folder of the same id.
-
-    A model created over the API is listed to its owner only (owner None: to nobody)."""
-    folders = _model_folders(settings.models_dir)
-    local = [info for model_id, folder in folders if (info := _read_local(model_id, folder, owner)) is not None]
-    local_ids = {info.id for info in local}
-    hub = [_hub_model(model_id) for model_id in dict.fromkeys(settings.hub_models) if model_id not in local_ids]
-    return local + hub
+def list_models(*, session: Session, settings: Settings, owner: str) -> list[BaseModelInfo]:
+    """Shared models (local folders, then hub ids not shadowed by a folder), then the owner's created ones."""
+    own = [_created_info(row) for row in _created_rows(session, owner)]
+    own_ids = {info.id for info in own}
+    return [info for info in _shared_models(settings) if info.id not in own_ids] + own
 
 
-def get_model(*, settings: Settings, model_id: str, owner: str | None = None) -> BaseModelInfo:
-    """The model with this id; raises model_not_found (ids come from the listing, never a joined path)."""
-    for info in list_models(settings=settings, owner=owner):
+def get_model(*, session: Session, settings: Settings, owner: str, model_id: str) -> BaseModelInfo:
+    """The model with this id that `owner` may see; raises model_not_found (ids come from the listing or
+    an exact row match, never a joined path)."""
+    row = _created_row(session, owner, model_id)
+    if row is not None:
+        return _created_info(row)
+    for info in _shared_models(settings):
         if info.id == model_id:
             return info
     raise not_found("model_not_found", f"The model {model_id!r} does not exist", param="model")
@@ -72,9 +86,35 @@ def hub_family(model_id: str) -> str | None:
     return "mamba" if "mamba" in name else None
 
 
+def _shared_models(settings: Settings) -> list[BaseModelInfo]:
+    folders = _model_folders(settings.models_dir)
+    local = [info for model_id, folder in folders if (info := _read_local(model_id, folder)) is not None]
+    local_ids = {info.id for info in local}
+    hub = [_hub_model(model_id) for model_id in dict.fromkeys(settings.hub_models) if model_id not in local_ids]
+    return local + hub
+
+
 def _hub_model(model_id: str) -> BaseModelInfo:
     org, _, _ = model_id.rpartition("/")
     return BaseModelInfo(id=model_id, family=hub_family(model_id), created=0, owned_by=org or "hub", parameters=None)
+
+
+def _created_rows(session: Session, owner: str) -> list[CreatedModel]:
+    statement = select(CreatedModel).where(CreatedModel.owner == owner)
+    statement = statement.order_by(CreatedModel.created_at, CreatedModel.id)
+    return list(session.scalars(statement))
+
+
+def _created_row(session: Session, owner: str, model_id: str) -> CreatedModel | None:
+    statement = select(CreatedModel).where(CreatedModel.owner == owner, CreatedModel.id == model_id)
+    return session.scalars(statement).one_or_none()
+
+
+def _created_info(row: CreatedModel) -> BaseModelInfo:
+    return BaseModelInfo(
+        id=row.id, family=row.family, created=row.created_at, owned_by=row.owner, parameters=row.parameters,
+        status=row.status, variant=row.variant, error=row.error, vocab_size=row.architecture["vocab_size"],
+    )  # fmt: skip
 
 
 def _model_folders(root: Path | None) -> Iterator[tuple[str, Path]]:
@@ -82,7 +122,7 @@ def _model_folders(root: Path | None) -> Iterator[tuple[str, Path]]:
     if root is None or not root.is_dir():
         return
     for child in _subfolders(root):
-        if (child / "config.json").is_file() or (child / CREATE_REQUEST_FILE).is_file():
+        if (child / "config.json").is_file():
             yield child.name, child
             continue
         for grandchild in _subfolders(child):
@@ -101,35 +141,68 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _read_local(model_id: str, folder: Path, owner: str | None) -> BaseModelInfo | None:
-    request = _read_json(folder / CREATE_REQUEST_FILE) if (folder / CREATE_REQUEST_FILE).exists() else None
-    if request is not None and (not isinstance(request, dict) or request.get("owner") != owner or owner is None):
-        return None  # created by another tenant: as if it did not exist
+def _read_local(model_id: str, folder: Path) -> BaseModelInfo | None:
+    if (folder / TENANT_FOLDER_MARKER).exists():
+        return None
     config_path = folder / "config.json"
-    if request is not None and not config_path.exists():
-        return BaseModelInfo(
-            id=model_id, family=request["family"], created=request["created"], owned_by=owner or "local",
-            parameters=None, status="creating", variant=request[VARIANT_FIELD[request["family"]]],
-        )  # fmt: skip
     config = _read_json(config_path)
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in SUPPORTED_MODEL_TYPES:
         return None  # a half-copied or foreign folder is simply not offered
+    vocab_size = config.get("vocab_size")
     return BaseModelInfo(
         id=model_id,
         family=model_type,
         created=int(config_path.stat().st_mtime),
-        owned_by=owner if request is not None and owner else "local",
+        owned_by="local",
         parameters=_count_parameters(folder),
         variant=config.get(VARIANT_FIELD[model_type]) or VARIANTS[model_type][0],
+        vocab_size=vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None,
     )
 
 
 def create_model(
-    *, settings: Settings, owner: str, request: ModelCreate, enqueue: Callable[..., None]
+    *, session: Session, settings: Settings, owner: str, request: ModelCreate, enqueue: Callable[..., None]
 ) -> BaseModelInfo:
-    """Check an architecture request, record it in the new model's folder and ask a worker to build it."""
-    assert settings.models_dir is not None
+    """Check an architecture request, record it as the owner's model (status creating) and ask a worker
+    to build it; the caller's transaction commits the row."""
+    variant = _variant(request)
+    vocab_size = _tokenizer_vocab(session=session, settings=settings, owner=owner, tokenizer=request.tokenizer)
+    parameters = parameter_count(family=request.family, d_model=request.d_model, n_layer=request.n_layer,
+                                 d_state=request.d_state, variant=variant, vocab_size=vocab_size)  # fmt: skip
+    if parameters > settings.max_model_parameters:
+        raise invalid_request(
+            f"d_model {request.d_model}, n_layer {request.n_layer} and d_state {request.d_state} make a model of"
+            f" {parameters:,} parameters; this service creates models of at most {settings.max_model_parameters:,}",
+            param="d_model",
+            code="model_too_large",
+        )
+    duplicate = invalid_request(f"a model with id {request.id!r} already exists", param="id", code="duplicate_model_id")
+    if any(info.id == request.id for info in _shared_models(settings)) or _created_row(session, owner, request.id):
+        raise duplicate
+    architecture = {
+        **request.model_dump(exclude=set(VARIANT_FIELD.values())),
+        VARIANT_FIELD[request.family]: variant,
+        "vocab_size": vocab_size,
+    }
+    row = CreatedModel(
+        uid=new_id("model"), owner=owner, id=request.id, family=request.family, variant=variant,
+        architecture=architecture, parameters=parameters, status=ModelStatus.CREATING, created_at=now(),
+    )  # fmt: skip
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:  # the same owner's concurrent create of this id committed first
+        raise duplicate from None
+    # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
+    try:
+        enqueue(settings=settings, model_uid=row.uid)
+    except Exception:  # noqa: BLE001 - whatever the broker client raises means "not queued"
+        raise broker_unavailable() from None
+    return _created_info(row)
+
+
+def _variant(request: ModelCreate) -> str:
     family = request.family
     field = VARIANT_FIELD[family]
     for other in VARIANT_FIELD.values():
@@ -144,22 +217,34 @@ def create_model(
             " conjugate pairs, and their Vandermonde matrix conditions worse as d_state grows)",
             param="d_state",
         )
-    if request.tokenizer != "byte" and not (settings.models_dir / request.tokenizer / "config.json").is_file():
-        raise invalid_request("tokenizer must be 'byte' or the id of a local model", param="tokenizer")
-    folder = settings.models_dir / request.id
-    if folder.exists() or request.id in settings.hub_models:
-        raise invalid_request(f"a model with id {request.id!r} already exists", param="id", code="duplicate_model_id")
-    record = {**request.model_dump(), field: variant, "owner": owner, "created": int(time.time())}
-    folder.mkdir(parents=True)
-    (folder / CREATE_REQUEST_FILE).write_text(json.dumps(record, indent=2))
+    return variant
+
+
+def _tokenizer_vocab(*, session: Session, settings: Settings, owner: str, tokenizer: str) -> int:
+    """The vocabulary size of the requested tokenizer: "byte", or a ready model the owner can see whose
+    size is known here (a shared folder or their own created model). Anything else is one answer, so it
+    tells nothing about what exists elsewhere."""
+    if tokenizer == BYTE_TOKENIZER:
+        return BYTE_VOCAB_SIZE
+    refused = invalid_request(
+        "tokenizer must be 'byte' or the id of a ready model listed by GET /v1/models (not a hub id)",
+        param="tokenizer",
+    )
     try:
-        enqueue(settings=settings, model_id=request.id)
-    except Exception:  # noqa: BLE001 - whatever the broker client raises means "not queued"
-        shutil.rmtree(folder, ignore_errors=True)  # no half-requested model stays "creating" for ever
-        raise broker_unavailable() from None
-    info = _read_local(request.id, folder, owner)
-    assert info is not None
-    return info
+        model = get_model(session=session, settings=settings, owner=owner, model_id=tokenizer)
+    except ApiError:
+        raise refused from None
+    if model.status != ModelStatus.READY or model.vocab_size is None:
+        raise refused
+    return model.vocab_size
+
+
+def require_ready(model: BaseModelInfo) -> None:
+    """Jobs and evaluations need a model's weights: a created model still building or failed has none."""
+    if model.status == ModelStatus.CREATING:
+        raise conflict("model_not_ready", f"The model {model.id!r} is still being created", param="model")
+    if model.status == ModelStatus.FAILED:
+        raise conflict("model_not_ready", f"The model {model.id!r} failed to be created", param="model")
 
 
 def check_variant(*, model: BaseModelInfo, requested: str | None) -> None:

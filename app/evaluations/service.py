@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.base_models.service import get_model
+from app.base_models.service import get_model, require_ready
 from app.db import new_id, now
 from app.downloads import open_object
 from app.errors import ApiError, broker_unavailable, conflict, not_found
@@ -44,7 +44,7 @@ def create_evaluation(
         job = _succeeded_job(session=session, owner=owner, job_id=request.fine_tuning_job)
         model = job.model
     else:
-        get_model(settings=settings, model_id=model)
+        require_ready(get_model(session=session, settings=settings, owner=owner, model_id=model))
     for task in request.tasks:
         if shipped_task(task) is None and get_file(session=session, owner=owner, file_id=task) is None:
             raise not_found(

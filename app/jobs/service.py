@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.base_models.service import check_variant, get_model
+from app.base_models.service import check_variant, get_model, require_ready
 from app.db import new_id, now
 from app.deps import Broker
 from app.downloads import open_object
@@ -64,9 +64,8 @@ def create_job(
 
 
 def _insert_queued(*, session: Session, settings: Settings, owner: str, request: JobCreate) -> Job:
-    model = get_model(settings=settings, model_id=request.model, owner=owner)
-    if model.status != "ready":
-        raise conflict("model_not_ready", f"The model {model.id!r} is still being created", param="model")
+    model = get_model(session=session, settings=settings, owner=owner, model_id=request.model)
+    require_ready(model)
     check_variant(model=model, requested=request.ssm_structure)
     lora = resolve_lora(request.lora, family=model.family)
     hyperparameters = resolve_hyperparameters(request)

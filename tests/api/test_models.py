@@ -43,6 +43,7 @@ def test_models_lists_local_folders_then_hub_ids(client: TestClient, catalog: No
         "parameters": 10,
         "lora_targets": ["in_proj", "x_proj", "dt_proj", "out_proj", "embeddings", "lm_head"],
         "status": "ready",
+        "error": None,
         "ssm_structure": "diagonal",
         "a_constraint": None,
     }
@@ -90,3 +91,14 @@ def test_unreadable_safetensors_leave_parameters_unknown(client: TestClient, set
     (settings.models_dir / "odd" / "model.safetensors").write_bytes(b"\xff" * 8 + json.dumps({}).encode())
 
     assert client.get("/v1/models/odd").json()["parameters"] is None
+
+
+def test_a_folder_an_earlier_version_created_for_one_tenant_is_not_shared(
+    client: TestClient, settings: Settings
+) -> None:
+    assert settings.models_dir is not None
+    write_model(settings.models_dir, "alices-old-model", "mamba")
+    (settings.models_dir / "alices-old-model" / "mambaft_create.json").write_text(json.dumps({"owner": "alice"}))
+
+    assert client.get("/v1/models/alices-old-model").status_code == 404
+    assert "alices-old-model" not in [m["id"] for m in client.get("/v1/models").json()["data"]]

@@ -162,3 +162,38 @@ def test_models_a_tenant_creates_are_invisible_to_other_tenants(app: FastAPI, al
     assert "alices-mamba" not in {m["id"] for m in bob.get("/v1/models").json()["data"]}
     # The shared catalog stays visible to both.
     assert bob.get("/v1/models/mamba-tiny").status_code == 200
+
+
+def test_a_model_id_another_tenant_created_is_free_and_answers_as_if_it_did_not_exist(
+    app: FastAPI, alice: Tenant, bob: TestClient
+) -> None:
+    app.dependency_overrides[get_model_enqueuer] = lambda: lambda **_: None
+    body = {"id": "alice-secret-model", "family": "mamba", "d_model": 64, "n_layer": 2, "d_state": 8}
+    assert alice.client.post("/v1/models", json=body).status_code == 200
+    bobs_file = bob.post(
+        "/v1/files", files={"file": ("b.jsonl", b'{"text": "b"}\n')}, data={"purpose": "fine-tune"}
+    ).json()["id"]
+
+    def answers(model_id: str) -> list[tuple[int, str, str]]:
+        """What Bob gets for each place a model id goes: status, code, param (messages name the id)."""
+        responses = [
+            bob.get(f"/v1/models/{model_id}"),
+            bob.post("/v1/fine_tuning/jobs", json=job_body(bobs_file, model=model_id)),
+            bob.post("/v1/evaluations", json={"model": model_id, "tasks": ["lookup"]}),
+            bob.post("/v1/models", json={**body, "id": "bobs-model", "tokenizer": model_id}),
+        ]
+        return [(r.status_code, r.json()["error"]["code"], r.json()["error"]["param"]) for r in responses]
+
+    assert answers("alice-secret-model") == answers("nobody-has-this")
+    assert answers("nobody-has-this")[:3] == [(404, "model_not_found", "model")] * 3
+
+    # Bob may create the same id: it is his own model, and neither tenant sees the other's.
+    bobs = bob.post("/v1/models", json={**body, "d_model": 32})
+    assert bobs.status_code == 200, bobs.text
+    alices = alice.client.get("/v1/models/alice-secret-model").json()
+    assert bob.get("/v1/models/alice-secret-model").json()["parameters"] == bobs.json()["parameters"]
+    assert alices["parameters"] > bobs.json()["parameters"]  # d_model 64: still Alice's own
+    assert [m["id"] for m in bob.get("/v1/models").json()["data"]].count("alice-secret-model") == 1
+    # A repeat within one tenant is still a duplicate.
+    again = bob.post("/v1/models", json=body)
+    assert (again.status_code, again.json()["error"]["code"]) == (400, "duplicate_model_id")

@@ -41,7 +41,7 @@ def broker() -> Iterator[OwnRedis]:
 @pytest.fixture
 def api(tmp_path: Path, models_dir: Path, postgres_url: str, broker: OwnRedis, s3: OwnS3) -> Iterator[ApiServer]:
     upgrade_database(postgres_url)
-    # Models created through the API land in this test's folder, next to a ready base model.
+    # The ready base model the job and the evaluation name, in this test's own models folder.
     models = tmp_path / "models"
     models.mkdir()
     (models / "mamba-tiny").symlink_to(models_dir / "mamba-tiny")

@@ -8,11 +8,11 @@ from app.base_models.routes import get_model_enqueuer
 
 @pytest.fixture
 def model_requests(app: FastAPI) -> list[str]:
-    """Ids of the models POST /v1/models asked a worker to build."""
+    """Uids of the models POST /v1/models asked a worker to build."""
     sent: list[str] = []
 
-    def enqueue(*, settings: object, model_id: str) -> None:
-        sent.append(model_id)
+    def enqueue(*, settings: object, model_uid: str) -> None:
+        sent.append(model_uid)
 
     app.dependency_overrides[get_model_enqueuer] = lambda: enqueue
     return sent

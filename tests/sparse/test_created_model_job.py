@@ -25,6 +25,7 @@ from worker.engine.architecture import Architecture, create_model_folder
 from worker.evaluation.model import load_for_eval
 from worker.job_runner import run_job
 from worker.model_creation import create_model
+from worker.model_store import model_source
 
 from .factories import corpus_sample
 
@@ -42,8 +43,8 @@ def test_created_sc_model_trains_in_a_job_and_reloads_to_the_same_logits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     assert client.post("/v1/models", json=SC).json()["status"] == "creating"
-    assert model_requests == ["sc-tiny"]
-    create_model(settings=settings, model_id="sc-tiny")  # what the Celery task runs
+    assert len(model_requests) == 1
+    create_model(settings=settings, model_uid=model_requests[0])  # what the Celery task runs
 
     listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}["sc-tiny"]
     stock = create_model_folder(Architecture(**{**SC, "ssm_structure": "diagonal"}), tmp_path / "stock")
@@ -78,9 +79,9 @@ def test_created_sc_model_trains_in_a_job_and_reloads_to_the_same_logits(
     assert metrics["validation_loss"] < metrics["base_validation_loss"]
     storage = storage_from_settings(settings)
     storage.get_file(adapter_key, tmp_path / "model.tar.gz")
-    assert settings.models_dir is not None
     folder = unpack(tmp_path / "model.tar.gz", tmp_path / "unpacked")  # full fine-tuning: a whole model
-    reloaded, _, _ = load_for_eval(str(settings.models_dir / "sc-tiny"), adapter=folder, device="cpu")
+    base = model_source(settings=settings, storage=storage, owner="alice", model_id="sc-tiny")
+    reloaded, _, _ = load_for_eval(str(base), adapter=folder, device="cpu")
     ids = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, got = finals[-1].eval()(ids).logits, reloaded(ids).logits

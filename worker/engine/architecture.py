@@ -24,7 +24,7 @@ class Architecture:
     d_model: int
     n_layer: int
     d_state: int
-    tokenizer: str = "byte"  # "byte", or a local model folder whose tokenizer is copied
+    tokenizer: str = "byte"  # "byte", or the id of a model whose tokenizer is copied
     ssm_structure: str = "diagonal"  # Mamba only
     a_constraint: str = "none"  # Mamba-2 only
     seed: int = 0
@@ -44,7 +44,7 @@ def build_config(arch: Architecture, vocab_size: int, eos_id: int) -> MambaConfi
     )  # fmt: skip
 
 
-def create_model_folder(arch: Architecture, folder: Path, tokenizer_folder: Path | None = None) -> int:
+def create_model_folder(arch: Architecture, folder: Path, tokenizer_folder: Path | str | None = None) -> int:
     """Write the model and its tokenizer into `folder` (HF format); returns the parameter count."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder) if tokenizer_folder else byte_tokenizer()
     config = build_config(arch, len(tokenizer), tokenizer.eos_token_id)

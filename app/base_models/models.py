@@ -1,0 +1,40 @@
+"""Models a tenant created over the API (POST /v1/models); their weights live in object storage.
+
+The operator's shared models (folders in models_dir, hub ids) are not rows: every tenant sees those.
+A created model's `id` is the client's name for it and is unique per owner only; `uid` names it
+everywhere else (storage key, worker cache, broker message), so two tenants' models never meet.
+"""
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+
+class ModelStatus(StrEnum):
+    # creating -> ready | failed; only a worker moves a model past creating.
+    CREATING = "creating"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class CreatedModel(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("owner", "id"),)
+
+    uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    id: Mapped[str] = mapped_column(String(64))
+    family: Mapped[str] = mapped_column(String(16))
+    variant: Mapped[str] = mapped_column(String(32))  # ssm_structure (Mamba) or a_constraint (Mamba-2)
+    # The architecture request (d_model, n_layer, d_state, tokenizer, seed, ...): what the worker builds.
+    architecture: Mapped[dict[str, Any]] = mapped_column(JSON)
+    parameters: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Set with status ready, once the packed weights are stored.
+    storage_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)

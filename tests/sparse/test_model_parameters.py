@@ -1,0 +1,34 @@
+"""The API's torch-free parameter count of a created model equals the count of the model the worker builds."""
+
+from pathlib import Path
+
+import pytest
+
+from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
+from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.tiny_model import byte_tokenizer
+
+
+@pytest.mark.parametrize(
+    ("family", "variant"),
+    [
+        ("mamba", "diagonal"), ("mamba", "controllable"), ("mamba", "observable"),
+        ("mamba2", "none"), ("mamba2", "stable"),
+    ],  # fmt: skip
+)
+@pytest.mark.parametrize(("d_model", "n_layer", "d_state"), [(32, 2, 8), (48, 3, 4), (80, 1, 16)])
+def test_the_counted_parameters_are_those_of_the_built_model(
+    tmp_path: Path, family: str, variant: str, d_model: int, n_layer: int, d_state: int
+) -> None:
+    field = "ssm_structure" if family == "mamba" else "a_constraint"
+    arch = Architecture(id="m", family=family, d_model=d_model, n_layer=n_layer, d_state=d_state, **{field: variant})
+
+    built = create_model_folder(arch, tmp_path / "model")
+
+    counted = parameter_count(family=family, d_model=d_model, n_layer=n_layer, d_state=d_state, variant=variant,
+                              vocab_size=BYTE_VOCAB_SIZE)  # fmt: skip
+    assert counted == built
+
+
+def test_the_byte_vocabulary_is_the_workers() -> None:
+    assert len(byte_tokenizer()) == BYTE_VOCAB_SIZE
