@@ -2,7 +2,8 @@
 
 A line (split and parsed by app/files/jsonl.py, as the worker reads it) is one JSON object in exactly
 one of three formats, the same for the whole file: `{"text"}`, `{"prompt", "completion"}` or
-`{"messages": [{"role", "content"}, ...]}`.
+`{"messages": [{"role", "content"}, ...]}`, with something to train: a non-empty text, a non-empty
+completion, or at least one non-empty assistant message.
 """
 
 import hashlib
@@ -21,6 +22,9 @@ FORMATS: dict[str, frozenset[str]] = {
     "prompt_completion": frozenset({"prompt", "completion"}),
     "text": frozenset({"text"}),
 }
+# The key whose text trains, for the formats with one: it must not be empty, or the line teaches nothing.
+TRAINED_KEY = {"prompt_completion": "completion", "text": "text"}
+NOTHING_TO_TRAIN = "there is nothing to train on"
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ def record_format(record: Any) -> str:
     else:
         for key in sorted(FORMATS[name]):
             _check_string(record[key], key)
+        if record[TRAINED_KEY[name]] == "":
+            raise BadRecord(f'"{TRAINED_KEY[name]}" is empty: {NOTHING_TO_TRAIN}')
     return name
 
 
@@ -136,8 +142,11 @@ def _check_messages(messages: Any) -> None:
         if message["role"] not in ROLES:
             raise BadRecord(f'{where}.role must be one of {", ".join(ROLES)}; got {_short(message["role"])}')
         _check_string(message["content"], f"{where}.content")
-    if not any(m["role"] == "assistant" for m in messages):
+    assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+    if not assistant:
         raise BadRecord('"messages" has no assistant message to train on')
+    if not any(assistant):
+        raise BadRecord(f"every assistant message is empty: {NOTHING_TO_TRAIN}")
 
 
 def _check_keys(keys: set[str], required: frozenset[str], *, where: str) -> None:

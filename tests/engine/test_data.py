@@ -84,6 +84,22 @@ def test_bad_lines_are_refused_with_their_position(tmp_path, tokenizer, line, me
         load_blocks(path, tokenizer, 16)
 
 
+def test_a_file_with_nothing_to_train_is_refused_naming_the_file(tmp_path, tokenizer):
+    path = tmp_path / "empty_completions.jsonl"
+    path.write_text(json.dumps({"prompt": "reverse: ab =", "completion": ""}) + "\n" + json.dumps({"text": ""}) + "\n")
+    with pytest.raises(ValueError, match=r"empty_completions.jsonl: zero trainable tokens in its 2 example\(s\)"):
+        load_blocks(path, tokenizer, 16)
+
+
+def test_a_prompt_longer_than_max_seq_len_still_trains_its_completion(tmp_path, tokenizer):
+    # Examples are packed into one stream, never truncated: the completion lands in a later block.
+    path = tmp_path / "long_prompt.jsonl"
+    path.write_text(json.dumps({"prompt": "x" * 40, "completion": " ba"}) + "\n")
+    blocks = load_blocks(path, tokenizer, 16)
+    assert len(blocks.inputs) == 3
+    assert int((blocks.targets != IGNORE).sum()) == len(" ba") + 1  # the completion and its EOS
+
+
 def test_the_engine_reads_training_files_without_the_api_packages(tmp_path):
     # A fresh interpreter in which the API's packages cannot be imported, as on a bare GPU box.
     probe = """

@@ -127,7 +127,7 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_seq_len: int, pad_id:
 
 
 def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
-    """The file's examples, packed; raises ValueError naming the file and line of a bad example."""
+    """The file's examples, packed; raises ValueError naming the file (and line) when it cannot train."""
     examples = []
     for lineno, record in read_jsonl(path):
         try:
@@ -136,7 +136,15 @@ def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
             examples.append(tokenize_record(record, tokenizer))
         except ValueError as e:
             raise ValueError(f"{path}: line {lineno}: {e}") from None
-    return pack(examples, max_seq_len, tokenizer.pad_token_id)
+    blocks = pack(examples, max_seq_len, tokenizer.pad_token_id)
+    # Uploads refuse lines with nothing to train, but files stored before that rule, or a tokenizer that
+    # maps a text to no tokens, can still get here; training on them would "succeed" with a loss of 0.
+    if not (blocks.targets != IGNORE).any():
+        raise ValueError(
+            f"{path}: zero trainable tokens in its {len(examples)} example(s) at max_seq_len {max_seq_len}:"
+            " no completion, text or assistant message has a token to train on"
+        )
+    return blocks
 
 
 def steps_per_epoch(blocks: Blocks, batch_size: int) -> int:
