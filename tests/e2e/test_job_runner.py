@@ -187,7 +187,7 @@ def test_malformed_training_file_fails_with_invalid_training_file(settings: Sett
 def test_a_training_file_with_nothing_to_train_fails_before_the_first_step(
     settings: Settings, storage: ObjectStorage
 ) -> None:
-    # Stored as a file from before the upload refused empty completions: the worker is the last line.
+    # Stored as the upload never would (it refuses empty completions): the worker's own check catches it.
     empty = b"".join(b'{"prompt": "reverse: %s =", "completion": ""}\n' % word for word in (b"ab", b"cd", b"ef"))
     job_id = make_job(settings, storage, train_content=empty)
 

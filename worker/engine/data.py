@@ -137,8 +137,8 @@ def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
         except ValueError as e:
             raise ValueError(f"{path}: line {lineno}: {e}") from None
     blocks = pack(examples, max_seq_len, tokenizer.pad_token_id)
-    # Uploads refuse lines with nothing to train, but files stored before that rule, or a tokenizer that
-    # maps a text to no tokens, can still get here; training on them would "succeed" with a loss of 0.
+    # Uploads refuse lines with nothing to train, but a file stored without that check, or a tokenizer that
+    # maps a text to no tokens, still gets here; it would train nothing and "succeed" with a loss of 0.
     if not (blocks.targets != IGNORE).any():
         raise ValueError(
             f"{path}: zero trainable tokens in its {len(examples)} example(s) at max_seq_len {max_seq_len}:"
