@@ -1,19 +1,20 @@
 """Streaming validation of JSONL training files: memory bounded by one line, the first bad line wins.
 
-A line is one JSON object in exactly one of three formats, the same for the whole file:
-`{"text"}`, `{"prompt", "completion"}` or `{"messages": [{"role", "content"}, ...]}`. Blank lines are
-skipped (but still counted, so line numbers match the client's editor).
+A line (split and parsed by app/files/jsonl.py, as the worker reads it) is one JSON object in exactly
+one of three formats, the same for the whole file: `{"text"}`, `{"prompt", "completion"}` or
+`{"messages": [{"role", "content"}, ...]}`, with something to train: a non-empty text, a non-empty
+completion, or at least one non-empty assistant message.
 """
 
-import codecs
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from app.errors import ApiError
+from app.files.jsonl import CHUNK, JsonlError, JsonlReader
 
-CHUNK = 1024 * 1024
 ROLES = ("system", "user", "assistant")
 # Checked in this order, so a record with "messages" and "text" is reported against the first.
 FORMATS: dict[str, frozenset[str]] = {
@@ -21,6 +22,9 @@ FORMATS: dict[str, frozenset[str]] = {
     "prompt_completion": frozenset({"prompt", "completion"}),
     "text": frozenset({"text"}),
 }
+# The key whose text trains, for the formats with one: it must not be empty, or the line teaches nothing.
+TRAINED_KEY = {"prompt_completion": "completion", "text": "text"}
+NOTHING_TO_TRAIN = "there is nothing to train on"
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,9 @@ class JsonlScanner:
 
     def __init__(self, *, max_bytes: int, max_line_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.max_line_bytes = max_line_bytes
-        self._pending = b""
+        self._reader = JsonlReader(max_line_bytes=max_line_bytes)
         self._digest = hashlib.sha256()
         self._size = 0
-        self._line = 0
         self._examples = 0
         self._format: str | None = None
         self._format_line = 0
@@ -70,40 +72,26 @@ class JsonlScanner:
         if self._size > self.max_bytes:
             raise file_too_large(self.max_bytes)
         self._digest.update(chunk)
-        lines = (self._pending + chunk).split(b"\n")
-        self._pending = lines.pop()
-        for line in lines:
-            self._check_line(line)
-        if len(self._pending) > self.max_line_bytes:
-            raise self._too_long(self._line + 1)
+        self._check(self._reader.feed(chunk))
 
     def finish(self) -> ScannedFile:
-        if self._pending:
-            self._check_line(self._pending)
+        self._check(self._reader.finish())
         if self._format is None:
             raise invalid_training_file(1, "the file holds no training examples (it is empty or blank)")
         return ScannedFile(
             size=self._size, sha256=self._digest.hexdigest(), format=self._format, line_count=self._examples
         )
 
-    def _too_long(self, line: int) -> ApiError:
-        return invalid_training_file(line, f"the line is longer than the limit of {self.max_line_bytes} bytes")
+    def _check(self, values: Iterator[tuple[int, Any]]) -> None:
+        try:
+            for line, value in values:
+                self._check_record(line, value)
+        except JsonlError as error:
+            raise invalid_training_file(error.line, error.reason) from None
 
-    def _check_line(self, raw: bytes) -> None:
-        self._line += 1
-        line = self._line
-        if len(raw) > self.max_line_bytes:
-            raise self._too_long(line)
-        if line == 1:
-            raw = raw.removeprefix(codecs.BOM_UTF8)
+    def _check_record(self, line: int, value: Any) -> None:
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise invalid_training_file(line, f"invalid UTF-8 at byte {error.start + 1} of the line") from None
-        if not text.strip():
-            return
-        try:
-            found = record_format(parse_json(text))
+            found = record_format(value)
         except BadRecord as error:
             raise invalid_training_file(line, str(error)) from None
         if self._format is None:
@@ -117,15 +105,6 @@ class JsonlScanner:
         self._examples += 1
 
 
-def parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BadRecord(f"invalid JSON: {error.msg} at column {error.colno}") from None
-    except (ValueError, RecursionError):  # e.g. an integer too long to convert, or absurd nesting
-        raise BadRecord("invalid JSON") from None
-
-
 def record_format(record: Any) -> str:
     """Which format `record` is in; raises BadRecord naming the first problem."""
     if not isinstance(record, dict):
@@ -136,6 +115,8 @@ def record_format(record: Any) -> str:
     else:
         for key in sorted(FORMATS[name]):
             _check_string(record[key], key)
+        if record[TRAINED_KEY[name]] == "":
+            raise BadRecord(f'"{TRAINED_KEY[name]}" is empty: {NOTHING_TO_TRAIN}')
     return name
 
 
@@ -161,8 +142,11 @@ def _check_messages(messages: Any) -> None:
         if message["role"] not in ROLES:
             raise BadRecord(f'{where}.role must be one of {", ".join(ROLES)}; got {_short(message["role"])}')
         _check_string(message["content"], f"{where}.content")
-    if not any(m["role"] == "assistant" for m in messages):
+    assistant = [m["content"] for m in messages if m["role"] == "assistant"]
+    if not assistant:
         raise BadRecord('"messages" has no assistant message to train on')
+    if not any(assistant):
+        raise BadRecord(f"every assistant message is empty: {NOTHING_TO_TRAIN}")
 
 
 def _check_keys(keys: set[str], required: frozenset[str], *, where: str) -> None:

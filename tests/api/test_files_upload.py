@@ -59,6 +59,13 @@ def test_a_final_line_without_newline_and_a_bom_are_accepted(client: TestClient)
         (jsonl({"messages": [{"role": "bot", "content": "x"}]}), 1, "messages[0].role must be one of"),
         (jsonl({"messages": [{"role": "user"}]}), 1, 'messages[0] is missing the key(s) "content"'),
         (jsonl({"messages": [{"role": "user", "content": "x"}]}), 1, "no assistant message"),
+        (jsonl(TEXT, {"text": ""}), 2, '"text" is empty: there is nothing to train on'),
+        (jsonl({"prompt": "p", "completion": ""}, PROMPT), 1, '"completion" is empty: there is nothing to train on'),
+        (
+            jsonl(CHAT, {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]}),
+            2,
+            "every assistant message is empty: there is nothing to train on",
+        ),
         (jsonl(TEXT) + b'{"text": "\\ud800"}\n', 2, "unpaired UTF-16 surrogate"),
         (b"", 1, "no training examples"),
         (b"\n  \n", 1, "no training examples"),

@@ -184,6 +184,25 @@ def test_malformed_training_file_fails_with_invalid_training_file(settings: Sett
     assert "mambaft-" not in message, message
 
 
+def test_a_training_file_with_nothing_to_train_fails_before_the_first_step(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    # Stored as the upload never would (it refuses empty completions): the worker's own check catches it.
+    empty = b"".join(b'{"prompt": "reverse: %s =", "completion": ""}\n' % word for word in (b"ab", b"cd", b"ef"))
+    job_id = make_job(settings, storage, train_content=empty)
+
+    run_job(settings=settings, job_id=job_id)
+
+    job = job_row(settings, job_id)
+    assert (job.status, job.error["code"]) == (JobStatus.FAILED, "invalid_training_file"), job.error
+    assert job.error["message"] == (
+        f"{job.training_file}.jsonl: zero trainable tokens in its 3 example(s) at max_seq_len 64:"
+        " no completion, text or assistant message has a token to train on"
+    )
+    assert job.current_step == 0 and not job.trained_tokens
+    assert not [event for event in job_events(settings, job_id) if event.type == "progress"]
+
+
 def test_unloadable_model_fails_with_model_load_failed(tmp_path: Path) -> None:
     models = tmp_path / "models"
     (models / "broken-tiny").mkdir(parents=True)

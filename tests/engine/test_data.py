@@ -1,6 +1,9 @@
 """Data formats, loss masks, packing and deterministic batching."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,7 +72,7 @@ def test_chat_uses_the_tokenizers_own_template_when_it_has_one(tiny_mamba):
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("not json", "line 1: not valid JSON"),
+        ("not json", "line 1: invalid JSON"),
         (json.dumps({"prompt": "only a prompt"}), "line 1: expected"),
         (json.dumps({"messages": [{"role": "user", "content": "hi"}]}), "line 1: a conversation needs an assistant"),
     ],
@@ -79,6 +82,40 @@ def test_bad_lines_are_refused_with_their_position(tmp_path, tokenizer, line, me
     path.write_text(line + "\n")
     with pytest.raises(ValueError, match=message):
         load_blocks(path, tokenizer, 16)
+
+
+def test_a_file_with_nothing_to_train_is_refused_naming_the_file(tmp_path, tokenizer):
+    path = tmp_path / "empty_completions.jsonl"
+    path.write_text(json.dumps({"prompt": "reverse: ab =", "completion": ""}) + "\n" + json.dumps({"text": ""}) + "\n")
+    with pytest.raises(ValueError, match=r"empty_completions.jsonl: zero trainable tokens in its 2 example\(s\)"):
+        load_blocks(path, tokenizer, 16)
+
+
+def test_a_prompt_longer_than_max_seq_len_still_trains_its_completion(tmp_path, tokenizer):
+    # Examples are packed into one stream, never truncated: the completion lands in a later block.
+    path = tmp_path / "long_prompt.jsonl"
+    path.write_text(json.dumps({"prompt": "x" * 40, "completion": " ba"}) + "\n")
+    blocks = load_blocks(path, tokenizer, 16)
+    assert len(blocks.inputs) == 3
+    assert int((blocks.targets != IGNORE).sum()) == len(" ba") + 1  # the completion and its EOS
+
+
+def test_the_engine_reads_training_files_without_the_api_packages(tmp_path):
+    # A fresh interpreter in which the API's packages cannot be imported, as on a bare GPU box.
+    probe = """
+import sys
+class NoApiPackages:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"fastapi", "starlette", "sqlalchemy", "pydantic"}:
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, NoApiPackages())
+import worker.engine.data, worker.evaluation.multiple_choice
+"""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(root)}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_packing_keeps_targets_aligned_across_examples_and_blocks():

@@ -115,6 +115,20 @@ def test_read_task_names_the_bad_line(tmp_path: Path) -> None:
         read_task(path)
 
 
+def test_read_task_reads_what_the_upload_would_accept(tmp_path: Path) -> None:
+    # A BOM, CRLF line ends and raw U+2028 / U+0085 inside strings, as json.dumps(ensure_ascii=False) writes.
+    records = [{"context": f"c{i}\u2028x", "choices": ["a\u0085", "b"], "answer": i % 2} for i in range(3)]
+    path = tmp_path / "t.jsonl"
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in records)
+    path.write_bytes(b"\xef\xbb\xbf" + lines.encode())
+
+    examples = read_task(path)
+
+    assert [(e.context, e.choices, e.answer) for e in examples] == [
+        (r["context"], tuple(r["choices"]), r["answer"]) for r in records
+    ]
+
+
 def test_shipped_tasks_are_valid_and_small(tasks_dir: Path) -> None:
     total = 0
     for name in ("lookup", "arith", "pattern_copy"):

@@ -1,5 +1,7 @@
 """Training data: read JSONL, tokenize with a loss mask, pack into fixed-length blocks, batch deterministically.
 
+Lines are read by app/files/jsonl.py, the reader the upload check uses, so they split and number alike.
+
 Three line formats:
 - `{"text": ...}`: every token is trained.
 - `{"prompt": ..., "completion": ...}`: only the completion (and the closing EOS) is trained.
@@ -13,13 +15,14 @@ Every example ends with EOS. Examples are concatenated into one stream and cut i
 aligned across example and block boundaries.
 """
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from app.files.jsonl import read_jsonl
 
 IGNORE = -100  # target id that carries no loss (cross_entropy's ignore_index)
 
@@ -39,24 +42,6 @@ class DataPosition:
 
     epoch: int = 0
     batch: int = 0
-
-
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line."""
-    records = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {lineno}: expected a JSON object")
-        records.append((lineno, record))
-    if not records:
-        raise ValueError(f"{path}: no examples")
-    return records
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -142,13 +127,24 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_seq_len: int, pad_id:
 
 
 def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
+    """The file's examples, packed; raises ValueError naming the file (and line) when it cannot train."""
     examples = []
     for lineno, record in read_jsonl(path):
         try:
+            if not isinstance(record, dict):
+                raise ValueError("expected a JSON object")
             examples.append(tokenize_record(record, tokenizer))
         except ValueError as e:
             raise ValueError(f"{path}: line {lineno}: {e}") from None
-    return pack(examples, max_seq_len, tokenizer.pad_token_id)
+    blocks = pack(examples, max_seq_len, tokenizer.pad_token_id)
+    # Uploads refuse lines with nothing to train, but a file stored without that check, or a tokenizer that
+    # maps a text to no tokens, still gets here; it would train nothing and "succeed" with a loss of 0.
+    if not (blocks.targets != IGNORE).any():
+        raise ValueError(
+            f"{path}: zero trainable tokens in its {len(examples)} example(s) at max_seq_len {max_seq_len}:"
+            " no completion, text or assistant message has a token to train on"
+        )
+    return blocks
 
 
 def steps_per_epoch(blocks: Blocks, batch_size: int) -> int:

@@ -71,9 +71,7 @@ def evaluate(model: nn.Module, blocks: Blocks, batch_size: int, policy: Precisio
             loss = next_token_loss(model, inputs, targets)
         total, count = total + loss.item() * n, count + n
     model.train(was_training)
-    if count == 0:
-        raise ValueError("the validation file has no trained tokens")
-    return total / count
+    return total / count  # load_blocks refuses a file without trained tokens
 
 
 def peak_memory(device: torch.device) -> int | None:

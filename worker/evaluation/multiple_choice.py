@@ -9,7 +9,6 @@ of the choice. A k-shot prompt puts k other examples of the same task first, eac
 """
 
 import contextlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from app.files.jsonl import read_jsonl
 from worker.evaluation.scoring import score_texts
 
 FEWSHOT_SEPARATOR = "\n\n"
@@ -58,17 +58,14 @@ class TaskScores:
 def read_task(path: Path) -> list[Example]:
     """Parse and check a task file; errors name the line."""
     examples = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, record in read_jsonl(path):
         try:
-            record = json.loads(line)
             choices = record["choices"]
             answer = record["answer"]
             ok = isinstance(record["context"], str) and isinstance(choices, list) and len(choices) >= 2
             ok = ok and all(isinstance(c, str) and c for c in choices)
             ok = ok and type(answer) is int and 0 <= answer < len(choices)  # not a bool
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             ok = False
         if not ok:
             raise ValueError(
