@@ -141,6 +141,38 @@ def test_a_broker_outage_fails_the_request_and_stores_nothing(
         assert session.query(Evaluation).count() == 0
 
 
+def _set_status(settings: Settings, evaluation_id: str, status: EvaluationStatus) -> None:
+    with session_scope(settings.database_url) as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None
+        evaluation.status = status
+
+
+@pytest.mark.parametrize("field", ["validation_file", "tasks"])
+def test_a_file_an_unfinished_evaluation_needs_cannot_be_deleted(
+    client: TestClient, model: str, enqueued: list[str], settings: Settings, field: str
+) -> None:
+    file_id = client.post(
+        "/v1/files", files={"file": ("v.jsonl", b'{"text": "abc"}\n')}, data={"purpose": "fine-tune"}
+    ).json()["id"]
+    named = {"validation_file": file_id} if field == "validation_file" else {"tasks": ["lookup", file_id]}
+    evaluation_id = client.post("/v1/evaluations", json={"model": model, **named}).json()["id"]
+
+    refused = []
+    for status in (EvaluationStatus.QUEUED, EvaluationStatus.RUNNING):
+        _set_status(settings, evaluation_id, status)
+        refused.append(client.delete(f"/v1/files/{file_id}"))
+    _set_status(settings, evaluation_id, EvaluationStatus.FAILED)
+    allowed = client.delete(f"/v1/files/{file_id}")
+
+    for response in refused:
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "file_in_use"
+        assert evaluation_id in response.json()["error"]["message"]
+    assert allowed.status_code == 200
+    assert client.get(f"/v1/files/{file_id}").status_code == 404
+
+
 def test_stability_is_served_once_the_worker_stored_it(
     client: TestClient, settings: Settings, add_row: Callable[..., str]
 ) -> None:
