@@ -14,7 +14,7 @@ from app.evaluations.models import Evaluation
 from app.files.models import File
 from app.files.schemas import FileObject
 from app.files.validation import scan_upload
-from app.idempotency import claim_for, fingerprint_of, run_once
+from app.idempotency import claim_for, fingerprint_of, forget_object, run_once
 from app.jobs.lifecycle import TERMINAL
 from app.jobs.models import Job
 from app.pagination import Page, newest_first
@@ -102,6 +102,7 @@ def delete_file(*, session: Session, storage: ObjectStorage, owner: str, file: F
     if (evaluation := _unfinished_evaluation_of(session=session, owner=owner, file_id=file.id)) is not None:
         raise conflict("file_in_use", f"Evaluation {evaluation} still needs file {file.id}; let it finish first")
     session.delete(file)
+    forget_object(session=session, owner=owner, object_id=file.id)
     session.flush()
     storage.delete(file.storage_key)
 
