@@ -91,6 +91,10 @@ def test_create_queues_an_evaluation_and_the_owner_reads_it(
         ({"model": "mamba-tiny", "fine_tuning_job": "ftjob-x", "tasks": ["lookup"]}, 400, "invalid_request"),
         ({"model": "mamba-tiny", "tasks": ["lookup"], "shots": [64]}, 400, "invalid_request"),
         ({"model": "mamba-tiny"}, 400, "invalid_request"),  # nothing to measure
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "shots": ["1"]}, 400, "invalid_request"),
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "shots": [True]}, 400, "invalid_request"),
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "limit": "5"}, 400, "invalid_request"),
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "seed": 1.0}, 400, "invalid_request"),
         ({"model": "nope", "tasks": ["lookup"]}, 404, "model_not_found"),
         ({"model": "mamba-tiny", "tasks": ["lookup_train"]}, 404, "task_not_found"),  # train data, not a task
         ({"model": "mamba-tiny", "tasks": ["../tasks/lookup"]}, 404, "task_not_found"),
