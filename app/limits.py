@@ -3,7 +3,8 @@
 The bucket lives on the app instance (`app.state.rate_limiter`), not in a module global, so two apps in
 one process (tests, or several mounted apps) never share state. It is per API process: N replicas
 allow N times the rate, which is the usual trade for not putting a shared store on every request.
-The job cap is counted in the database, so it holds across API replicas.
+The job cap is counted in the database under a per-owner lock, so it holds across API replicas and
+concurrent requests.
 """
 
 import math

@@ -19,7 +19,8 @@ from app.jobs.schemas import EVENT_ID_PREFIX, JobEventObject
 from app.pagination import Page, take_page
 
 POLL_SECONDS = 0.5
-# How long an open stream may outlive the revocation of the key that opened it.
+# How often an open stream checks that the key that opened it is still live (a revoked key's stream
+# ends at the next poll after that).
 KEY_CHECK_SECONDS = 2.0
 # One stream lasts at most this long; a client that wants more reconnects with `after` = last id seen.
 MAX_STREAM_SECONDS = 3600
