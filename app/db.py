@@ -1,12 +1,13 @@
 """Database engine, sessions and the declarative base shared by the API and the worker."""
 
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -90,3 +91,21 @@ def session_scope(database_url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def lock_until_commit(session: Session, name: str) -> None:
+    """Wait until no other transaction holds the lock `name`, then hold it until this one ends.
+
+    What a transaction reads after this is not changed by another holder before it commits, so a
+    count followed by an insert cannot interleave with another's.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        # SQLite allows one writer at a time, so its write lock serves for every name. pysqlite opens a
+        # transaction only at the first write: the reads before it would see no writer's lock at all.
+        dbapi_connection = connection.connection.dbapi_connection
+        if not dbapi_connection.in_transaction:  # already writing means already holding the write lock
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

@@ -1,7 +1,9 @@
 """`Idempotency-Key` support: a retried create returns the first response instead of creating twice.
 
 Each (owner, key) is stored with a fingerprint of the request and the response it got. Only successes
-are remembered: a failed create changed nothing, so retrying it simply runs it again.
+are remembered: a failed create changed nothing, so retrying it simply runs it again. Nor is an object
+that was deleted since: its record goes with it (`forget_object`), so a retry creates the object anew
+instead of answering with the id of one that no longer exists.
 """
 
 import hashlib
@@ -9,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint, select
+from sqlalchemy import JSON, BigInteger, Integer, String, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -28,6 +30,8 @@ class IdempotencyRecord(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The id of the object the response describes, to drop the record when that object is deleted.
+    object_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -92,6 +96,7 @@ def run_once(
                     fingerprint=claim.fingerprint,
                     status_code=200,
                     response=body,
+                    object_id=body["id"],
                     created_at=now(),
                 )
             )
@@ -107,3 +112,10 @@ def run_once(
         undo()
         raise
     return Outcome(body=body, created=True)
+
+
+def forget_object(*, session: Session, owner: str, object_id: str) -> None:
+    """Drop the records whose response names `object_id`, which is being deleted in this transaction."""
+    session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.owner == owner, IdempotencyRecord.object_id == object_id)
+    )

@@ -3,7 +3,8 @@
 The bucket lives on the app instance (`app.state.rate_limiter`), not in a module global, so two apps in
 one process (tests, or several mounted apps) never share state. It is per API process: N replicas
 allow N times the rate, which is the usual trade for not putting a shared store on every request.
-The job cap is counted in the database, so it holds across API replicas.
+The job cap is counted in the database under a per-owner lock, so it holds across API replicas and
+concurrent requests.
 """
 
 import math
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.db import lock_until_commit
 from app.errors import ApiError
 from app.jobs.lifecycle import TERMINAL
 from app.jobs.models import Job
@@ -55,9 +57,14 @@ JOB_SLOT_RETRY_AFTER_SECONDS = 30
 
 
 def check_job_slots(*, session: Session, owner: str, limit: int) -> None:
-    """Raise 429 if `owner` already has `limit` jobs that have not finished. limit 0 = off."""
+    """Raise 429 if `owner` already has `limit` jobs that have not finished. limit 0 = off.
+
+    Holds the owner's job lock until the caller's transaction commits, so the job it then inserts is
+    counted by the next create of the owner: unlocked, concurrent creates all counted the same jobs.
+    """
     if limit <= 0:
         return
+    lock_until_commit(session, f"job-slots:{owner}")
     unfinished = session.scalar(
         select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.not_in(TERMINAL))
     )

@@ -5,6 +5,7 @@ succeeded, failed or cancelled, is handed back to the queue on a graceful shutdo
 process dies) keeps an expiring lease that the reaper turns into a retry from the last checkpoint.
 """
 
+import json
 import logging
 import tempfile
 import threading
@@ -50,6 +51,7 @@ ERROR_CODES_BY_MODULE = {
     "worker.model_store": "model_load_failed",
 }
 MAX_ERROR_MESSAGE = 2000
+ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it
 
 
 class JobFailed(Exception):
@@ -61,6 +63,20 @@ class JobFailed(Exception):
 
 def fine_tuned_model_id(job: Job) -> str:
     return f"{job.model}:ft-{job.suffix or ''}:{job.id}"
+
+
+def name_base_model(adapter_dir: Path, model_id: str) -> None:
+    """Make the adapter's config name its base by the job's model id (a hub id or a local model's id).
+
+    peft writes where this worker loaded the base from, a folder that means nothing to the client and
+    tells it about the server's disk; the model id is what the client knows the base by.
+    """
+    config_path = adapter_dir / ADAPTER_CONFIG
+    if not config_path.is_file():  # full fine-tuning publishes a whole model, no adapter
+        return
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = model_id
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def error_code(error: BaseException) -> str:
@@ -151,6 +167,7 @@ class JobAttempt:
         """Upload the adapter (with the tokenizer of the base model at `source`) and make the stability
         report, then point the job at them: a half-written adapter is never served, and a succeeded job
         has everything it promises."""
+        name_base_model(result.adapter_dir, self.job.model)
         extras = [source / name for name in TOKENIZER_FILES if isinstance(source, Path) and (source / name).is_file()]
         extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
         key = adapter_key(self.job.id)

@@ -2,11 +2,12 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, UploadFile
+from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
+from starlette.datastructures import FormData
 
 from app.deps import DbDep, IdempotencyKeyDep, StorageDep, Tx
-from app.errors import not_found
+from app.errors import invalid_request, not_found
 from app.files import service
 from app.files.models import File
 from app.files.schemas import DeletedFile, FileObject
@@ -23,14 +24,25 @@ def owned_file(tx: Tx, file_id: str) -> File:
     return file
 
 
+def refuse_repeated_fields(form: FormData) -> None:
+    """Raise a 400 naming the first form field sent more than once: which copy counts would be a guess."""
+    seen: set[str] = set()
+    for name, _ in form.multi_items():
+        if name in seen:
+            raise invalid_request(f"{name}: the form field is sent more than once; send it once", param=name)
+        seen.add(name)
+
+
 @router.post("")
 async def upload_file(
+    request: Request,
     file: UploadFile,
     purpose: Annotated[str, Form(max_length=64)],
     db: DbDep,
     storage: StorageDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> FileObject:
+    refuse_repeated_fields(await request.form())  # parsed already, for the parameters above
     return await db.run(
         lambda tx: service.upload_file(
             session=tx.session,

@@ -9,10 +9,12 @@ from sqlalchemy.orm import Session
 from app.db import new_id, now
 from app.downloads import open_object
 from app.errors import conflict, invalid_request, not_found
+from app.evaluations.lifecycle import TERMINAL as EVALUATION_TERMINAL
+from app.evaluations.models import Evaluation
 from app.files.models import File
 from app.files.schemas import FileObject
 from app.files.validation import scan_upload
-from app.idempotency import claim_for, fingerprint_of, run_once
+from app.idempotency import claim_for, fingerprint_of, forget_object, run_once
 from app.jobs.lifecycle import TERMINAL
 from app.jobs.models import Job
 from app.pagination import Page, newest_first
@@ -88,18 +90,33 @@ def list_files(*, session: Session, owner: str, purpose: str | None, after: str 
 
 
 def delete_file(*, session: Session, storage: ObjectStorage, owner: str, file: File) -> None:
-    """Delete the file's row and bytes, unless a job that has not finished still needs them."""
-    user = session.scalar(
+    """Delete the file's row and bytes, unless a job or an evaluation that has not finished needs them."""
+    job = session.scalar(
         select(Job.id)
         .where(Job.owner == owner, Job.status.not_in(TERMINAL))
         .where(or_(Job.training_file == file.id, Job.validation_file == file.id))
         .limit(1)
     )
-    if user is not None:
-        raise conflict("file_in_use", f"Job {user} still needs file {file.id}; cancel it or let it finish first")
+    if job is not None:
+        raise conflict("file_in_use", f"Job {job} still needs file {file.id}; cancel it or let it finish first")
+    if (evaluation := _unfinished_evaluation_of(session=session, owner=owner, file_id=file.id)) is not None:
+        raise conflict("file_in_use", f"Evaluation {evaluation} still needs file {file.id}; let it finish first")
     session.delete(file)
+    forget_object(session=session, owner=owner, object_id=file.id)
     session.flush()
     storage.delete(file.storage_key)
+
+
+def _unfinished_evaluation_of(*, session: Session, owner: str, file_id: str) -> str | None:
+    """The id of an unfinished evaluation of `owner` that reads the file (validation_file or a task)."""
+    # Tasks are a JSON list, which SQLite and Postgres search differently; an owner has few unfinished
+    # evaluations, so they are searched here.
+    unfinished = session.execute(
+        select(Evaluation.id, Evaluation.validation_file, Evaluation.tasks).where(
+            Evaluation.owner == owner, Evaluation.status.not_in(EVALUATION_TERMINAL)
+        )
+    )
+    return next((row.id for row in unfinished if file_id == row.validation_file or file_id in row.tasks), None)
 
 
 def file_content(*, storage: ObjectStorage, file: File) -> Iterator[bytes]:

@@ -1,6 +1,7 @@
 """A job's events: paged newest first (OpenAI's order), or streamed oldest first as Server-Sent Events."""
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -9,14 +10,18 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.auth.service import authenticate
 from app.db import session_scope
-from app.errors import invalid_request
+from app.errors import ApiError, invalid_request
 from app.jobs.lifecycle import TERMINAL, JobStatus
 from app.jobs.models import Job, JobEvent
 from app.jobs.schemas import EVENT_ID_PREFIX, JobEventObject
 from app.pagination import Page, take_page
 
 POLL_SECONDS = 0.5
+# How often an open stream checks that the key that opened it is still live (a revoked key's stream
+# ends at the next poll after that).
+KEY_CHECK_SECONDS = 2.0
 # One stream lasts at most this long; a client that wants more reconnects with `after` = last id seen.
 MAX_STREAM_SECONDS = 3600
 BATCH = 500
@@ -52,8 +57,11 @@ class _Poll:
     events: list[tuple[int, JobEventObject]]  # (row id, event), oldest first
 
 
-def _poll(database_url: str, owner: str, job_id: str, cursor: int) -> _Poll:
+def _poll(database_url: str, owner: str, job_id: str, cursor: int, api_key: str | None) -> _Poll:
+    """The job's status and next events; raises invalid_api_key first if `api_key` was revoked."""
     with session_scope(database_url) as session:
+        if api_key is not None:
+            authenticate(session=session, key=api_key)
         # Status first: once it reads terminal, the events query that follows sees the final events too,
         # because a transition commits its event together with the status.
         status = session.scalar(select(Job.status).where(Job.id == job_id, Job.owner == owner))
@@ -69,14 +77,28 @@ async def stream_events(
     owner: str,
     job_id: str,
     after: int | None,
+    api_key: str | None,
     poll_seconds: float = POLL_SECONDS,
     max_seconds: float = MAX_STREAM_SECONDS,
 ) -> AsyncIterator[str]:
-    """SSE frames of the job's events oldest first, then `[DONE]` once the job is terminal."""
+    """SSE frames of the job's events oldest first, then `[DONE]` once the job is terminal.
+
+    The key that opened the stream (`api_key`; None when auth is off) is checked again at least every
+    KEY_CHECK_SECONDS; once it is revoked the stream ends with an `error` event carrying the 401 a new
+    request would get.
+    """
     cursor = after or 0
     deadline = time.monotonic() + max_seconds
+    key_checked_at = time.monotonic()
     while True:
-        poll = await run_in_threadpool(_poll, database_url, owner, job_id, cursor)
+        check_key = api_key if time.monotonic() - key_checked_at >= KEY_CHECK_SECONDS else None
+        try:
+            poll = await run_in_threadpool(_poll, database_url, owner, job_id, cursor, check_key)
+        except ApiError as error:
+            yield f"event: error\ndata: {json.dumps(error.body())}\n\n"
+            return
+        if check_key is not None:
+            key_checked_at = time.monotonic()
         for cursor, event in poll.events:  # the cursor advances with every event sent
             yield f"id: {event.id}\ndata: {event.model_dump_json()}\n\n"
         if len(poll.events) == BATCH:

@@ -86,7 +86,7 @@ async def list_events(
         job = owned_job(tx, fine_tuning_job_id)
         if stream:
             frames = events.stream_events(
-                database_url=tx.settings.database_url, owner=tx.owner, job_id=job.id, after=cursor
+                database_url=tx.settings.database_url, owner=tx.owner, job_id=job.id, after=cursor, api_key=db.api_key
             )
             return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
         page = events.list_events(session=tx.session, owner=tx.owner, job_id=job.id, before=cursor, limit=limit)

@@ -1,13 +1,16 @@
 """Shapes of the fine-tuning jobs API: OpenAI's, plus LoRA, precision and progress."""
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from app.jobs.models import Checkpoint, Job, JobEvent
 
-# Unknown keys are typos to report, not to ignore; NaN and infinities are never valid settings.
-STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+# The config of every request body. Unknown keys are typos to report, not to ignore; NaN and infinities
+# are never valid settings; and a value must arrive as its own JSON type: "1" or true is no number, 1 no
+# boolean (a whole number still does for a decimal field).
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 def _storable(value: str) -> str:
@@ -22,6 +25,19 @@ def _storable(value: str) -> str:
 
 
 Storable = Annotated[str, AfterValidator(_storable)]
+
+# The suffix becomes part of `fine_tuned_model`, which clients print, log and use in paths (OpenAI:
+# up to 64 characters): no separators, spaces, or bidirectional controls that display it reversed.
+SUFFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _suffix(value: str) -> str:
+    if not SUFFIX.fullmatch(value):
+        raise ValueError("must be 1 to 64 characters, only ASCII letters, digits, '-', '_' and '.'")
+    return value
+
+
+Suffix = Annotated[str, AfterValidator(_suffix)]
 Name = Annotated[Storable, StringConstraints(min_length=1, max_length=64)]
 LongName = Annotated[Storable, StringConstraints(min_length=1, max_length=512)]
 MetadataValue = Annotated[Storable, StringConstraints(max_length=512)]
@@ -87,7 +103,7 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    suffix: Name | None = None
+    suffix: Suffix | None = None
     metadata: dict[Name, MetadataValue] | None = Field(None, max_length=16)
     # The structure the job expects the model to have (Mamba); a job can never change it.
     ssm_structure: Literal["diagonal", "controllable", "observable"] | None = None

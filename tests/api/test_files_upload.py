@@ -105,6 +105,27 @@ def test_a_missing_file_part_names_the_field(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
+    ("files", "data", "param"),
+    [
+        ([("file", ("a.jsonl", jsonl(TEXT))), ("file", ("b.jsonl", jsonl(PROMPT)))], {"purpose": "fine-tune"}, "file"),
+        ([("file", ("a.jsonl", jsonl(TEXT)))], {"purpose": ["fine-tune", "fine-tune"]}, "purpose"),
+    ],
+    ids=["file", "purpose"],
+)
+def test_a_repeated_form_field_is_refused_naming_it(
+    client: TestClient, settings: Settings, files: list, data: dict, param: str
+) -> None:
+    response = client.post("/v1/files", files=files, data=data)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_request", param)
+    assert "more than once" in error["message"]
+    assert client.get("/v1/files").json()["data"] == []
+    assert stored_objects(settings) == []
+
+
+@pytest.mark.parametrize(
     ("sent", "kept"),
     [
         ("../../etc/passwd.jsonl", "passwd.jsonl"),

@@ -94,6 +94,25 @@ def test_a_repeated_upload_returns_the_first_file(client: TestClient, settings: 
     assert len(stored_objects(settings)) == 1
 
 
+@both_databases
+def test_an_upload_retried_after_its_file_was_deleted_creates_the_file_again(
+    client: TestClient, settings: Settings
+) -> None:
+    content = jsonl(TEXT)
+    first = upload(client, content, headers={"Idempotency-Key": "up-1"}).json()["id"]
+    assert client.delete(f"/v1/files/{first}").status_code == 200
+
+    again = upload(client, content, headers={"Idempotency-Key": "up-1"})
+    replayed = upload(client, content, headers={"Idempotency-Key": "up-1"})
+
+    assert again.status_code == 200
+    assert again.json()["id"] != first
+    assert client.get(f"/v1/files/{again.json()['id']}/content").content == content
+    # The key now stands for the new file, and replays it as usual.
+    assert replayed.json() == again.json()
+    assert [f["id"] for f in client.get("/v1/files").json()["data"]] == [again.json()["id"]]
+
+
 def test_a_concurrent_duplicate_upload_leaves_no_stray_bytes(
     client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

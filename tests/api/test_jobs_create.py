@@ -134,6 +134,7 @@ def test_a_send_failing_after_the_broker_check_still_answers_the_committed_job(
 
 
 LONG = "x" * 65
+RECOMPUTE = "hyperparameters.activation_recompute"
 
 
 @pytest.mark.parametrize(
@@ -164,6 +165,23 @@ LONG = "x" * 65
         ({"seed": 2**63}, 400, "invalid_request", "seed"),
         ({"suffix": LONG}, 400, "invalid_request", "suffix"),
         ({"suffix": "a\x00b"}, 400, "invalid_request", "suffix"),
+        ({"suffix": "a/b"}, 400, "invalid_request", "suffix"),
+        ({"suffix": "abc\u202egpj.exe"}, 400, "invalid_request", "suffix"),  # right-to-left override
+        ({"suffix": "ünï"}, 400, "invalid_request", "suffix"),
+        ({"suffix": "a" * 65}, 400, "invalid_request", "suffix"),
+        # Numbers and booleans are taken only as JSON numbers and booleans, never as strings or each other.
+        ({"hyperparameters": {"n_epochs": "1"}}, 400, "invalid_request", "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"n_epochs": True}}, 400, "invalid_request", "hyperparameters.n_epochs"),
+        ({"hyperparameters": {"batch_size": 4.0}}, 400, "invalid_request", "hyperparameters.batch_size"),
+        ({"hyperparameters": {"learning_rate": "0.1"}}, 400, "invalid_request", "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"learning_rate": True}}, 400, "invalid_request", "hyperparameters.learning_rate"),
+        ({"hyperparameters": {"activation_recompute": 1}}, 400, "invalid_request", RECOMPUTE),
+        ({"hyperparameters": {"activation_recompute": "true"}}, 400, "invalid_request", RECOMPUTE),
+        ({"lora": {"r": "8"}}, 400, "invalid_request", "lora.r"),
+        ({"lora": {"alpha": "16"}}, 400, "invalid_request", "lora.alpha"),
+        ({"lora": {"train_ssm_params": "yes"}}, 400, "invalid_request", "lora.train_ssm_params"),
+        ({"seed": "7"}, 400, "invalid_request", "seed"),
+        ({"seed": False}, 400, "invalid_request", "seed"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, 400, "invalid_request", "metadata"),
         ({"metadata": {"k": 1}}, 400, "invalid_request", "metadata.k"),
         ({"method": {"type": "dpo"}}, 400, "invalid_request", "method.type"),
@@ -189,6 +207,27 @@ def test_an_invalid_request_is_refused_and_creates_no_job(
     assert error["message"]
     assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
     assert broker.enqueued == []
+
+
+def test_whole_numbers_are_taken_for_decimal_fields_and_a_plain_suffix_is_kept(
+    client: TestClient, training_file: str
+) -> None:
+    body = job_body(
+        training_file, suffix="my-model_v1.2", lora={"alpha": 16, "dropout": 0}, hyperparameters={"learning_rate": 1}
+    )
+
+    response = create(client, body)
+
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert (job["suffix"], job["lora"]["alpha"], job["hyperparameters"]["learning_rate"]) == ("my-model_v1.2", 16, 1)
+
+
+def test_a_suffix_outside_the_allowed_characters_is_explained(client: TestClient, training_file: str) -> None:
+    error = create(client, job_body(training_file, suffix="a/b")).json()["error"]
+
+    assert error["param"] == "suffix"
+    assert "letters, digits" in error["message"]
 
 
 def test_an_invalid_target_names_the_valid_ones(client: TestClient, training_file: str) -> None:

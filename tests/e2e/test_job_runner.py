@@ -23,12 +23,13 @@ from app.jobs.lifecycle import JobStatus
 from app.jobs.models import Job, JobEvent
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
+from worker.archive import unpack
 from worker.engine.spec import TrainHooks, TrainingStopped, TrainResult, TrainSpec
 from worker.engine.trainer import train as engine_train
 from worker.job_runner import run_job
 from worker.reaper import reap
 
-from .factories import job_row, make_job, make_settings
+from .factories import adapter_logits_change, job_row, make_job, make_settings
 
 
 def job_events(settings: Settings, job_id: str) -> list[JobEvent]:
@@ -95,6 +96,24 @@ def test_retry_after_lost_worker_resumes_from_checkpoint_and_publishes(
         names = set(tar.getnames())
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
     assert all(not name.startswith("/") and ".." not in name.split("/") for name in names)
+
+
+def test_the_published_adapter_names_the_model_id_and_plain_peft_loads_it(
+    settings: Settings, storage: ObjectStorage, tmp_path: Path
+) -> None:
+    job_id = make_job(settings, storage)
+
+    run_job(settings=settings, job_id=job_id)
+
+    archive = tmp_path / "adapter.tar.gz"
+    storage.get_file(job_row(settings, job_id).adapter_key, archive)
+    adapter = unpack(archive, tmp_path / "adapter")
+    config = (adapter / "adapter_config.json").read_text()
+    # The id a client knows the base by (and peft's AutoPeftModel loads it by), not the worker's folder.
+    assert json.loads(config)["base_model_name_or_path"] == "mamba-tiny"
+    assert not [path.name for path in adapter.glob("*.json") if str(settings.models_dir) in path.read_text()]
+    assert settings.models_dir is not None
+    assert adapter_logits_change(settings.models_dir, adapter) > 1e-4
 
 
 def test_the_job_hyperparameters_reach_the_engine_memory_lean_mode_included(

@@ -91,6 +91,10 @@ def test_create_queues_an_evaluation_and_the_owner_reads_it(
         ({"model": "mamba-tiny", "fine_tuning_job": "ftjob-x", "tasks": ["lookup"]}, 400, "invalid_request"),
         ({"model": "mamba-tiny", "tasks": ["lookup"], "shots": [64]}, 400, "invalid_request"),
         ({"model": "mamba-tiny"}, 400, "invalid_request"),  # nothing to measure
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "shots": ["1"]}, 400, "invalid_request"),
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "shots": [True]}, 400, "invalid_request"),
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "limit": "5"}, 400, "invalid_request"),
+        ({"model": "mamba-tiny", "tasks": ["lookup"], "seed": 1.0}, 400, "invalid_request"),
         ({"model": "nope", "tasks": ["lookup"]}, 404, "model_not_found"),
         ({"model": "mamba-tiny", "tasks": ["lookup_train"]}, 404, "task_not_found"),  # train data, not a task
         ({"model": "mamba-tiny", "tasks": ["../tasks/lookup"]}, 404, "task_not_found"),
@@ -139,6 +143,38 @@ def test_a_broker_outage_fails_the_request_and_stores_nothing(
     assert response.status_code == 503 and response.json()["error"]["code"] == "broker_unavailable"
     with session_scope(settings.database_url) as session:
         assert session.query(Evaluation).count() == 0
+
+
+def _set_status(settings: Settings, evaluation_id: str, status: EvaluationStatus) -> None:
+    with session_scope(settings.database_url) as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None
+        evaluation.status = status
+
+
+@pytest.mark.parametrize("field", ["validation_file", "tasks"])
+def test_a_file_an_unfinished_evaluation_needs_cannot_be_deleted(
+    client: TestClient, model: str, enqueued: list[str], settings: Settings, field: str
+) -> None:
+    file_id = client.post(
+        "/v1/files", files={"file": ("v.jsonl", b'{"text": "abc"}\n')}, data={"purpose": "fine-tune"}
+    ).json()["id"]
+    named = {"validation_file": file_id} if field == "validation_file" else {"tasks": ["lookup", file_id]}
+    evaluation_id = client.post("/v1/evaluations", json={"model": model, **named}).json()["id"]
+
+    refused = []
+    for status in (EvaluationStatus.QUEUED, EvaluationStatus.RUNNING):
+        _set_status(settings, evaluation_id, status)
+        refused.append(client.delete(f"/v1/files/{file_id}"))
+    _set_status(settings, evaluation_id, EvaluationStatus.FAILED)
+    allowed = client.delete(f"/v1/files/{file_id}")
+
+    for response in refused:
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["code"] == "file_in_use"
+        assert evaluation_id in response.json()["error"]["message"]
+    assert allowed.status_code == 200
+    assert client.get(f"/v1/files/{file_id}").status_code == 404
 
 
 def test_stability_is_served_once_the_worker_stored_it(

@@ -1,15 +1,23 @@
 """Per-key limits: requests per second and unfinished jobs per owner; beyond them 429 with Retry-After."""
 
+import threading
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.factories import job_body
+from api.factories import TEXT, job_body, jsonl, write_model
+from app.auth.service import create_api_key
+from app.db import session_scope
 from app.limits import RateLimiter
 from app.settings import Settings
+
+from .servers import ApiServer
 
 RATE = 2
 
@@ -130,3 +138,46 @@ def test_limits_are_off_at_zero() -> None:
 
     for _ in range(100):
         limiter.check("alice")
+
+
+CONCURRENT_CREATES = 20
+JOB_CAP = 2
+
+
+# Real server threads and connections, all released at once: creates that each counted the owner's jobs
+# before any of them had inserted its own would all get in.
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_concurrent_creates_never_exceed_the_job_cap(tmp_path: Path, settings: Settings) -> None:
+    assert settings.models_dir is not None
+    write_model(settings.models_dir, "mamba-tiny", "mamba")
+    with session_scope(settings.database_url) as session:
+        _, key = create_api_key(session=session, owner="alice")
+    env = {
+        "MAMBAFT_DATA_DIR": str(settings.data_dir),
+        "MAMBAFT_DATABASE_URL": settings.database_url,
+        "MAMBAFT_MAX_CONCURRENT_JOBS": str(JOB_CAP),
+    }
+    server = ApiServer(tmp_path, env).wait_up()
+    limits = httpx.Limits(max_connections=CONCURRENT_CREATES)
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        with (
+            httpx.Client(base_url=server.url, headers=headers, timeout=60, limits=limits) as http,
+            ThreadPoolExecutor(CONCURRENT_CREATES) as pool,
+        ):
+            training_file = http.post(
+                "/v1/files", files={"file": ("t.jsonl", jsonl(TEXT))}, data={"purpose": "fine-tune"}
+            ).json()["id"]
+            start = threading.Barrier(CONCURRENT_CREATES)
+
+            def create(_: int) -> int:
+                start.wait()
+                return http.post("/v1/fine_tuning/jobs", json=job_body(training_file)).status_code
+
+            statuses = Counter(pool.map(create, range(CONCURRENT_CREATES)))
+            listed = http.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
+    finally:
+        server.stop()
+
+    assert statuses == {200: JOB_CAP, 429: CONCURRENT_CREATES - JOB_CAP}, server.log.read_text()[-3000:]
+    assert len(listed) == JOB_CAP

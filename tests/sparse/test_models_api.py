@@ -46,6 +46,10 @@ def built(client: TestClient, settings: Settings, requests: list[str], body: dic
         ({"d_model": 40}, "d_model"),
         ({"tokenizer": "no-such-model"}, "tokenizer"),
         ({"id": "../escape"}, "id"),
+        ({"d_model": "32"}, "d_model"),
+        ({"n_layer": True}, "n_layer"),
+        ({"d_state": 8.0}, "d_state"),
+        ({"seed": "0"}, "seed"),
     ],
 )
 def test_bad_configs_are_400_naming_the_field_and_leave_nothing_behind(
