@@ -150,10 +150,21 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_create_key(args: argparse.Namespace, settings: Settings) -> None:
-    from app.auth.service import create_api_key
+    from sqlalchemy.exc import SQLAlchemyError
 
-    with session_scope(settings.database_url) as session:
-        row, key = create_api_key(session=session, owner=args.owner, name=args.name)
+    from app.auth.service import create_api_key, validate_owner
+    from app.errors import ApiError
+
+    try:
+        validate_owner(args.owner)
+        # A new data dir (or database) gets its schema first, as `serve` would give it.
+        _migrate(settings)
+        with session_scope(settings.database_url) as session:
+            row, key = create_api_key(session=session, owner=args.owner, name=args.name)
+    except ApiError as error:
+        _fail(error.message)
+    except (SQLAlchemyError, OSError) as error:
+        _fail(f"cannot write to the database ({type(error).__name__}): check MAMBAFT_DATABASE_URL or --data-dir")
     print(f"Created API key {row.id} for owner {row.owner!r}. It is shown only this once:", file=sys.stderr)
     print(key)
 
