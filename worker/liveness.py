@@ -29,9 +29,11 @@ def beat(settings: Settings, started_at: int) -> None:
         session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < stamp - STALE_ROW_MAX_AGE_S))
 
 
-def _forget(settings: Settings) -> None:
+def forget(settings: Settings, worker: str) -> bool:
+    """Delete the row of `worker` (a `worker_id`) that stopped; returns whether it had one, that is
+    whether it ever became ready."""
     with session_scope(settings.database_url) as session:
-        session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_id()))
+        return session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == worker)).rowcount == 1
 
 
 def start_liveness(settings: Settings, stop: threading.Event) -> threading.Thread:
@@ -48,7 +50,7 @@ def start_liveness(settings: Settings, stop: threading.Event) -> threading.Threa
             if stop.wait(settings.heartbeat_seconds):
                 break
         try:
-            _forget(settings)
+            forget(settings, worker_id())
         except Exception:  # the row then ages out of /readyz's window by itself
             log.exception("could not remove this worker's heartbeat row")
 

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 import pytest
 from deployfiles import APP_SERVICES, ROOT, WORKERS, compose, dockerfile, env_example, services
 
-from app.cli import WORKER_STOP_TIMEOUT_S
+from app.supervisor import WORKER_STOP_TIMEOUT_S
 from app.settings import Settings
 
 SETTING_NAMES = {f"MAMBAFT_{name.upper()}" for name in Settings.model_fields}
