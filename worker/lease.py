@@ -33,7 +33,7 @@ RUNNING = "running"
 
 
 def worker_id(pid: int | None = None) -> str:
-    """"host:pid" of a worker process (this one by default): its liveness row and its leases' prefix."""
+    """The "host:pid" of a worker process (this one by default): its liveness row and its leases' prefix."""
     return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 

@@ -31,7 +31,9 @@ def validate_owner(owner: str) -> None:
     if not owner:
         raise invalid_request("The owner must not be empty", param="owner")
     if len(owner) > MAX_OWNER_CHARS:
-        raise invalid_request(f"The owner must be at most {MAX_OWNER_CHARS} characters, not {len(owner)}", param="owner")
+        raise invalid_request(
+            f"The owner must be at most {MAX_OWNER_CHARS} characters, not {len(owner)}", param="owner"
+        )
     # isprintable() is False for control, format (bidi, zero-width), separator and unassigned characters.
     if bad := next((char for char in owner if char.isspace() or not char.isprintable()), None):
         raise invalid_request(

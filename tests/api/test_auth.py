@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from app.auth.models import ApiKey
 from app.auth.service import create_api_key, revoke_api_key
-from app.errors import ApiError
 from app.db import session_scope
+from app.errors import ApiError
 from app.main import create_app
 from app.settings import Settings
 

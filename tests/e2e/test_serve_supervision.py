@@ -45,7 +45,8 @@ def serve(tmp_path: Path, **env: str) -> Service:
     settings = Settings(data_dir=tmp_path / "var")
     assert settings.models_dir is not None
     service = Service(url=f"http://127.0.0.1:{free_port()}", models_dir=settings.models_dir, settings=settings, logs=[])
-    args = ["serve", "--host", "127.0.0.1", "--port", service.url.rsplit(":", 1)[1], "--data-dir", str(settings.data_dir)]
+    port = service.url.rsplit(":", 1)[1]
+    args = ["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(settings.data_dir)]
     service.start(args, clean_env(**FAST, **env), tmp_path)
     return service
 
@@ -53,7 +54,9 @@ def serve(tmp_path: Path, **env: str) -> Service:
 def create_job(client: httpx.Client, *, train_lines: int) -> str:
     files = {}
     for role, name, lines in (("training_file", "train.jsonl", train_lines), ("validation_file", "valid.jsonl", 8)):
-        upload = client.post("/v1/files", files={"file": (name, demo_slice(name, lines))}, data={"purpose": "fine-tune"})
+        upload = client.post(
+            "/v1/files", files={"file": (name, demo_slice(name, lines))}, data={"purpose": "fine-tune"}
+        )
         files[role] = upload.raise_for_status().json()["id"]
     created = client.post("/v1/fine_tuning/jobs", json={
         "model": "mamba-tiny", **files, "precision": "fp32", "seed": 3,
