@@ -7,6 +7,7 @@ Subcommands import the web stack, Alembic and the auth service on first use, so 
 
 import argparse
 import ipaddress
+import logging
 import os
 import signal
 import subprocess
@@ -19,9 +20,6 @@ from sqlalchemy import func, select
 from app.celery_config import QUEUE
 from app.db import session_scope
 from app.settings import Settings, get_settings
-
-# A warm-shutting-down worker checkpoints its job and hands it back; give it that long before killing.
-WORKER_STOP_TIMEOUT_S = 120
 
 
 def is_loopback(host: str) -> bool:
@@ -69,6 +67,10 @@ def _active_key_count(settings: Settings) -> int:
 KEEP_ALIVE_S = 90
 
 
+# The server's options beyond the app and the address, the same for `serve` and `api`.
+UVICORN_OPTIONS = {"log_level": "info", "timeout_keep_alive": KEEP_ALIVE_S}
+
+
 def _serve_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
@@ -77,15 +79,7 @@ def _serve_api(settings: Settings, host: str, port: int, workers: int = 1) -> No
     # Each worker process builds its own app (uvicorn needs an import string for that), so every one
     # reads the same MAMBAFT_* settings this process read.
     app = served_app(settings) if workers == 1 else "app.main:served_app"
-    uvicorn.run(
-        app,
-        factory=workers > 1,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level="info",
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    uvicorn.run(app, factory=workers > 1, workers=workers, host=host, port=port, **UVICORN_OPTIONS)
 
 
 def _migrate(settings: Settings) -> None:
@@ -102,16 +96,6 @@ def _raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.terminate()  # Celery's warm shutdown: the running job checkpoints and is requeued
-        try:
-            worker.wait(WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     """API and one worker on one machine: the embedded default (`make run`)."""
     _check_auth(settings, args.host)
@@ -124,12 +108,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
             print("mambaft: authentication is off (loopback bind, no API keys yet).", flush=True)
         hint = f"mambaft create-key --owner NAME --data-dir {settings.data_dir}"
         print(f"mambaft: create an API key with `{hint}`", flush=True)
+    import uvicorn
+
+    from app.main import served_app
+    from app.supervisor import WorkerSupervisor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = uvicorn.Server(uvicorn.Config(served_app(settings), host=args.host, port=args.port, **UVICORN_OPTIONS))
+    supervisor = WorkerSupervisor(worker_command(), settings, on_give_up=lambda: setattr(server, "should_exit", True))
     _raise_on_sigterm()
-    worker = subprocess.Popen(worker_command())
+    supervisor.start()
     try:
-        _serve_api(settings, args.host, args.port)
+        server.run()
     finally:
-        _stop(worker)
+        supervisor.stop()
+    if supervisor.gave_up:
+        print("mambaft: the worker keeps dying as it starts (see its log above); stopped.", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
@@ -150,10 +145,21 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_create_key(args: argparse.Namespace, settings: Settings) -> None:
-    from app.auth.service import create_api_key
+    from sqlalchemy.exc import SQLAlchemyError
 
-    with session_scope(settings.database_url) as session:
-        row, key = create_api_key(session=session, owner=args.owner, name=args.name)
+    from app.auth.service import create_api_key, validate_owner
+    from app.errors import ApiError
+
+    try:
+        validate_owner(args.owner)
+        # A new data dir (or database) gets its schema first, as `serve` would give it.
+        _migrate(settings)
+        with session_scope(settings.database_url) as session:
+            row, key = create_api_key(session=session, owner=args.owner, name=args.name)
+    except ApiError as error:
+        _fail(error.message)
+    except (SQLAlchemyError, OSError) as error:
+        _fail(f"cannot write to the database ({type(error).__name__}): check MAMBAFT_DATABASE_URL or --data-dir")
     print(f"Created API key {row.id} for owner {row.owner!r}. It is shown only this once:", file=sys.stderr)
     print(key)
 

@@ -13,6 +13,7 @@ import app.evaluations.models  # noqa: F401
 import app.files.models  # noqa: F401
 import app.idempotency  # noqa: F401
 import app.jobs.models  # noqa: F401
+import app.workers.models  # noqa: F401
 from app.db import Base
 from app.settings import get_settings
 

@@ -13,6 +13,7 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from app.celery_config import make_celery
 from app.settings import get_settings
+from worker.liveness import start_liveness
 from worker.reaper import start_reaper
 
 log = logging.getLogger(__name__)
@@ -31,16 +32,18 @@ app.conf.update(
 
 # Set on a warm shutdown (SIGTERM, first Ctrl-C): the running job checkpoints and goes back to the queue.
 shutdown_requested = threading.Event()
-_reaper_stop = threading.Event()
+# Stops the reaper and the liveness heartbeat.
+_background_stop = threading.Event()
 
 
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    start_reaper(get_settings(), _reaper_stop)
+def _start_background_threads(**_: Any) -> None:
+    start_liveness(get_settings(), _background_stop)
+    start_reaper(get_settings(), _background_stop)
 
 
 @worker_shutting_down.connect
 def _request_shutdown(**_: Any) -> None:
     log.info("worker shutting down: the running job (if any) will checkpoint and be handed back")
     shutdown_requested.set()
-    _reaper_stop.set()
+    _background_stop.set()

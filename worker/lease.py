@@ -15,7 +15,7 @@ import uuid
 from types import TracebackType
 from typing import TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import now, session_scope
@@ -32,9 +32,26 @@ QUEUED = "queued"
 RUNNING = "running"
 
 
+def worker_id(pid: int | None = None) -> str:
+    """The "host:pid" of a worker process (this one by default): its liveness row and its leases' prefix."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
 def new_owner_id() -> str:
     """Unique per attempt, so a heartbeat left over from an earlier attempt can never renew this one."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{worker_id()}:{uuid.uuid4().hex[:8]}"
+
+
+def expire_leases_of(settings: Settings, worker: str) -> list[str]:
+    """Expire every lease held by `worker` (a `worker_id`) known to be dead, so the next reaper pass
+    requeues its jobs and evaluations at once instead of after `lease_seconds`; returns their ids."""
+    expired: list[str] = []
+    with session_scope(settings.database_url) as session:
+        for model in (Job, Evaluation):
+            held = (model.status == RUNNING, model.lease_owner.startswith(f"{worker}:", autoescape=True))
+            ids = session.scalars(select(model.id).where(*held)).all()
+            expired += [row_id for row_id in ids if _guarded_update(session, model, row_id, *held, lease_expires_at=0)]
+    return expired
 
 
 def _guarded_update(

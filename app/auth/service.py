@@ -8,11 +8,13 @@ from sqlalchemy.orm import Session
 
 from app.auth.models import ApiKey
 from app.db import new_id, now
-from app.errors import ApiError, not_found
+from app.errors import ApiError, invalid_request, not_found
 
 KEY_PREFIX = "mft-"
 # "mft-" plus a few secret characters: enough for an operator to tell keys apart, too few to guess.
 SHOWN_PREFIX_CHARS = 12
+# The owner column's width.
+MAX_OWNER_CHARS = 128
 
 
 def hash_key(key: str) -> str:
@@ -23,8 +25,25 @@ def invalid_api_key(message: str) -> ApiError:
     return ApiError(401, "invalid_api_key", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def validate_owner(owner: str) -> None:
+    """An owner names a tenant in logs and listings: one visible word, so two owners that print alike are
+    the same owner (no spaces, control characters, or bidi and zero-width marks that hide or reorder text)."""
+    if not owner:
+        raise invalid_request("The owner must not be empty", param="owner")
+    if len(owner) > MAX_OWNER_CHARS:
+        raise invalid_request(
+            f"The owner must be at most {MAX_OWNER_CHARS} characters, not {len(owner)}", param="owner"
+        )
+    # isprintable() is False for control, format (bidi, zero-width), separator and unassigned characters.
+    if bad := next((char for char in owner if char.isspace() or not char.isprintable()), None):
+        raise invalid_request(
+            f"The owner must not contain whitespace or invisible characters (found U+{ord(bad):04X})", param="owner"
+        )
+
+
 def create_api_key(*, session: Session, owner: str, name: str = "") -> tuple[ApiKey, str]:
     """Store a new key for `owner`; returns the row and the plaintext key, which is never stored."""
+    validate_owner(owner)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         id=new_id("key"),

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from app.auth.models import ApiKey
 from app.auth.service import create_api_key, revoke_api_key
 from app.db import session_scope
+from app.errors import ApiError
 from app.main import create_app
 from app.settings import Settings
 
@@ -65,3 +66,25 @@ def test_with_auth_disabled_every_request_acts_as_local(
 
     assert response.status_code == 200
     assert [f["id"] for f in client.get("/v1/files").json()["data"]] == [response.json()["id"]]
+
+
+@pytest.mark.parametrize(
+    "owner",
+    ["", "a" * 129, "ac me", "acme\n", "\tacme", "ac\x00me", "ac\x1bme", "ac\u202eme", "ac\u200bme", "ac\u00a0me"],
+    ids=["empty", "129-chars", "space", "newline", "tab", "nul", "escape", "bidi-override", "zero-width", "nbsp"],
+)
+def test_a_key_for_an_empty_overlong_or_unprintable_owner_is_refused(settings: Settings, owner: str) -> None:
+    with pytest.raises(ApiError) as refused, session_scope(settings.database_url) as session:
+        create_api_key(session=session, owner=owner)
+
+    assert (refused.value.status_code, refused.value.param) == (400, "owner")
+    with session_scope(settings.database_url) as session:
+        assert session.scalars(select(ApiKey)).all() == []
+
+
+@pytest.mark.parametrize("owner", ["a" * 128, "acme-corp_2", "équipe.données", "团队"])
+def test_a_key_for_a_printable_one_word_owner_is_created(settings: Settings, owner: str) -> None:
+    with session_scope(settings.database_url) as session:
+        row, _ = create_api_key(session=session, owner=owner)
+
+    assert row.owner == owner

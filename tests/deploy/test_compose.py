@@ -7,8 +7,8 @@ from urllib.parse import urlparse
 import pytest
 from deployfiles import APP_SERVICES, ROOT, WORKERS, compose, dockerfile, env_example, services
 
-from app.cli import WORKER_STOP_TIMEOUT_S
 from app.settings import Settings
+from app.supervisor import WORKER_STOP_TIMEOUT_S
 
 SETTING_NAMES = {f"MAMBAFT_{name.upper()}" for name in Settings.model_fields}
 # Settings whose embedded defaults (SQLite, filesystem broker, local folder) are wrong for this stack.

@@ -126,7 +126,7 @@ assert not leaked, leaked
 """
 
 
-@pytest.mark.parametrize("module", ["app.main", "app.cli"])
+@pytest.mark.parametrize("module", ["app.main", "app.cli", "app.supervisor"])
 def test_api_imports_without_torch(module, tmp_path):
     path = ROOT / (module.replace(".", "/") + ".py")
     if not path.exists():

@@ -8,7 +8,6 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,69 +20,10 @@ from app.storage import storage_from_settings
 
 from .conftest import S3_BUCKET
 from .factories import MAMBAFT, adapter_logits_change, clean_env, demo_slice, free_port, job_row, make_job
+from .service import Service
 
-START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 300
 REAPER_INTERVAL_S = "2"
-
-
-@dataclass
-class Service:
-    url: str
-    models_dir: Path
-    # The deployment's settings, for reaching into its database and storage as a second worker would.
-    settings: Settings
-    logs: list[Path]
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def start(self, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-        log = cwd / f"{args[0]}-{len(self.logs)}.log"
-        self.logs.append(log)
-        process = subprocess.Popen([MAMBAFT, *args], env=env, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        self.processes.append(process)
-        return process
-
-    def log_tail(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for log in self.logs)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert all(p.poll() is None for p in self.processes), f"a service process exited\n{self.log_tail()}"
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"service not ready after {START_TIMEOUT_S}s\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM each process we started, as an operator (or Ctrl-C) would, and check that everything
-        it started is gone too."""
-        children = [pid for p in self.processes for pid in _children(p.pid)]
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=150)
-        for pid in children:
-            assert not _alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture

@@ -1,0 +1,77 @@
+"""A deployment under test as real processes (`mambaft serve`, or `mambaft api` + `mambaft worker`),
+their logs, and a clean stop that checks nothing they started outlives them."""
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.settings import Settings
+
+from .factories import MAMBAFT
+
+START_TIMEOUT_S = 180
+
+
+@dataclass
+class Service:
+    url: str
+    models_dir: Path
+    # The deployment's settings, for reaching into its database and storage as a second worker would.
+    settings: Settings
+    logs: list[Path]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def start(self, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = cwd / f"{args[0]}-{len(self.logs)}.log"
+        self.logs.append(log)
+        process = subprocess.Popen([MAMBAFT, *args], env=env, cwd=cwd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def log_tail(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-4000:]}" for log in self.logs)
+
+    def wait_ready(self, *, worker: bool = False) -> httpx.Response:
+        """The first 200 of /readyz; with `worker`, the first that also says a worker is alive."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in self.processes), f"a service process exited\n{self.log_tail()}"
+            try:
+                ready = httpx.get(f"{self.url}/readyz", timeout=5)
+                if ready.status_code == 200 and (not worker or ready.json()["status"] == "ok"):
+                    return ready
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"service not ready after {START_TIMEOUT_S}s\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM each process we started, as an operator (or Ctrl-C) would, and check that everything
+        it started is gone too."""
+        descendants = [pid for p in self.processes for pid in children(p.pid)]
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=150)
+        for pid in descendants:
+            assert not alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
