@@ -25,7 +25,7 @@ def test_a_containers_cgroup_limit_sets_the_budget_with_its_reclaimable_page_cac
     monkeypatch.setattr(memory, "CGROUP_ROOT", fake_cgroup(tmp_path / "cg", str(4 * GiB), 1 * GiB, GiB // 2))
 
     assert memory.host_available_bytes() == 3.5 * GiB  # 4 GiB limit - 1 GiB used + 0.5 GiB of page cache
-    assert memory.device_budget(torch.device("cpu")) == int(3.5 * GiB * memory.BUDGET_FRACTION)
+    assert memory.device_budget(torch.device("cpu")) == int(3.5 * GiB * memory.BUDGET_FRACTION["cpu"])
 
 
 def test_without_a_cgroup_limit_the_budget_is_a_share_of_memavailable(

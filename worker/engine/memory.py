@@ -13,7 +13,7 @@ The estimate of a step's peak, in bytes, is the sum of:
                  one layer at a time is recomputed: tokens x (n_layer x that + kept + backward).
                  Plus the LM-head loss chunk: min(tokens, CHUNK_TOKENS) x vocab x 14 bytes (loss.py).
 
-times SAFETY. `kept` and `backward` per token, by the scan that runs:
+times a safety factor (SAFETY, FUSED_SAFETY). `kept` and `backward` per token, by the scan that runs:
 
     fused CUDA kernels   FUSED_CHANNEL_ELEMENTS x d_inner elements of the activation dtype, each
     torch scans (CPU)    SCAN_COPIES[family] x d_inner x d_state x 4 bytes: the chunked scans keep fp32
@@ -22,12 +22,13 @@ times SAFETY. `kept` and `backward` per token, by the scan that runs:
 
 Calibration. FUSED_CHANNEL_ELEMENTS: bench/RESULTS.md's largest batches of the Mamba 1.4B shape on an
 H100 (bf16: 75.5 GiB at 40 x 1024 tokens, 4.7 elements of d_inner per token and layer once the weights
-and the loss chunk are taken off; fp32: 74.0 GiB at 21 x 1024, 4.2). SCAN_COPIES: the peak RSS growth
-of real one-step CPU jobs (`python bench/memory.py`, table in bench/RESULTS.md, mamba-tiny and
-mamba2-tiny, fp32 and bf16, memory-lean on and off, 2,048 and 4,096 tokens): per token, mamba-tiny
-grew 424 KiB (lean: 250 KiB), mamba2-tiny 124 KiB (lean: 61 KiB); solving n_layer x kept + backward
-and kept + backward for the two gives the copies below, rounded up. Without SAFETY every estimate is
-1.06x to 1.7x the measured growth; SAFETY adds 25% on top.
+and the loss chunk are taken off; fp32: 74.0 GiB at 21 x 1024, 4.2). With FUSED_SAFETY the estimate is
+1.21x and 1.29x those peaks, so an 80 GB card admits batches up to 32 and 16 of the 40 and 21 that ran.
+SCAN_COPIES: the peak RSS growth of real one-step CPU jobs (`python bench/memory.py`, table in
+bench/RESULTS.md; mamba-tiny and mamba2-tiny, fp32 and bf16, memory-lean on and off, 2,048 and 4,096
+tokens): per token, mamba-tiny grew 424 KiB (lean: 250 KiB), mamba2-tiny 124 KiB (lean: 61 KiB);
+solving n_layer x kept + backward and kept + backward for the two gives the copies below, rounded up.
+Without SAFETY every estimate is 1.06x to 1.7x the measured growth; SAFETY adds 25% on top.
 """
 
 import math
@@ -42,9 +43,12 @@ from worker.engine.loss import CHUNK_TOKENS
 from worker.engine.spec import InsufficientMemory, Precision
 
 GiB = 1024**3
+# Over the estimate: more where it was fitted on the tiny models (torch scans) than on the 1.4B shape itself.
 SAFETY = 1.25
-# Share of the free memory a job may use: the rest is for the allocator's slack, other processes, the OS.
-BUDGET_FRACTION = 0.8
+FUSED_SAFETY = 1.1
+# Share of the free memory a job may use: the rest is for the allocator's slack and, on the host, for
+# other processes and the OS (a GPU is its worker's alone).
+BUDGET_FRACTION = {"cpu": 0.8, "cuda": 0.95}
 WORKSPACE_BYTES = 256 * 1024**2
 FUSED_CHANNEL_ELEMENTS = 5
 # (kept, backward) copies of a layer's fp32 states per token.
@@ -125,10 +129,10 @@ def activation_bytes(size: ModelSize, shape: StepShape) -> int:
 
 
 def step_bytes(size: ModelSize, shape: StepShape) -> int:
-    """The estimated peak of one training step, SAFETY included."""
+    """The estimated peak of one training step, its safety factor included."""
     casts = 2 * size.parameters if shape.precision != "fp32" else 0
     state = size.weight_bytes + 12 * size.trainable + casts + WORKSPACE_BYTES
-    return math.ceil(SAFETY * (state + activation_bytes(size, shape)))
+    return math.ceil((FUSED_SAFETY if size.fused else SAFETY) * (state + activation_bytes(size, shape)))
 
 
 def _activation_bytes(precision: Precision) -> int:
@@ -163,17 +167,17 @@ def _smaller_shapes(size: ModelSize, shape: StepShape, budget: int) -> Iterator[
     if not shape.activation_recompute and step_bytes(size, replace(shape, activation_recompute=True)) <= budget:
         yield "activation_recompute true"
     if shape.precision == "fp32" and step_bytes(size, replace(shape, precision="bf16")) <= budget:
-        yield "bf16"
+        yield "precision bf16"
 
 
 def device_budget(device: torch.device) -> int:
-    """Bytes a job may use on `device`: BUDGET_FRACTION of its free GPU memory, or of the host's."""
+    """Bytes a job may use on `device`: BUDGET_FRACTION of its free GPU memory, or of the host's RAM."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         # Blocks the caching allocator kept from an earlier job are free to this one, not to the driver.
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int((free + cached) * BUDGET_FRACTION)
-    return int(host_available_bytes() * BUDGET_FRACTION)
+        return int((free + cached) * BUDGET_FRACTION["cuda"])
+    return int(host_available_bytes() * BUDGET_FRACTION["cpu"])
 
 
 def host_available_bytes() -> int:
