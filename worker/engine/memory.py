@@ -16,9 +16,9 @@ The estimate of a step's peak, in bytes, is the sum of:
 times a safety factor (SAFETY, FUSED_SAFETY). `kept` and `backward` per token, by the scan that runs:
 
     fused CUDA kernels   FUSED_CHANNEL_ELEMENTS x d_inner elements of the activation dtype, each
-    torch scans (CPU)    SCAN_COPIES[family] x d_inner x d_state x 4 bytes: the chunked scans keep fp32
+    torch scans          SCAN_COPIES[family] x d_inner x d_state x 4 bytes: the chunked scans keep fp32
                          states of every token, (b, d_inner, l, d_state), several times over; SC/SO
-                         models scan complex states, twice that
+                         models scan complex states, twice that (the CPU, and CUDA without mamba-ssm)
 
 Calibration. FUSED_CHANNEL_ELEMENTS: bench/RESULTS.md's largest batches of the Mamba 1.4B shape on an
 H100 (bf16: 75.5 GiB at 40 x 1024 tokens, 4.7 elements of d_inner per token and layer once the weights
@@ -155,7 +155,8 @@ def check_fits(size: ModelSize, shape: StepShape, budget: int, device: torch.dev
 
 
 def _smaller_shapes(size: ModelSize, shape: StepShape, budget: int) -> Iterator[str]:
-    """The largest value of each knob that fits on its own, the others unchanged."""
+    """For each knob on its own, the others unchanged, a value that fits: the largest batch_size, the
+    largest halving of max_seq_len, recompute on, bf16 for fp32."""
     if batch := next((b for b in range(shape.batch_size - 1, 0, -1)
                       if step_bytes(size, replace(shape, batch_size=b)) <= budget), None):  # fmt: skip
         yield f"batch_size {batch}"
