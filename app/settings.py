@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = 50
     # A worker's checkpoint upload is retried this long while object storage is unreachable; then the job fails.
     storage_retry_seconds: int = Field(default=60, ge=0)
+    # Bytes a job may use on the worker's device (GPU memory, or RAM on the CPU). Unset: 95% of the GPU's
+    # free memory, or 80% of the host's free RAM (MemAvailable or the cgroup's limit, whichever is closer).
+    worker_memory_bytes: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

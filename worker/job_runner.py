@@ -26,11 +26,22 @@ from app.queue import BrokerUnavailable, enqueue_job
 from app.settings import Settings
 from app.storage import ObjectNotFound, ObjectStorage, StorageUnavailable, put_file_retrying, storage_from_settings
 from worker.archive import pack, unpack
-from worker.engine.spec import LoraSpec, TrainHooks, TrainingStopped, TrainResult, TrainSpec
+from worker.engine.loading import pick_device
+from worker.engine.memory import LOWER, GiB, device_budget
+from worker.engine.spec import (
+    EngineFailure,
+    InsufficientMemory,
+    LoraSpec,
+    TrainHooks,
+    TrainingStopped,
+    TrainResult,
+    TrainSpec,
+)
 from worker.engine.trainer import train as engine_train
 from worker.job_hooks import JobHooks
 from worker.job_stability import store_stability_report
 from worker.lease import Heartbeat, claim, lock_owned, new_owner_id
+from worker.memory_watchdog import MemoryWatchdog
 from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
@@ -58,7 +69,6 @@ class JobFailed(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-        self.message = message
 
 
 def fine_tuned_model_id(job: Job) -> str:
@@ -80,8 +90,9 @@ def name_base_model(adapter_dir: Path, model_id: str) -> None:
 
 
 def error_code(error: BaseException) -> str:
-    """Our own failure's code, else the code of the innermost engine module on the traceback, else training_failed."""
-    if isinstance(error, JobFailed):
+    """Our own or the engine's failure's code, else the code of the innermost engine module on the
+    traceback, else training_failed."""
+    if isinstance(error, JobFailed | EngineFailure):
         return error.code
     if isinstance(error, StorageUnavailable):
         return "storage_unavailable"
@@ -94,7 +105,8 @@ def error_code(error: BaseException) -> str:
 
 
 def build_spec(
-    job: Job, *, settings: Settings, model: Path | str, workdir: Path, inputs: dict[str, Path], resume: Path | None
+    job: Job, *, settings: Settings, model: Path | str, workdir: Path, inputs: dict[str, Path],
+    resume: Path | None, memory_budget: int,
 ) -> TrainSpec:
     hyper = {k: v for k, v in job.hyperparameters.items() if k in HYPERPARAMETERS}
     lora = None
@@ -107,7 +119,8 @@ def build_spec(
     return TrainSpec(
         model=str(model), train_path=inputs["train"],
         validation_path=inputs.get("validation"), output_dir=workdir / "output", precision=job.precision,
-        lora=lora, export_merged=export_merged, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume, **hyper,
+        lora=lora, export_merged=export_merged, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume,
+        memory_budget_bytes=memory_budget, **hyper,
     )  # fmt: skip
 
 
@@ -205,11 +218,18 @@ class JobAttempt:
             _enqueue(self.settings, self.job.id)
 
     def fail(self, error: Exception) -> None:
-        message = error.message if isinstance(error, JobFailed) else str(error) or type(error).__name__
+        message = str(error) or type(error).__name__
         # Paths of this attempt's scratch folder mean nothing to the client.
         message = message.replace(f"{self.workdir}/", "")[:MAX_ERROR_MESSAGE]
         failure = {"code": error_code(error), "message": message}
         self._owned(lambda s, j: transition(s, j, JobStatus.FAILED, message=f"Job failed: {message}", error=failure))
+
+
+def _outgrew(grown: int, budget: int) -> InsufficientMemory:
+    return InsufficientMemory(
+        f"the worker's memory grew by {grown / GiB:.1f} GiB during training, past the {budget / GiB:.1f} GiB "
+        f"it has for a job; the attempt was stopped before the host ran out of memory; {LOWER}"
+    )
 
 
 def _hand_back(session: Session, job: Job, step: int) -> None:
@@ -246,8 +266,16 @@ def run_job(
             model = model_source(settings=settings, storage=storage, owner=job.owner, model_id=job.model)
             inputs = attempt.download_inputs()
             resume = attempt.fetch_latest_checkpoint()
-            spec = build_spec(job, settings=settings, model=model, workdir=Path(tmp), inputs=inputs, resume=resume)
-            result = train(spec, hooks.as_train_hooks())
+            device = pick_device(None)
+            budget = settings.worker_memory_bytes or device_budget(device)
+            spec = build_spec(
+                job, settings=settings, model=model, workdir=Path(tmp), inputs=inputs, resume=resume,
+                memory_budget=budget,
+            )  # fmt: skip
+            # The watchdog guards the host's RAM, which on a GPU worker is not what the job's budget counts.
+            host_budget = budget if device.type == "cpu" else device_budget(pick_device("cpu"))
+            with MemoryWatchdog(host_budget, lambda grown: attempt.fail(_outgrew(grown, host_budget))):
+                result = train(spec, hooks.as_train_hooks())
             attempt.publish(spec, result, model)
         except TrainingStopped as stop:
             attempt.stopped(hooks, stop)

@@ -11,6 +11,7 @@ from app.jobs.models import Checkpoint, Job, JobEvent
 # are never valid settings; and a value must arrive as its own JSON type: "1" or true is no number, 1 no
 # boolean (a whole number still does for a decimal field).
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+MAX_LORA_ALPHA = 4096
 
 
 def _storable(value: str) -> str:
@@ -68,7 +69,8 @@ class LoraRequest(BaseModel):
     model_config = STRICT
 
     r: int = Field(8, ge=1, le=256)
-    alpha: float = Field(16.0, gt=0)
+    # The adapter's update is scaled by alpha / r; beyond a few thousand it only overflows the activations.
+    alpha: float = Field(16.0, gt=0, le=MAX_LORA_ALPHA)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[Name] | None = Field(None, min_length=1, max_length=16)
     train_ssm_params: bool = False

@@ -148,6 +148,8 @@ RECOMPUTE = "hyperparameters.activation_recompute"
         ({"lora": {"r": 0}}, 400, "invalid_request", "lora.r"),
         ({"lora": {"r": 257}}, 400, "invalid_request", "lora.r"),
         ({"lora": {"alpha": 0}}, 400, "invalid_request", "lora.alpha"),
+        ({"lora": {"alpha": 1e308}}, 400, "invalid_request", "lora.alpha"),
+        ({"lora": {"alpha": 4097}}, 400, "invalid_request", "lora.alpha"),
         ({"lora": {"dropout": 1}}, 400, "invalid_request", "lora.dropout"),
         ({"lora": {"target_modules": []}}, 400, "invalid_request", "lora.target_modules"),
         ({"lora": {"target_modules": [1]}}, 400, "invalid_request", "lora.target_modules[0]"),

@@ -6,24 +6,34 @@ a stand-in `train` is used where only the runner's own handling is under test.
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from botocore.exceptions import EndpointConnectionError
+from fastapi.testclient import TestClient
+from safetensors.torch import load_file
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 import worker.job_runner
 from app.db import now, session_scope
-from app.jobs.keys import adapter_key
+from app.jobs.keys import adapter_key, checkpoint_key
 from app.jobs.lifecycle import JobStatus
 from app.jobs.models import Job, JobEvent
+from app.main import create_app
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
 from worker.archive import unpack
+from worker.engine import trainer
+from worker.engine.memory import GiB, host_available_bytes
 from worker.engine.spec import TrainHooks, TrainingStopped, TrainResult, TrainSpec
 from worker.engine.trainer import train as engine_train
 from worker.job_runner import run_job
@@ -360,3 +370,145 @@ def test_the_adapter_upload_waits_out_a_storage_outage_up_to_the_retry_limit(
         assert not storage.exists(adapter_key(job_id))  # nothing half-published
     else:
         assert job.adapter_key == adapter_key(job_id) and storage.exists(job.adapter_key)
+
+
+# One step of this job on mamba-tiny keeps over 100 GiB of scan states: far beyond the test budgets.
+HUGE_STEP = {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 65536}
+
+
+def long_text(tokens: int) -> bytes:
+    """Text examples with at least `tokens` tokens of the byte tokenizer, so batches are full."""
+    line = json.dumps({"text": "the old man carries the yellow ball. " * 25}).encode() + b"\n"
+    return line * (tokens // 900 + 1)
+
+
+def assert_refused_for_memory(settings: Settings, job_id: str) -> dict:
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.FAILED, job.error
+    assert job.error["code"] == "insufficient_memory", job.error
+    assert job.current_step == 0 and job.attempts == 1  # it never trained a step
+    for field in ("hyperparameters.batch_size", "hyperparameters.max_seq_len", "precision bf16",
+                  "hyperparameters.activation_recompute"):  # fmt: skip
+        assert field in job.error["message"], job.error["message"]
+    with session_scope(settings.database_url) as session:  # a lost lease would not retry it either
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
+    reap(settings=settings, enqueue=lambda **_: None)
+    assert job_row(settings, job_id).status == JobStatus.FAILED
+    return job.error
+
+
+def test_a_job_whose_step_exceeds_the_memory_budget_fails_at_once_and_a_smaller_one_trains(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    budgeted = settings.model_copy(update={"worker_memory_bytes": 2 * 1024**3})
+    huge = make_job(budgeted, storage, train_content=long_text(4 * 65536), hyperparameters=HUGE_STEP)
+    small = make_job(budgeted, storage)
+
+    started = time.monotonic()
+    run_job(settings=budgeted, job_id=huge)
+    assert time.monotonic() - started < 60
+
+    error = assert_refused_for_memory(budgeted, huge)
+    assert "batch_size 4 x max_seq_len 65536, fp32" in error["message"]
+    assert "this worker has 2.0 GiB of RAM" in error["message"]
+    run_job(settings=budgeted, job_id=small)
+    assert job_row(budgeted, small).status == JobStatus.SUCCEEDED
+
+
+def test_a_job_beyond_this_hosts_memory_fails_at_once_without_a_budget_setting(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    if host_available_bytes() > 150 * GiB:
+        pytest.skip("this host has room for the step")
+    job_id = make_job(settings, storage, train_content=long_text(4 * 65536), hyperparameters=HUGE_STEP)
+
+    run_job(settings=settings, job_id=job_id)
+
+    assert_refused_for_memory(settings, job_id)
+
+
+def test_running_out_of_memory_mid_training_fails_the_job_with_insufficient_memory(
+    settings: Settings, storage: ObjectStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_loss, steps = trainer.next_token_loss, []
+
+    def loss_then_out_of_memory(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "next_token_loss", loss_then_out_of_memory)
+    job_id = make_job(settings, storage)
+
+    run_job(settings=settings, job_id=job_id)
+
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.FAILED and job.error["code"] == "insufficient_memory", job.error
+    assert "Tried to allocate 20.00 GiB" in job.error["message"]
+    assert "hyperparameters.batch_size" in job.error["message"]
+
+
+HOG = """
+import sys
+from app.settings import Settings
+from worker.job_runner import run_job
+
+def hog(spec, hooks):
+    # Stands in for a step that needs more than its estimate: memory grows until something stops it.
+    held = []
+    for _ in range(200):
+        held.append(bytearray(16 * 1024**2))  # zero-filled: every page is touched
+        __import__("time").sleep(0.01)
+    raise SystemExit("the watchdog never fired")
+
+run_job(settings=Settings(), job_id=sys.argv[1], train=hog)
+"""
+
+
+def test_a_worker_outgrowing_its_memory_budget_fails_the_job_itself_instead_of_being_oom_killed(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    job_id = make_job(settings, storage)
+    env = {**os.environ, "MAMBAFT_DATA_DIR": str(settings.data_dir), "MAMBAFT_MODELS_DIR": str(settings.models_dir),
+           "MAMBAFT_WORKER_MEMORY_BYTES": str(512 * 1024**2)}  # fmt: skip
+
+    worker = subprocess.run([sys.executable, "-c", HOG, job_id], env=env, capture_output=True, timeout=120, check=False)
+
+    assert worker.returncode == -signal.SIGKILL, worker.stderr.decode()[-2000:]
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.FAILED, job.error
+    assert job.error["code"] == "insufficient_memory"
+    assert "past the 0.5 GiB it has for a job" in job.error["message"], job.error["message"]
+    with session_scope(settings.database_url) as session:  # the reaper leaves it failed: no retry
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
+    assert reap(settings=settings, enqueue=lambda **_: None) == []
+    assert job_row(settings, job_id).status == JobStatus.FAILED and job_row(settings, job_id).attempts == 1
+
+
+def test_a_diverging_job_fails_with_training_diverged_and_publishes_nothing(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    # Full fine-tuning at learning rate 1 in fp16: after the first step every forward overflows (loss nan).
+    job_id = make_job(
+        settings, storage, owner="local", lora=None, precision="fp16",
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate": 1.0, "max_seq_len": 64},
+    )  # fmt: skip
+
+    run_job(settings=settings, job_id=job_id)
+
+    job = job_row(settings, job_id)
+    assert job.status == JobStatus.FAILED and job.error["code"] == "training_diverged", job.error
+    assert "not finite for 3 steps in a row" in job.error["message"]
+    assert job.adapter_key is None and job.current_step < job.total_steps
+    api = TestClient(create_app(settings.model_copy(update={"auth_disabled": True})))
+    download = api.get(f"/v1/fine_tuning/jobs/{job_id}/adapter")
+    assert (download.status_code, download.json()["error"]["code"]) == (409, "adapter_not_ready")
+    checkpoints = api.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    assert checkpoints  # what the job learned before it diverged is kept, and it is finite
+    archive = settings.data_dir / "checkpoint.tar.gz"
+    for checkpoint in checkpoints:
+        storage.get_file(checkpoint_key(job_id, checkpoint["step_number"]), archive)
+        folder = unpack(archive, settings.data_dir / f"ckpt-{checkpoint['step_number']}")
+        weights = load_file(str(folder / "trainable.safetensors"))
+        assert all(bool(tensor.isfinite().all()) for tensor in weights.values())

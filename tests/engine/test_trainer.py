@@ -14,7 +14,7 @@ from worker.engine import precision as precision_module
 from worker.engine.loading import load_base
 from worker.engine.lora_fold import attach_lora, load_adapter
 from worker.engine.precision import PrecisionPolicy
-from worker.engine.spec import LoraSpec, Progress, TrainHooks, TrainSpec
+from worker.engine.spec import LoraSpec, Progress, TrainHooks, TrainingDiverged, TrainSpec
 from worker.engine.trainer import train
 
 LORA = LoraSpec(r=8, alpha=16.0, target_modules=("in_proj", "out_proj"))
@@ -84,6 +84,48 @@ def test_fp16_overflow_step_is_skipped_counted_and_training_recovers(
     assert result.metrics["skipped_steps"] == calls.count(False) >= 1
     assert progress[2].skipped_steps == progress[-1].skipped_steps == calls.count(False)
     assert_learned(result.metrics)
+
+
+def plant_gradients(monkeypatch, value: float, at_calls: range) -> list[bool]:
+    """Make the optimizer steps numbered `at_calls` (0-based) see gradients of `value`; returns what each
+    step reported (False: skipped by the fp16 loss scaler)."""
+    real_step = PrecisionPolicy.step
+    applied: list[bool] = []
+
+    def step(self, optimizer):
+        if len(applied) in at_calls:
+            next(p for g in optimizer.param_groups for p in g["params"]).grad.fill_(value)
+        applied.append(real_step(self, optimizer))
+        return applied[-1]
+
+    monkeypatch.setattr(precision_module.PrecisionPolicy, "step", step)
+    return applied
+
+
+def test_a_nan_gradient_fails_the_run_after_3_steps_and_keeps_the_last_finite_checkpoint(
+    tiny_mamba, demo_train, demo_valid, tmp_path, monkeypatch
+):
+    plant_gradients(monkeypatch, float("nan"), range(2, 3))  # step 3's update makes every weight nan
+    messages: list[str] = []
+    spec = make_spec(tiny_mamba, demo_train, demo_valid, tmp_path, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match=r"not finite for 3 steps in a row \(steps 3-5"):
+        train(spec, TrainHooks(on_message=messages.append))
+    assert "No checkpoint at step 3: the weights are not finite" in messages
+    kept = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["step-000002"]
+    weights = load_file(str(tmp_path / "checkpoints" / "step-000002" / "trainable.safetensors"))
+    assert all(bool(tensor.isfinite().all()) for tensor in weights.values())
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_fp16_steps_skipped_by_the_loss_scaler_are_not_divergence(
+    tiny_mamba, demo_train, demo_valid, tmp_path, monkeypatch
+):
+    applied = plant_gradients(monkeypatch, float("inf"), range(2, 7))  # 5 overflowing steps in a row
+    result = train(make_spec(tiny_mamba, demo_train, demo_valid, tmp_path, precision="fp16"))
+    assert applied[2:7] == [False] * 5 and result.metrics["skipped_steps"] == applied.count(False)
+    adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert all(bool(tensor.isfinite().all()) for tensor in adapter.values())
 
 
 def test_full_fine_tuning_lowers_loss_and_saves_a_loadable_model(tiny_mamba, demo_train, demo_valid, tmp_path):

@@ -28,6 +28,10 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def all_finite(params: dict[str, nn.Parameter]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params.values())
+
+
 def _optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}

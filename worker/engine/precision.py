@@ -29,6 +29,8 @@ class PrecisionPolicy:
         self.precision = precision
         self.device = device
         self.skipped_steps = 0
+        # The last step's gradient norm before clipping (a device tensor: reading it waits for the step).
+        self.grad_norm: torch.Tensor | None = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def prepare(self, model: nn.Module) -> None:
@@ -52,7 +54,7 @@ class PrecisionPolicy:
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Clip and apply the gradients; False when fp16 overflow made the scaler skip the step."""
         self.scaler.unscale_(optimizer)  # no-op when disabled; clipping must see true gradients
-        torch.nn.utils.clip_grad_norm_(list(_params(optimizer)), MAX_GRAD_NORM)
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(list(_params(optimizer)), MAX_GRAD_NORM)
         if not self.scaler.is_enabled():
             optimizer.step()
             return True

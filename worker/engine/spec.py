@@ -52,6 +52,9 @@ class TrainSpec:
     cuda_graphs: bool = True
     # Memory-lean mode: recompute each layer in backward instead of keeping its activations.
     activation_recompute: bool = False
+    # Bytes a training step may use on the device (GPU memory, or RAM on the CPU); a job whose estimated
+    # step needs more fails before training. None: a share of what the device has free (memory.py).
+    memory_budget_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,21 @@ class TrainingStopped(Exception):
         super().__init__(f"training stopped at step {step}")
         self.step = step
         self.checkpoint = checkpoint
+
+
+class EngineFailure(Exception):
+    """A job the engine refuses or gives up on for a reason of its own; `code` is what the client sees."""
+
+    code = "training_failed"
+
+
+class InsufficientMemory(EngineFailure):
+    """One training step needs more memory than the device has for it (estimated, or it ran out)."""
+
+    code = "insufficient_memory"
+
+
+class TrainingDiverged(EngineFailure):
+    """The loss or the gradients stopped being finite."""
+
+    code = "training_diverged"

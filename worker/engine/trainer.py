@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from worker.engine.checkpoint import (
+    all_finite,
     load_checkpoint,
     save_checkpoint,
     trainable_parameters,
@@ -30,13 +31,16 @@ from worker.engine.data import (
     next_position,
     steps_per_epoch,
 )
+from worker.engine.divergence import DivergenceCheck
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
 from worker.engine.loss import next_token_loss
-from worker.engine.mamba_forward import set_activation_recompute
+from worker.engine.mamba_forward import fused_kernels_available, set_activation_recompute
+from worker.engine.memory import LOWER, ModelSize, StepShape, check_fits, device_budget, is_out_of_memory
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.sparse_mamba import graph_capturable
 from worker.engine.spec import (
+    InsufficientMemory,
     Progress,
     TrainHooks,
     TrainingStopped,
@@ -85,11 +89,24 @@ def _prune_checkpoints(keep: Path) -> None:
 
 
 def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
-    hooks = hooks or TrainHooks()  # a fresh one per call: its callables are not shared state
+    """Raises InsufficientMemory when a step would not fit the device (before training) or an
+    allocation failed, TrainingDiverged when the loss stopped being finite, TrainingStopped on a stop."""
+    try:
+        return _train(spec, hooks or TrainHooks())  # a fresh one per call: its callables are not shared state
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        first_line = str(error).splitlines()[0][:300]
+        raise InsufficientMemory(f"the worker ran out of memory during training ({first_line}); {LOWER}") from None
+
+
+def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
     # --- setup -------------------------------------------------------------------------------------
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     device = pick_device(spec.device)
+    # Measured before the model is loaded: the estimate below counts the weights too.
+    memory_budget = spec.memory_budget_bytes or device_budget(device)
     if device.type == "cuda":  # report this job's peak, not the worker process's
         torch.cuda.reset_peak_memory_stats(device)
     model, tokenizer, family = load_base(spec.model, device=device)
@@ -102,6 +119,11 @@ def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
     optimizer = torch.optim.AdamW(params.values(), lr=spec.learning_rate, weight_decay=0.0)
     train_blocks = load_blocks(spec.train_path, tokenizer, spec.max_seq_len)
     valid_blocks = load_blocks(spec.validation_path, tokenizer, spec.max_seq_len) if spec.validation_path else None
+    # Refuse a step that cannot fit before spending anything on it; a small file makes smaller batches.
+    shape = StepShape(min(spec.batch_size, len(train_blocks.inputs)), spec.max_seq_len, spec.precision,
+                      spec.activation_recompute)  # fmt: skip
+    fused = device.type == "cuda" and fused_kernels_available()
+    check_fits(ModelSize.of(model, family=family, fused=fused), shape, memory_budget, device)
     per_epoch = steps_per_epoch(train_blocks, spec.batch_size)
     total_steps = per_epoch * spec.n_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec.warmup_steps, total_steps))
@@ -121,7 +143,13 @@ def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
         state["base_validation_loss"] = evaluate(model, valid_blocks, spec.batch_size, precision)
         hooks.on_message(f"base validation loss {state['base_validation_loss']:.4f}")
 
-    def checkpoint(position: DataPosition) -> Path:
+    last_checkpoint: Path | None = None
+
+    def checkpoint(position: DataPosition) -> Path | None:
+        """Write, upload and return a checkpoint; with non-finite weights, keep the last one instead."""
+        if not all_finite(params):
+            hooks.on_message(f"No checkpoint at step {step}: the weights are not finite")
+            return last_checkpoint
         folder = save_checkpoint(
             checkpoints / f"step-{step:06d}", model=model, optimizer=optimizer, scheduler=scheduler,
             precision=precision, step=step, position=position, metrics=state,
@@ -136,7 +164,7 @@ def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
         lambda inputs, targets: next_token_loss(model, inputs, targets), precision,
         use_graphs=spec.cuda_graphs and device.type == "cuda" and graph_capturable(model),
     )
-    last_checkpoint = None
+    divergence = DivergenceCheck(loss_scaling=precision.scaler.is_enabled())
     for position, inputs, targets, n_tokens in batches(
         train_blocks, spec.batch_size, spec.n_epochs, spec.seed, start=start
     ):
@@ -152,7 +180,9 @@ def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
         forward_backward.zero_grad(optimizer)
         scheduler.step()
         step += 1
-        state["losses"] = (state["losses"] + [loss.item()])[-LOSS_WINDOW:]  # .item() waits for the GPU
+        # One read of both: the loss is needed for progress anyway, so the divergence check costs no sync.
+        loss_value, grad_norm = torch.stack([loss.float(), precision.grad_norm.float()]).tolist()
+        state["losses"] = (state["losses"] + [loss_value])[-LOSS_WINDOW:]
         state["trained_tokens"] += n_tokens
         state["train_seconds"] += time.perf_counter() - t0  # excludes checkpoints and hooks
 
@@ -163,6 +193,7 @@ def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
             eta_seconds=seconds_per_step * (total_steps - step), trained_tokens=state["trained_tokens"],
             skipped_steps=precision.skipped_steps, peak_memory_bytes=peak_memory(device),
         ))  # fmt: skip
+        divergence.observe(step, loss_value, grad_norm)
         if spec.checkpoint_every > 0 and step % spec.checkpoint_every == 0 and step < total_steps:
             last_checkpoint = checkpoint(next_position(position, per_epoch))
 

@@ -1,0 +1,233 @@
+"""How much memory one training step needs, how much the device has for it, and the check between them.
+
+The estimate of a step's peak, in bytes, is the sum of:
+
+    weights      every parameter at its stored dtype (frozen ones in bf16 under bf16)
+    gradients    4 bytes per trainable parameter
+    optimizer    AdamW's two moments: 8 bytes per trainable parameter
+    casts        under bf16/fp16 autocast, a 2-byte copy of every parameter (cached for the step)
+    workspace    WORKSPACE_BYTES: the allocator's caches, tokenized data, the first use of each kernel
+    activations  tokens x (n_layer x kept + backward): `kept` is what backward keeps of one layer per
+                 token, `backward` what one layer's backward holds on top while it runs. In memory-lean
+                 mode a layer keeps only its input and residual (d_model x (4 + activation bytes)), and
+                 one layer at a time is recomputed: tokens x (n_layer x that + kept + backward).
+                 Plus the LM-head loss chunk: min(tokens, CHUNK_TOKENS) x vocab x 14 bytes (loss.py).
+
+times a safety factor (SAFETY, FUSED_SAFETY). `kept` and `backward` per token, by the scan that runs:
+
+    fused CUDA kernels   FUSED_CHANNEL_ELEMENTS x d_inner elements of the activation dtype, each
+    torch scans          SCAN_COPIES[family] x d_inner x d_state x 4 bytes: the chunked scans keep fp32
+                         states of every token, (b, d_inner, l, d_state), several times over; SC/SO
+                         models scan complex states, twice that (the CPU, and CUDA without mamba-ssm)
+
+Calibration. FUSED_CHANNEL_ELEMENTS: bench/RESULTS.md's largest batches of the Mamba 1.4B shape on an
+H100 (bf16: 75.5 GiB at 40 x 1024 tokens, 4.7 elements of d_inner per token and layer once the weights
+and the loss chunk are taken off; fp32: 74.0 GiB at 21 x 1024, 4.2). With FUSED_SAFETY the estimate is
+1.21x and 1.29x those peaks, so an 80 GB card admits batches up to 32 and 16 of the 40 and 21 that ran.
+SCAN_COPIES: the peak RSS growth of real one-step CPU jobs (`python bench/memory.py`, table in
+bench/RESULTS.md; mamba-tiny and mamba2-tiny, fp32 and bf16, memory-lean on and off, 2,048 and 4,096
+tokens): per token, mamba-tiny grew 424 KiB (lean: 250 KiB), mamba2-tiny 124 KiB (lean: 61 KiB);
+solving n_layer x kept + backward and kept + backward for the two gives the copies below, rounded up.
+Without SAFETY every estimate is 1.06x to 1.7x the measured growth; SAFETY adds 25% on top.
+"""
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from worker.engine.loss import CHUNK_TOKENS
+from worker.engine.spec import InsufficientMemory, Precision
+
+GiB = 1024**3
+# Over the estimate: more where it was fitted on the tiny models (torch scans) than on the 1.4B shape itself.
+SAFETY = 1.25
+FUSED_SAFETY = 1.1
+# Share of the free memory a job may use: the rest is for the allocator's slack and, on the host, for
+# other processes and the OS (a GPU is its worker's alone).
+BUDGET_FRACTION = {"cpu": 0.8, "cuda": 0.95}
+WORKSPACE_BYTES = 256 * 1024**2
+FUSED_CHANNEL_ELEMENTS = 5
+# (kept, backward) copies of a layer's fp32 states per token.
+SCAN_COPIES = {"mamba": (4, 12), "mamba2": (1.5, 3)}
+LOSS_CHUNK_BYTES_PER_LOGIT = 14
+# What a client can change to need less memory, said by every memory failure.
+LOWER = (
+    "lower hyperparameters.batch_size or hyperparameters.max_seq_len, or use precision bf16 or "
+    "hyperparameters.activation_recompute true"
+)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What a step's memory depends on besides the model: the job's knobs a client can lower."""
+
+    batch_size: int
+    seq_len: int
+    precision: Precision
+    activation_recompute: bool
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The model's parameters and layer shapes, as the estimate reads them."""
+
+    weight_bytes: int
+    parameters: int
+    trainable: int
+    n_layer: int
+    d_model: int
+    d_inner: int
+    d_state: int
+    vocab: int
+    family: str
+    complex_states: bool  # SC/SO: the scan's states are complex
+    # The fused CUDA kernels run; else a torch scan (SCAN_COPIES of `family`).
+    fused: bool
+
+    @classmethod
+    def of(cls, model: nn.Module, *, family: str, fused: bool) -> "ModelSize":
+        config = model.config
+        params = list(model.parameters())
+        d_inner = config.num_heads * config.head_dim if family == "mamba2" else config.intermediate_size
+        complex_states = (getattr(config, "ssm_structure", None) or "diagonal") != "diagonal"
+        return cls(
+            weight_bytes=sum(p.numel() * p.element_size() for p in params),
+            parameters=sum(p.numel() for p in params),
+            trainable=sum(p.numel() for p in params if p.requires_grad),
+            n_layer=config.num_hidden_layers, d_model=config.hidden_size, d_inner=d_inner,
+            d_state=config.state_size, vocab=config.vocab_size, family=family, complex_states=complex_states,
+            fused=fused and not complex_states,  # SC/SO models scan in torch on the GPU too
+        )  # fmt: skip
+
+
+def layer_bytes(size: ModelSize, precision: Precision) -> tuple[float, float]:
+    """(kept, backward): bytes one layer keeps for backward per token, and holds while its backward runs."""
+    if size.fused:
+        per_token = FUSED_CHANNEL_ELEMENTS * size.d_inner * _activation_bytes(precision)
+        return per_token, per_token
+    states = size.d_inner * size.d_state * (8 if size.complex_states else 4)
+    kept, backward = SCAN_COPIES[size.family]
+    return kept * states, backward * states
+
+
+def activation_bytes(size: ModelSize, shape: StepShape) -> int:
+    kept, backward = layer_bytes(size, shape.precision)
+    if shape.activation_recompute:
+        per_token = size.n_layer * size.d_model * (4 + _activation_bytes(shape.precision)) + kept + backward
+    else:
+        per_token = size.n_layer * kept + backward
+    loss_chunk = min(shape.tokens, CHUNK_TOKENS) * size.vocab * LOSS_CHUNK_BYTES_PER_LOGIT
+    return math.ceil(shape.tokens * per_token) + loss_chunk
+
+
+def step_bytes(size: ModelSize, shape: StepShape) -> int:
+    """The estimated peak of one training step, its safety factor included."""
+    casts = 2 * size.parameters if shape.precision != "fp32" else 0
+    state = size.weight_bytes + 12 * size.trainable + casts + WORKSPACE_BYTES
+    return math.ceil((FUSED_SAFETY if size.fused else SAFETY) * (state + activation_bytes(size, shape)))
+
+
+def _activation_bytes(precision: Precision) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def check_fits(size: ModelSize, shape: StepShape, budget: int, device: torch.device) -> None:
+    """Raise InsufficientMemory, naming what to lower, when one step would need more than `budget`."""
+    need = step_bytes(size, shape)
+    if need <= budget:
+        return
+    fits = [f"{hint} fits" for hint in _smaller_shapes(size, shape, budget)]
+    where = "GPU memory" if device.type == "cuda" else "RAM"
+    raise InsufficientMemory(
+        f"one training step needs an estimated {need / GiB:.1f} GiB (batch_size {shape.batch_size} x "
+        f"max_seq_len {shape.seq_len}, {shape.precision}, activation_recompute "
+        f"{str(shape.activation_recompute).lower()}) but this worker has {budget / GiB:.1f} GiB of {where} "
+        f"for it; {LOWER}" + (f" ({'; '.join(fits)})" if fits else "")
+    )
+
+
+def _smaller_shapes(size: ModelSize, shape: StepShape, budget: int) -> Iterator[str]:
+    """For each knob on its own, the others unchanged, a value that fits: the largest batch_size, the
+    largest halving of max_seq_len, recompute on, bf16 for fp32."""
+    if batch := next((b for b in range(shape.batch_size - 1, 0, -1)
+                      if step_bytes(size, replace(shape, batch_size=b)) <= budget), None):  # fmt: skip
+        yield f"batch_size {batch}"
+    seq_len = shape.seq_len // 2
+    while seq_len >= 16 and step_bytes(size, replace(shape, seq_len=seq_len)) > budget:
+        seq_len //= 2
+    if seq_len >= 16:
+        yield f"max_seq_len {seq_len}"
+    if not shape.activation_recompute and step_bytes(size, replace(shape, activation_recompute=True)) <= budget:
+        yield "activation_recompute true"
+    if shape.precision == "fp32" and step_bytes(size, replace(shape, precision="bf16")) <= budget:
+        yield "precision bf16"
+
+
+def device_budget(device: torch.device) -> int:
+    """Bytes a job may use on `device`: BUDGET_FRACTION of its free GPU memory, or of the host's RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # Blocks the caching allocator kept from an earlier job are free to this one, not to the driver.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + cached) * BUDGET_FRACTION["cuda"])
+    return int(host_available_bytes() * BUDGET_FRACTION["cpu"])
+
+
+def host_available_bytes() -> int:
+    """RAM this process can still take: the kernel's MemAvailable, or less where a cgroup limit is closer.
+
+    Page cache the cgroup would reclaim (inactive files) does not count as used."""
+    available = _meminfo()["MemAvailable"]
+    for limit_file, usage_file, stat_file, inactive in CGROUP_FILES:
+        limit, usage = _read_int(CGROUP_ROOT / limit_file), _read_int(CGROUP_ROOT / usage_file)
+        if limit is None or usage is None or limit >= available + usage:  # "max", or no closer than the host
+            continue
+        reclaimable = _stat(CGROUP_ROOT / stat_file).get(inactive, 0)
+        available = min(available, max(0, limit - usage + reclaimable))
+    return available
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# (limit, usage, stats, the stats' reclaimable page cache) of cgroup v2, then v1.
+CGROUP_FILES = (
+    ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+)
+
+
+def _meminfo() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0]) * 1024  # kB
+    return fields
+
+
+def _stat(path: Path) -> dict[str, int]:
+    try:
+        return {key: int(value) for key, value in (line.split() for line in path.read_text().splitlines())}
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):  # absent, or "max" (no limit)
+        return None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed: torch's OutOfMemoryError (CUDA), MemoryError, or the CPU allocator's
+    RuntimeError, which torch raises without a type of its own."""
+    return isinstance(error, torch.OutOfMemoryError | MemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
