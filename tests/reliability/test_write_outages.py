@@ -75,7 +75,9 @@ def assert_unavailable(response: httpx.Response, code: str) -> None:
 def assert_not_ready_because_of(api: ApiServer, dependency: str) -> None:
     ready = httpx.get(f"{api.url}/readyz", timeout=30)
     assert ready.status_code == 503 and int(ready.headers["retry-after"]) > 0
-    down = {name for name, state in ready.json()["checks"].items() if state != "ok"}
+    checks = ready.json()["checks"]
+    # No worker runs beside this API: `workers` reports that, and never makes /readyz 503 by itself.
+    down = {name for name, state in checks.items() if state != "ok" and name != "workers"}
     assert down == {dependency}, ready.json()
 
 
