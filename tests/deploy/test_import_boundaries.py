@@ -96,3 +96,10 @@ def test_the_graph_sees_imports_inside_functions() -> None:
 def test_no_module_of_app_or_worker_imports_itself_through_others() -> None:
     circle = find_circle(import_graph())
     assert circle is None, " -> ".join(circle)
+
+
+def test_the_engine_takes_nothing_from_app_but_the_jsonl_reader() -> None:
+    graph = import_graph()
+    engine = [module for module in graph if module.startswith("worker.engine")]
+    from_app = {imported for module in engine for imported in graph[module] if imported.startswith("app.")}
+    assert from_app == {"app.files.jsonl"}
