@@ -41,12 +41,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY . .
-# Editable, so /app keeps the checkout's layout (migrations/ beside app/) as `mambaft migrate` expects.
-RUN pip install --no-deps -e .
+# A plain install, as on any API host: the migrations and the evaluation tasks ship inside the package.
+RUN pip install --no-deps .
 
 FROM slim-base AS api
 COPY --from=api-build /opt/venv /opt/venv
-COPY --from=api-build /app /app
 USER mambaft
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

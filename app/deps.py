@@ -5,7 +5,7 @@ on the event loop (`read`)."""
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from app import queue
 from app.auth import service as auth_service
 from app.db import REQUEST_SESSIONS, get_read_engine, session_scope
 from app.limits import RateLimiter
@@ -127,22 +128,11 @@ def get_storage(request: Request) -> ObjectStorage:
 StorageDep = Annotated[ObjectStorage, Depends(get_storage)]
 
 
-class Broker(Protocol):
-    """What the API needs from the queue; `app.queue` satisfies it, tests pass a fake."""
-
-    def enqueue_job(self, *, settings: Settings, job_id: str) -> None: ...
-
-    def ping_broker(self, *, settings: Settings) -> None: ...
-
-
-async def get_broker() -> Broker:
-    # Imported on first use: app.queue loads Celery, which requests that never touch the queue don't need.
-    from app import queue
-
+async def get_broker() -> queue.Broker:
     return queue
 
 
-BrokerDep = Annotated[Broker, Depends(get_broker)]
+BrokerDep = Annotated[queue.Broker, Depends(get_broker)]
 
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 

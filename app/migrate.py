@@ -6,13 +6,13 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+from app.resources import shipped_path
 
 
 def alembic_config(database_url: str) -> Config:
-    """The project's Alembic config aimed at `database_url`, leaving the caller's logging alone."""
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    """The project's Alembic config (app/alembic.ini) aimed at `database_url`, leaving the caller's
+    logging alone."""
+    config = Config(str(shipped_path("alembic.ini")))
     config.attributes["database_url"] = database_url
     config.attributes["configure_logging"] = False
     return config

@@ -2,6 +2,7 @@
 
 import time
 from pathlib import Path
+from typing import Protocol
 
 from celery import Celery
 from kombu.exceptions import KombuError
@@ -11,6 +12,14 @@ from app.settings import Settings
 
 # A broker that is down fails the send after about this long instead of blocking the request.
 SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+
+
+class Broker(Protocol):
+    """What the API needs from the queue; this module satisfies it, tests pass a fake."""
+
+    def enqueue_job(self, *, settings: Settings, job_id: str) -> None: ...
+
+    def ping_broker(self, *, settings: Settings) -> None: ...
 
 
 class BrokerUnavailable(Exception):

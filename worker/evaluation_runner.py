@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.evaluations.lifecycle import transition
 from app.evaluations.models import Evaluation, EvaluationStatus
-from app.evaluations.service import shipped_task
+from app.evaluations.shipped_tasks import shipped_task
 from app.files.models import File
 from app.jobs.models import Job
 from app.settings import Settings

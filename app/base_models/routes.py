@@ -11,6 +11,7 @@ from app.base_models.schemas import ModelCreate
 from app.base_models.service import BaseModelInfo
 from app.deps import DbDep, Tx
 from app.pagination import ListObject
+from app.queue import enqueue_model_creation
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -45,9 +46,7 @@ class ModelObject(BaseModel):
 
 
 async def get_model_enqueuer() -> Callable[..., None]:
-    # Imported on first use, as app.deps.get_broker does: app.queue loads Celery.
-    from app.queue import enqueue_model_creation
-
+    # A dependency, so tests can override it.
     return enqueue_model_creation
 
 

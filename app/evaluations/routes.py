@@ -12,15 +12,14 @@ from app.evaluations.models import Evaluation
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
 from app.jobs.routes import owned_job
 from app.pagination import AfterQuery, LimitQuery, ListObject
+from app.queue import enqueue_evaluation
 from app.storage import ObjectStorage
 
 router = APIRouter(tags=["evaluations"])
 
 
 async def get_enqueue() -> service.Enqueue:
-    # Imported on first use, like app.deps.get_broker: app.queue loads Celery. Tests override this.
-    from app.queue import enqueue_evaluation
-
+    # A dependency, so tests can override it.
     return enqueue_evaluation
 
 

@@ -16,7 +16,7 @@ class EvaluationCreate(BaseModel):
     # Exactly one: a base model id, or a succeeded fine-tuning job (its base model plus its adapter).
     model: LongName | None = None
     fine_tuning_job: Name | None = None
-    # Names of shipped tasks (demo/tasks/<name>.jsonl, e.g. "lookup") or ids of the caller's uploaded files.
+    # Names of shipped tasks (app/evaluations/tasks/<name>.jsonl, e.g. "lookup") or ids of the caller's uploaded files.
     tasks: list[Name] = Field(default_factory=list, max_length=16)
     shots: list[int] = Field(default_factory=lambda: [0, 1, 3], min_length=1, max_length=8)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"

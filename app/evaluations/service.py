@@ -2,7 +2,6 @@
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +12,7 @@ from app.downloads import open_object
 from app.errors import ApiError, broker_unavailable, conflict, not_found
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
+from app.evaluations.shipped_tasks import shipped_task
 from app.files.service import get_file
 from app.jobs.keys import stability_key
 from app.jobs.lifecycle import JobStatus
@@ -22,17 +22,7 @@ from app.pagination import Page, newest_first
 from app.settings import Settings
 from app.storage import ObjectNotFound, ObjectStorage
 
-SHIPPED_TASKS = Path(__file__).resolve().parents[2] / "demo" / "tasks"
-TRAIN_SUFFIX = "_train"  # demo/tasks/<task>_train.jsonl is fine-tuning data, not a task
-
 Enqueue = Callable[..., None]  # app.queue.enqueue_evaluation(settings=, evaluation_id=)
-
-
-def shipped_task(name: str) -> Path | None:
-    """The file of a shipped multiple-choice task, or None."""
-    path = SHIPPED_TASKS / f"{name}.jsonl"
-    ok = name.isidentifier() and not name.endswith(TRAIN_SUFFIX) and path.is_file()
-    return path if ok else None
 
 
 def create_evaluation(

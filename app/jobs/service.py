@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from app.base_models.service import check_variant, get_model, require_ready
 from app.db import new_id, now
-from app.deps import Broker
 from app.downloads import open_object
 from app.errors import broker_unavailable, conflict, invalid_request, not_found
 from app.files.service import FINE_TUNE, get_file
@@ -22,6 +21,7 @@ from app.jobs.models import Checkpoint, Job
 from app.jobs.schemas import JobCreate, JobObject
 from app.limits import check_job_slots
 from app.pagination import Page, newest_first
+from app.queue import Broker
 from app.settings import Settings
 from app.storage import ObjectStorage
 

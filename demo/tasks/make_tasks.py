@@ -2,10 +2,10 @@
 
 Deterministic and stdlib-only: `python demo/tasks/make_tasks.py` rewrites byte-identical files.
 
-Each task is `<name>.jsonl` with lines `{"context", "choices", "answer"}` (scored like
-lm-evaluation-harness: the log-likelihood of " " + choice after the context) and `<name>_train.jsonl`
-with `{"prompt": context, "completion": " " + correct choice}`, so fine-tuning on the train file teaches
-exactly what the task measures:
+Each task is `app/evaluations/tasks/<name>.jsonl` with lines `{"context", "choices", "answer"}` (scored
+like lm-evaluation-harness: the log-likelihood of " " + choice after the context) and
+`demo/tasks/<name>_train.jsonl` with `{"prompt": context, "completion": " " + correct choice}`, so
+fine-tuning on the train file teaches exactly what the task measures:
 - lookup: a fixed table of made-up words -> colours, a closed-book "fact" task. Train and task share the
   table (it is knowledge to memorise); few-shot examples sometimes show the queried key, which an
   in-context learner can copy.
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).parent
+SHIPPED = HERE.parents[1] / "app" / "evaluations" / "tasks"  # inside the package, which serves them by name
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 COLOURS = ["red", "blue", "green", "black", "white", "pink", "gold", "gray"]
 N_CHOICES = 4
@@ -80,7 +81,7 @@ def pattern_copy(rng: random.Random) -> Example:
 
 def write_task(name: str, make: Callable[[random.Random], Example], n: int, seed: int) -> None:
     rng = random.Random(seed)
-    with open(HERE / f"{name}.jsonl", "w") as f:
+    with open(SHIPPED / f"{name}.jsonl", "w") as f:
         for _ in range(n):
             context, choices, answer = make(rng)
             f.write(json.dumps({"context": context, "choices": choices, "answer": answer}) + "\n")

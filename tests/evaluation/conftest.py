@@ -1,4 +1,4 @@
-"""Evaluation fixtures: the tiny models, one short fine-tuning run on a shipped task, the shipped tasks."""
+"""Evaluation fixtures: the tiny models, one short fine-tuning run on a shipped task, the tasks' train files."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +9,7 @@ import torch
 from worker.engine.spec import LoraSpec, TrainSpec
 from worker.engine.trainer import train
 
+# The fine-tuning file of each shipped task (the tasks themselves ship in app/evaluations/tasks/).
 TASKS = Path(__file__).resolve().parents[2] / "demo" / "tasks"
 
 

@@ -2,15 +2,16 @@
 
 from pathlib import Path
 
+from app.evaluations.shipped_tasks import shipped_task
 from worker.evaluation.model import load_for_eval
 from worker.evaluation.multiple_choice import evaluate_task, read_task
 from worker.evaluation.perplexity import file_loss
 
 
 def test_finetuning_on_lookup_raises_zero_shot_accuracy(
-    tiny_mamba: Path, lookup_adapter: Path, tasks_dir: Path
+    tiny_mamba: Path, lookup_adapter: Path
 ) -> None:
-    examples = read_task(tasks_dir / "lookup.jsonl")
+    examples = read_task(shipped_task("lookup"))
     base, tokenizer, _ = load_for_eval(str(tiny_mamba))
     tuned, _, _ = load_for_eval(str(tiny_mamba), adapter=lookup_adapter)
     before = evaluate_task(base, tokenizer, examples, [], limit=40, batch_size=40).acc[0]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.evaluations.shipped_tasks import shipped_task
 from worker.engine.tiny_model import byte_tokenizer
 from worker.evaluation.multiple_choice import (
     Example,
@@ -132,8 +133,8 @@ def test_read_task_reads_what_the_upload_would_accept(tmp_path: Path) -> None:
 def test_shipped_tasks_are_valid_and_small(tasks_dir: Path) -> None:
     total = 0
     for name in ("lookup", "arith", "pattern_copy"):
-        assert len(read_task(tasks_dir / f"{name}.jsonl")) >= 200
+        assert len(read_task(shipped_task(name))) >= 200
         train = [json.loads(line) for line in (tasks_dir / f"{name}_train.jsonl").read_text().splitlines()]
         assert all(set(r) == {"prompt", "completion"} for r in train)
-        total += (tasks_dir / f"{name}.jsonl").stat().st_size + (tasks_dir / f"{name}_train.jsonl").stat().st_size
+        total += shipped_task(name).stat().st_size + (tasks_dir / f"{name}_train.jsonl").stat().st_size
     assert total < 200_000

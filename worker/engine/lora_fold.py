@@ -4,8 +4,9 @@ The fused CUDA kernels (`mamba_inner_fn` for Mamba, `mamba_split_conv1d_scan_com
 take x_proj / dt_proj / out_proj weights as raw tensors and never call those modules, so a LoRA
 wrapper around them is silently bypassed: no gradient reaches the adapter in training mode, and
 train-mode outputs differ from eval-mode outputs. Our mixer forwards (mamba_forward.py) instead hand
-the kernel `effective_weight(module)` = W + (alpha / r) · B · A, built with autograd on every call:
-the kernel's weight gradient flows on into A and B, and every code path computes the same function.
+the kernel `effective_weight(module)` = W + (alpha / r) · B · A (lora_weights.py), built with autograd on
+every call: the kernel's weight gradient flows on into A and B, and every code path computes the same
+function.
 
 peft itself refuses `out_proj` on Mamba models for exactly that reason (peft PR #2562). With the fold
 in place the refusal no longer applies, so injection and loading lift that one guard.
@@ -13,54 +14,19 @@ in place the refusal no longer applies, so injection and loading lift that one g
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import nn
 
+from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import SSM_PARAMS, LoraSpec
 
 # Targets that a fused kernel reads as a raw weight, per `config.model_type`.
 KERNEL_READ_TARGETS = {"mamba": ("x_proj", "dt_proj", "out_proj"), "mamba2": ("out_proj",)}
 SSM_PARAMS_FILE = "ssm_params.safetensors"
-
-
-@dataclass(frozen=True)
-class LoraFactors:
-    A: Tensor  # (r, in)
-    B: Tensor  # (out, r)
-    scale: float
-    dropout: nn.Module
-
-
-def lora_factors(module: nn.Module) -> list[LoraFactors]:
-    """The active adapters of a LoRA layer; empty for a plain module or a merged / disabled adapter."""
-    if not isinstance(module, LoraLayer) or module.disable_adapters or module.merged:
-        return []
-    return [
-        LoraFactors(module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name],
-                    module.lora_dropout[name])
-        for name in module.active_adapters
-        if name in module.lora_A
-    ]
-
-
-def effective_weight(module: nn.Module) -> Tensor:
-    """The weight a fused kernel must read: W itself, or W + scale·B·A for an active LoRA layer."""
-    weight = base_layer(module).weight
-    for f in lora_factors(module):
-        # W + (scale·B)·A in one GEMM with W as the addend: no full-size scale or add pass.
-        weight = torch.addmm(weight, (f.scale * f.B).to(weight.dtype), f.A.to(weight.dtype))  # (out, in)
-    return weight
-
-
-def base_layer(module: nn.Module) -> nn.Module:
-    """The wrapped nn.Linear of a LoRA layer (for its bias), or the module itself."""
-    return module.get_base_layer() if isinstance(module, LoraLayer) else module
 
 
 @contextmanager
@@ -133,9 +99,6 @@ def load_adapter(base_model: nn.Module, folder: Path, *, is_trainable: bool = Fa
 
     Also routes the base model through our forwards: the model's own forward reads dt_proj's raw
     weight, which would silently skip that part of the adapter."""
-    # Imported here: mamba_forward builds on this module's effective_weight.
-    from worker.engine.mamba_forward import install_forwards
-
     install_forwards(base_model)
     with _kernel_read_targets_allowed(base_model):
         model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)

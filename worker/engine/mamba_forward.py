@@ -14,7 +14,6 @@ So that a plain `model(input_ids)` in eval mode does not ask for a cache, `insta
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +26,10 @@ from transformers.models.mamba2.modeling_mamba2 import (
     Mamba2Output,
 )
 
-from worker.engine.lora_fold import base_layer, effective_weight, lora_factors
+from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
+from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
 from worker.engine.scan import selective_scan_chunked, selective_scan_reference
+from worker.engine.sparse_mamba import apply_structure, route
 
 try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d wheels
     from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
@@ -39,10 +40,6 @@ except ImportError:
     mamba_split_conv1d_scan_combined = None
     rms_norm_fn = None
 
-# auto: fused kernel on CUDA when importable, else the chunked torch scan.
-# torch: chunked torch scan everywhere. reference: one Python step per token (the executable spec).
-ForwardPath = Literal["auto", "torch", "reference"]
-
 
 def fused_kernels_available() -> bool:
     return mamba_inner_fn is not None and torch.cuda.is_available()
@@ -50,9 +47,6 @@ def fused_kernels_available() -> bool:
 
 def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
     """Route every Mamba / Mamba-2 mixer of `model` through our forwards (idempotent)."""
-    # Imported here: sparse_mamba builds on this module's forwards.
-    from worker.engine.sparse_mamba import apply_structure, route
-
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
     apply_structure(model)  # SC / SO parameters for a model built from a structured config
@@ -80,7 +74,7 @@ def backbone_forward(
     products. Anything unusual (a cache, per-layer hidden states, no kernels) takes the model's own loop.
     """
     fused = path == "auto" and rms_norm_fn is not None and (input_ids if input_ids is not None else inputs_embeds).is_cuda
-    if not fused or _has_cache(kwargs) or kwargs.get("use_cache") or kwargs.get("output_hidden_states"):
+    if not fused or has_cache(kwargs) or kwargs.get("use_cache") or kwargs.get("output_hidden_states"):
         return backbone.hf_forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
     hidden = backbone.embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d_model)
     residual = None
@@ -97,24 +91,13 @@ def backbone_forward(
     return output_type(last_hidden_state=hidden)
 
 
-def _mask_padding(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """Zero padded positions so they don't feed the state (hidden: (b, l, ...), mask: (b, l))."""
-    if attention_mask is None:
-        return hidden
-    return (hidden * attention_mask[:, :, None]).to(hidden.dtype)
-
-
-def _has_cache(kwargs: dict) -> bool:
-    return kwargs.get("cache") is not None or kwargs.get("cache_params") is not None
-
-
 def mamba_mixer_forward(
     mixer: MambaMixer, hidden_states: Tensor, attention_mask: Tensor | None = None,
     *, path: ForwardPath = "auto", **kwargs,
 ) -> Tensor:
-    if _has_cache(kwargs):
+    if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
-    hidden_states = _mask_padding(hidden_states, attention_mask)
+    hidden_states = mask_padding(hidden_states, attention_mask)
     fused = path == "auto" and fused_kernels_available() and hidden_states.is_cuda
     if fused:
         xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
@@ -141,15 +124,6 @@ def mamba_mixer_forward(
     scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
-
-
-def conv_and_gate(mixer: MambaMixer, xz: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """in_proj's output (b, 2·d_inner, l) -> the scan input x (b, l, d_inner) and the gate z (b, d_inner, l)."""
-    seq_len = xz.shape[-1]
-    x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
-    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
-                 groups=mixer.intermediate_size)[..., :seq_len]
-    return _mask_padding(mixer.act(x).transpose(1, 2), attention_mask), z
 
 
 def _fused_block(block: nn.Module, hidden: Tensor, residual: Tensor | None,
@@ -198,12 +172,12 @@ def mamba2_mixer_forward(
     *, path: ForwardPath = "auto", **kwargs,
 ) -> Tensor:
     fused = path == "auto" and mamba_split_conv1d_scan_combined is not None and hidden_states.is_cuda
-    if _has_cache(kwargs) or not fused:
+    if has_cache(kwargs) or not fused:
         # Without the fused kernel the model's own forward calls in_proj and out_proj as modules,
         # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
         with _training_off_for_fused(mixer):
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
-    zxbcdt = mixer.in_proj(_mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
+    zxbcdt = mixer.in_proj(mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
     return mamba_split_conv1d_scan_combined(
         zxbcdt, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, mixer.dt_bias,
         -torch.exp(mixer.A_log.float()), D=mixer.D, chunk_size=mixer.chunk_size,

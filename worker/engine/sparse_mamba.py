@@ -34,8 +34,8 @@ from worker.engine.companion_scan import (
     init_root_parameters,
     roots,
 )
-from worker.engine.lora_fold import base_layer, effective_weight
-from worker.engine.mamba_forward import ForwardPath, _has_cache, _mask_padding, conv_and_gate
+from worker.engine.lora_weights import base_layer, effective_weight
+from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
 
 SSM_STRUCTURES = ("diagonal", "controllable", "observable")
 A_CONSTRAINTS = ("none", "stable")
@@ -155,9 +155,9 @@ def companion_mixer_forward(
     *, path: ForwardPath = "auto", **kwargs: Any,
 ) -> Tensor:
     """SC/SO mixer: like the stock torch path, with the companion scan. "reference" runs the dense one."""
-    if _has_cache(kwargs):
+    if has_cache(kwargs):
         raise NotImplementedError("generation with a cache is not implemented for SC/SO Mamba models")
-    hidden_states = _mask_padding(hidden_states, attention_mask)
+    hidden_states = mask_padding(hidden_states, attention_mask)
     xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
     x, z = conv_and_gate(mixer, xz, attention_mask)  # (b, l, d_inner), (b, d_inner, l)
     dt, P = F.linear(x, effective_weight(mixer.x_proj)).split([mixer.time_step_rank, mixer.ssm_state_size], dim=-1)

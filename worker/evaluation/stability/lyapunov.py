@@ -22,7 +22,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
 from worker.engine.companion_scan import all_roots
-from worker.engine.lora_fold import base_layer, effective_weight
+from worker.engine.lora_weights import base_layer, effective_weight
 from worker.engine.sparse_mamba import STABLE_FLOOR, is_companion, is_stable, mixer_roots
 
 

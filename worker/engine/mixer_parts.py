@@ -1,0 +1,32 @@
+"""What every mixer forward shares (Mamba, Mamba-2, Sparse Mamba): the code path it takes, when it hands
+over to the model's own cached forward, padding, and Mamba's causal convolution and gate."""
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor
+from transformers.models.mamba.modeling_mamba import MambaMixer
+
+# auto: fused kernel on CUDA when importable, else the chunked torch scan.
+# torch: chunked torch scan everywhere. reference: one Python step per token (the executable spec).
+ForwardPath = Literal["auto", "torch", "reference"]
+
+
+def has_cache(kwargs: dict) -> bool:
+    return kwargs.get("cache") is not None or kwargs.get("cache_params") is not None
+
+
+def mask_padding(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Zero padded positions so they don't feed the state (hidden: (b, l, ...), mask: (b, l))."""
+    if attention_mask is None:
+        return hidden
+    return (hidden * attention_mask[:, :, None]).to(hidden.dtype)
+
+
+def conv_and_gate(mixer: MambaMixer, xz: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """in_proj's output (b, 2·d_inner, l) -> the scan input x (b, l, d_inner) and the gate z (b, d_inner, l)."""
+    seq_len = xz.shape[-1]
+    x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
+    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
+                 groups=mixer.intermediate_size)[..., :seq_len]
+    return mask_padding(mixer.act(x).transpose(1, 2), attention_mask), z
