@@ -12,6 +12,7 @@ from app.evaluations.routes import get_enqueue
 from app.settings import Settings
 from worker.bootstrap import ensure_tiny_models
 from worker import job_stability
+from worker.engine.spec import TrainHooks, TrainResult, TrainSpec
 from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job
 
@@ -85,12 +86,16 @@ def test_a_report_that_cannot_be_made_is_answered_with_its_reason_once_the_job_s
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise ValueError("max() iterable argument is empty")
 
+    def trained(spec: TrainSpec, _hooks: TrainHooks) -> TrainResult:  # the report, not training, is under test
+        adapter = spec.output_dir / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text("{}")
+        return TrainResult(adapter_dir=adapter, trained_tokens=10, steps=1, metrics={"train_loss": 1.0})
+
     monkeypatch.setattr(job_stability, "job_stability", broken)
-    hyper = {"n_epochs": 1, "batch_size": 16, "max_seq_len": 64}
-    job_id = client.post("/v1/fine_tuning/jobs", json={
-        "model": "mamba-tiny", "training_file": train_file, "precision": "fp32", "hyperparameters": hyper,
-    }).json()["id"]  # fmt: skip
-    run_job(settings=settings, job_id=job_id)
+    body = {"model": "mamba-tiny", "training_file": train_file, "precision": "fp32"}
+    job_id = client.post("/v1/fine_tuning/jobs", json=body).json()["id"]
+    run_job(settings=settings, job_id=job_id, train=trained)
     assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "succeeded"  # the adapter is fine
 
     for suffix in ("stability", "stability.png"):
