@@ -15,6 +15,7 @@
 - `client`: `make_client("alice")`.
 """
 
+import importlib.util
 import os
 import shutil
 import uuid
@@ -37,6 +38,22 @@ from app.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get("MAMBAFT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
+
+
+def _gpu_missing() -> str | None:
+    """Why tests marked `gpu` cannot run here, or None. torch loads only when the kernels are installed."""
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return "needs the mamba-ssm CUDA kernels"
+    import torch
+
+    return None if torch.cuda.is_available() else "needs CUDA"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    reason = _gpu_missing() if gpu_tests else None
+    for item in gpu_tests if reason else []:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 def _postgres_url(name: str) -> str:
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)

@@ -4,15 +4,11 @@ diverging run (CUDA graphs on) fails with training_diverged; an ordinary run is 
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    pytest.skip("needs CUDA", allow_module_level=True)
-pytest.importorskip("mamba_ssm")
-
-from worker.engine.memory import device_budget  # noqa: E402
-from worker.engine.spec import InsufficientMemory, LoraSpec, TrainHooks, TrainingDiverged, TrainSpec  # noqa: E402
-from worker.engine.trainer import train  # noqa: E402
+from worker.engine.memory import device_budget
+from worker.engine.spec import InsufficientMemory, LoraSpec, TrainHooks, TrainingDiverged, TrainSpec
+from worker.engine.trainer import train
 
 pytestmark = pytest.mark.gpu
 DEMO = Path(__file__).resolve().parents[2] / "demo"

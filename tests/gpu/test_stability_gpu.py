@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    pytest.skip("needs CUDA", allow_module_level=True)
-pytest.importorskip("mamba_ssm")
-
-from worker.engine.spec import LoraSpec, TrainHooks, TrainSpec  # noqa: E402
-from worker.engine.trainer import train  # noqa: E402
-from worker.evaluation.stability.report import job_stability  # noqa: E402
+from worker.engine.spec import LoraSpec, TrainHooks, TrainSpec
+from worker.engine.trainer import train
+from worker.evaluation.stability.report import job_stability
 
 pytestmark = pytest.mark.gpu
 DEMO = Path(__file__).resolve().parents[2] / "demo"
