@@ -10,6 +10,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.db import session_scope
 from app.files.models import File
+from app.jobs.contract import HyperparameterSpec, LoraSpec
 from app.jobs.keys import adapter_key, merged_key
 from app.jobs.lifecycle import JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
@@ -31,7 +33,6 @@ from worker.engine.memory import LOWER, GiB, device_budget
 from worker.engine.spec import (
     EngineFailure,
     InsufficientMemory,
-    LoraSpec,
     TrainHooks,
     TrainingStopped,
     TrainResult,
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 
 TrainFn = Callable[[TrainSpec, TrainHooks], TrainResult]
 
-HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate", "max_seq_len", "activation_recompute")
-LORA_FIELDS = ("r", "alpha", "dropout", "target_modules", "train_ssm_params")
 # Shipped beside the adapter, so a client can load base + adapter + tokenizer from what it downloaded.
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -108,19 +107,13 @@ def build_spec(
     job: Job, *, settings: Settings, model: Path | str, workdir: Path, inputs: dict[str, Path],
     resume: Path | None, memory_budget: int,
 ) -> TrainSpec:
-    hyper = {k: v for k, v in job.hyperparameters.items() if k in HYPERPARAMETERS}
-    lora = None
-    if job.lora is not None:
-        fields = {k: v for k, v in job.lora.items() if k in LORA_FIELDS and v is not None}
-        if "target_modules" in fields:
-            fields["target_modules"] = tuple(fields["target_modules"])
-        lora = LoraSpec(**fields)
-    export_merged = bool(job.lora and job.lora.get("export_merged"))
+    hyperparameters = HyperparameterSpec.from_stored(job.hyperparameters)
     return TrainSpec(
         model=str(model), train_path=inputs["train"],
         validation_path=inputs.get("validation"), output_dir=workdir / "output", precision=job.precision,
-        lora=lora, export_merged=export_merged, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume,
-        memory_budget_bytes=memory_budget, **hyper,
+        lora=LoraSpec.from_stored(job.lora) if job.lora is not None else None, seed=job.seed,
+        checkpoint_every=settings.checkpoint_every_steps, resume_from=resume,
+        memory_budget_bytes=memory_budget, **asdict(hyperparameters),
     )  # fmt: skip
 
 

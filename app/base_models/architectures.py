@@ -17,6 +17,28 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
 }
 SUPPORTED_MODEL_TYPES = tuple(LORA_TARGETS)
 
+# A hub id whose family we cannot tell yet: any architecture's targets are accepted (the worker checks them
+# against the real model), dropout is checked against every kernel, and the default is what all share.
+ANY_FAMILY_TARGETS = tuple(dict.fromkeys(t for targets in LORA_TARGETS.values() for t in targets))
+ANY_FAMILY_KERNEL_READ = frozenset().union(*KERNEL_READ_TARGETS.values())
+ANY_FAMILY_DEFAULTS = tuple(
+    t for t in ANY_FAMILY_TARGETS if all(t in defaults for defaults in DEFAULT_LORA_TARGETS.values())
+)
+
+
+def lora_targets(family: str | None) -> tuple[str, ...]:
+    """The modules LoRA may target on `family` (None: a family not known yet)."""
+    return LORA_TARGETS[family] if family else ANY_FAMILY_TARGETS
+
+
+def kernel_read_targets(family: str | None) -> frozenset[str]:
+    return KERNEL_READ_TARGETS[family] if family else ANY_FAMILY_KERNEL_READ
+
+
+def default_lora_targets(family: str | None) -> tuple[str, ...]:
+    return DEFAULT_LORA_TARGETS[family] if family else ANY_FAMILY_DEFAULTS
+
+
 # Sparse Mamba variants, per family; the first is the stock model. The worker's
 # worker/engine/sparse_mamba.py implements them and checks the same names when it loads a model.
 VARIANT_FIELD = {"mamba": "ssm_structure", "mamba2": "a_constraint"}

@@ -1,34 +1,28 @@
-"""Turn a job request's training settings into the resolved ones a worker runs with."""
+"""Turn a job request's training settings into the resolved ones a worker runs with (app/jobs/contract.py)."""
 
-from app.base_models.architectures import DEFAULT_LORA_TARGETS, KERNEL_READ_TARGETS, LORA_TARGETS
+from app.base_models.architectures import kernel_read_targets, lora_targets
 from app.errors import invalid_request
-from app.jobs.schemas import Hyperparameters, JobCreate, LoraConfig, LoraRequest
-
-# A hub id whose family we cannot tell yet: accept any architecture's targets (the worker checks them
-# against the real model), fold-check against every kernel, and default to what all families share.
-ANY_FAMILY_TARGETS = tuple(dict.fromkeys(t for targets in LORA_TARGETS.values() for t in targets))
-ANY_FAMILY_KERNEL_READ = frozenset().union(*KERNEL_READ_TARGETS.values())
-ANY_FAMILY_DEFAULTS = tuple(
-    t for t in ANY_FAMILY_TARGETS if all(t in defaults for defaults in DEFAULT_LORA_TARGETS.values())
-)
+from app.jobs.contract import HyperparameterSpec, LoraSpec
+from app.jobs.schemas import JobCreate, LoraRequest
 
 
-def resolve_lora(lora: LoraRequest | None, *, family: str | None) -> LoraConfig | None:
-    """The LoRA config for a model of `family`, or None for full fine-tuning; raises on invalid targets."""
+def resolve_lora(lora: LoraRequest | None, *, family: str | None) -> LoraSpec | None:
+    """The LoRA spec for a model of `family`, or None for full fine-tuning; raises on invalid targets."""
     if lora is None:
         return None
-    valid = LORA_TARGETS[family] if family else ANY_FAMILY_TARGETS
-    defaults = DEFAULT_LORA_TARGETS[family] if family else ANY_FAMILY_DEFAULTS
-    targets = list(dict.fromkeys(lora.target_modules or defaults))
+    given = lora.model_dump(exclude_none=True)  # no target_modules: the family's defaults
+    if "target_modules" in given:
+        given["target_modules"] = tuple(dict.fromkeys(given["target_modules"]))
+    spec = LoraSpec.for_family(family, **given)
+    valid = lora_targets(family)
     architecture = f"{family} models" if family else "any supported architecture"
-    if unknown := [t for t in targets if t not in valid]:
+    if unknown := [t for t in spec.target_modules if t not in valid]:
         raise invalid_request(
             f"{unknown[0]!r} is not a LoRA target of {architecture}; valid targets are {', '.join(valid)}",
             param="lora.target_modules",
             code="invalid_target_module",
         )
-    kernel_read = KERNEL_READ_TARGETS[family] if family else ANY_FAMILY_KERNEL_READ
-    if lora.dropout > 0 and (folded := [t for t in targets if t in kernel_read]):
+    if spec.dropout > 0 and (folded := [t for t in spec.target_modules if t in kernel_read_targets(family)]):
         raise invalid_request(
             f"LoRA dropout must be 0 when targeting {', '.join(folded)}: the fused kernel reads those"
             " weights directly, so the adapter is folded into the weight (W + scale * B @ A) and there is"
@@ -36,17 +30,10 @@ def resolve_lora(lora: LoraRequest | None, *, family: str | None) -> LoraConfig 
             param="lora.dropout",
             code="invalid_lora_dropout",
         )
-    return LoraConfig(
-        r=lora.r,
-        alpha=lora.alpha,
-        dropout=lora.dropout,
-        target_modules=targets,
-        train_ssm_params=lora.train_ssm_params,
-        export_merged=lora.export_merged,
-    )
+    return spec
 
 
-def resolve_hyperparameters(request: JobCreate) -> Hyperparameters:
+def resolve_hyperparameters(request: JobCreate) -> HyperparameterSpec:
     """Hyperparameters from the top level or from OpenAI's `method.supervised`, never both."""
     supervised = request.method.supervised if request.method else None
     nested = supervised.hyperparameters if supervised else None
@@ -55,4 +42,5 @@ def resolve_hyperparameters(request: JobCreate) -> Hyperparameters:
             "Give hyperparameters either at the top level or in method.supervised, not both",
             param="method.supervised.hyperparameters",
         )
-    return request.hyperparameters or nested or Hyperparameters()
+    chosen = request.hyperparameters or nested
+    return HyperparameterSpec(**chosen.model_dump()) if chosen else HyperparameterSpec()

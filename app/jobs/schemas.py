@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from app.jobs.contract import HyperparameterSpec, LoraSpec
 from app.jobs.models import Checkpoint, Job, JobEvent
 
 # The config of every request body. Unknown keys are typos to report, not to ignore; NaN and infinities
@@ -45,15 +46,15 @@ MetadataValue = Annotated[Storable, StringConstraints(max_length=512)]
 
 
 class Hyperparameters(BaseModel):
+    """The request's hyperparameters: bounds here, defaults and meaning in the job contract."""
+
     model_config = STRICT
 
-    n_epochs: int = Field(1, ge=1, le=100)
-    batch_size: int = Field(4, ge=1, le=1024)
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    max_seq_len: int = Field(256, ge=16, le=65536)
-    # Memory-lean mode: recompute each layer's activations in backward instead of keeping them; on
-    # an H100 at 1.4B, 39% of stock's peak memory at 1.2x its speed (bench/RESULTS.md).
-    activation_recompute: bool = False
+    n_epochs: int = Field(HyperparameterSpec.n_epochs, ge=1, le=100)
+    batch_size: int = Field(HyperparameterSpec.batch_size, ge=1, le=1024)
+    learning_rate: float = Field(HyperparameterSpec.learning_rate, gt=0, le=1)
+    max_seq_len: int = Field(HyperparameterSpec.max_seq_len, ge=16, le=65536)
+    activation_recompute: bool = HyperparameterSpec.activation_recompute
 
     @model_validator(mode="before")
     @classmethod
@@ -66,16 +67,18 @@ class Hyperparameters(BaseModel):
 
 
 class LoraRequest(BaseModel):
+    """The request's LoRA settings: bounds here, defaults and meaning in the job contract."""
+
     model_config = STRICT
 
-    r: int = Field(8, ge=1, le=256)
+    r: int = Field(LoraSpec.r, ge=1, le=256)
     # The adapter's update is scaled by alpha / r; beyond a few thousand it only overflows the activations.
-    alpha: float = Field(16.0, gt=0, le=MAX_LORA_ALPHA)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    alpha: float = Field(LoraSpec.alpha, gt=0, le=MAX_LORA_ALPHA)
+    dropout: float = Field(LoraSpec.dropout, ge=0, lt=1)
+    # None: the defaults of the model's family (app/base_models/architectures.py).
     target_modules: list[Name] | None = Field(None, min_length=1, max_length=16)
-    train_ssm_params: bool = False
-    # Also publish the base weights with the adapter merged in: a plain model any tool can load.
-    export_merged: bool = False
+    train_ssm_params: bool = LoraSpec.train_ssm_params
+    export_merged: bool = LoraSpec.export_merged
 
 
 class SupervisedMethod(BaseModel):
@@ -111,17 +114,6 @@ class JobCreate(BaseModel):
     ssm_structure: Literal["diagonal", "controllable", "observable"] | None = None
 
 
-class LoraConfig(BaseModel):
-    """The LoRA settings a job trains with, target modules resolved for its architecture."""
-
-    r: int
-    alpha: float
-    dropout: float
-    target_modules: list[str]
-    train_ssm_params: bool
-    export_merged: bool = False
-
-
 class Progress(BaseModel):
     step: int
     total_steps: int | None
@@ -137,8 +129,8 @@ class JobObject(BaseModel):
     training_file: str
     validation_file: str | None
     precision: str
-    lora: LoraConfig | None
-    hyperparameters: Hyperparameters
+    lora: LoraSpec | None
+    hyperparameters: HyperparameterSpec
     method: dict[str, Any]
     seed: int
     suffix: str | None
@@ -154,6 +146,7 @@ class JobObject(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> "JobObject":
+        hyperparameters = HyperparameterSpec.from_stored(job.hyperparameters)
         return cls(
             id=job.id,
             model=job.model,
@@ -163,9 +156,9 @@ class JobObject(BaseModel):
             training_file=job.training_file,
             validation_file=job.validation_file,
             precision=job.precision,
-            lora=job.lora,
-            hyperparameters=job.hyperparameters,
-            method={"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}},
+            lora=LoraSpec.from_stored(job.lora) if job.lora is not None else None,
+            hyperparameters=hyperparameters,
+            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters.stored()}},
             seed=job.seed,
             suffix=job.suffix,
             metadata=job.user_metadata,

@@ -209,6 +209,27 @@ def test_merged_weights_download_only_for_jobs_that_asked_for_them(
     assert response.content == archive
 
 
+def test_a_job_stored_by_an_earlier_version_reads_with_the_defaults_for_what_it_lacks(
+    client: TestClient, job_id: str, settings: Settings
+) -> None:
+    update_job(
+        settings, job_id,
+        lora={"r": 4, "alpha": 8, "dropout": None, "target_modules": ["in_proj"], "retired_setting": 1},
+        hyperparameters={"n_epochs": 2, "batch_size": None, "max_seq_len": 64},
+    )  # fmt: skip
+
+    response = client.get(f"/v1/fine_tuning/jobs/{job_id}")
+
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["lora"] == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["in_proj"],
+                           "train_ssm_params": False, "export_merged": False}  # fmt: skip
+    hyperparameters = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 64,
+                       "activation_recompute": False}  # fmt: skip
+    assert job["hyperparameters"] == job["method"]["supervised"]["hyperparameters"] == hyperparameters
+    assert client.get("/v1/fine_tuning/jobs").json()["data"][0]["lora"] == job["lora"]
+
+
 def test_an_adapter_missing_from_storage_is_a_clean_404(client: TestClient, job_id: str, settings: Settings) -> None:
     update_job(settings, job_id, status="succeeded", adapter_key="adapters/gone.tar.gz")
 

@@ -1,6 +1,7 @@
 """What may import what: the worker runs without the HTTP stack, and no two modules import each other."""
 
 import ast
+import sys
 from pathlib import Path
 
 from deployfiles import ROOT
@@ -98,8 +99,22 @@ def test_no_module_of_app_or_worker_imports_itself_through_others() -> None:
     assert circle is None, " -> ".join(circle)
 
 
-def test_the_engine_takes_nothing_from_app_but_the_jsonl_reader() -> None:
+# What the engine may take from app: modules of the standard library only, so the engine runs bare on a
+# GPU box. The JSONL reader, so the worker reads a file as the upload check did; the job contract (and the
+# architecture catalog its defaults come from), so the engine runs exactly the settings the API stored.
+ENGINE_MAY_IMPORT = {"app.files.jsonl", "app.jobs.contract", "app.base_models.architectures"}
+
+
+def test_the_engine_takes_from_app_only_standard_library_modules_it_shares() -> None:
     graph = import_graph()
     engine = [module for module in graph if module.startswith("worker.engine")]
     from_app = {imported for module in engine for imported in graph[module] if imported.startswith("app.")}
-    assert from_app == {"app.files.jsonl"}
+    assert from_app <= ENGINE_MAY_IMPORT
+    for module in ENGINE_MAY_IMPORT:
+        assert graph[module] <= ENGINE_MAY_IMPORT, f"{module} imports more of app"
+        path = ROOT / Path(*module.split(".")).with_suffix(".py")
+        statements = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = [a.name for n in statements if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in statements if isinstance(n, ast.ImportFrom) and n.module]
+        roots = {name.split(".")[0] for name in names}
+        assert roots <= {*sys.stdlib_module_names, "app"}, f"{module} imports {roots - set(sys.stdlib_module_names)}"

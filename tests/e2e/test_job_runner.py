@@ -13,6 +13,7 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,12 @@ from app.storage import ObjectStorage, storage_from_settings
 from worker.archive import unpack
 from worker.engine import trainer
 from worker.engine.memory import GiB, host_available_bytes
-from worker.engine.spec import TrainHooks, TrainingStopped, TrainResult, TrainSpec
+from worker.engine.spec import LoraSpec, TrainHooks, TrainingStopped, TrainResult, TrainSpec
 from worker.engine.trainer import train as engine_train
 from worker.job_runner import run_job
 from worker.reaper import reap
 
-from .factories import adapter_logits_change, job_row, make_job, make_settings
+from .factories import adapter_logits_change, demo_slice, job_row, make_job, make_settings, store_file
 
 
 def job_events(settings: Settings, job_id: str) -> list[JobEvent]:
@@ -512,3 +513,42 @@ def test_a_diverging_job_fails_with_training_diverged_and_publishes_nothing(
         folder = unpack(archive, settings.data_dir / f"ckpt-{checkpoint['step_number']}")
         weights = load_file(str(folder / "trainable.safetensors"))
         assert all(bool(tensor.isfinite().all()) for tensor in weights.values())
+
+
+@pytest.mark.parametrize(("model", "family"), [("mamba-tiny", "mamba"), ("mamba2-tiny", "mamba2")])
+def test_a_job_created_without_settings_trains_with_the_engines_defaults_for_its_family(
+    settings: Settings, storage: ObjectStorage, make_client: Callable[..., TestClient], model: str, family: str
+) -> None:
+    training = store_file(settings, storage, demo_slice("train.jsonl", 8), filename="train.jsonl")
+    created = make_client("tester").post("/v1/fine_tuning/jobs", json={"model": model, "training_file": training})
+    assert created.status_code == 200, created.text
+    job = created.json()
+    specs: list[TrainSpec] = []
+
+    run_job(settings=settings, job_id=job["id"], train=lambda spec, hooks: specs.append(spec) or fake_adapter(spec))
+
+    # One set of defaults: what the API answered is what the engine ran, and both are the engine's own.
+    lora = specs[0].lora
+    assert lora == LoraSpec.for_family(family)
+    assert job["lora"] == {**dataclasses.asdict(lora), "target_modules": list(lora.target_modules)}
+    engine_default = TrainSpec(model=model, train_path=Path(), output_dir=Path())
+    for spec in (specs[0], engine_default):
+        assert {name: getattr(spec, name) for name in job["hyperparameters"]} == job["hyperparameters"]
+
+
+def test_a_job_stored_by_an_earlier_version_runs_with_the_defaults_for_what_it_lacks(
+    settings: Settings, storage: ObjectStorage
+) -> None:
+    job_id = make_job(
+        settings, storage,
+        lora={"r": 4, "alpha": 8, "dropout": None, "target_modules": ["in_proj"], "retired_setting": 1},
+        hyperparameters={"n_epochs": 2, "batch_size": None, "max_seq_len": 64},
+    )  # fmt: skip
+    specs: list[TrainSpec] = []
+
+    run_job(settings=settings, job_id=job_id, train=lambda spec, hooks: specs.append(spec) or fake_adapter(spec))
+
+    assert job_row(settings, job_id).status == JobStatus.SUCCEEDED
+    assert specs[0].lora == LoraSpec(r=4, alpha=8, target_modules=("in_proj",))
+    assert (specs[0].n_epochs, specs[0].batch_size, specs[0].max_seq_len) == (2, 4, 64)
+    assert (specs[0].learning_rate, specs[0].activation_recompute) == (1e-3, False)

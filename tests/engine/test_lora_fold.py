@@ -113,11 +113,3 @@ def test_dropout_on_a_kernel_read_target_is_refused():
         attach_lora(make_model("mamba"), LoraSpec(dropout=0.1, target_modules=("in_proj", "dt_proj")))
     # in_proj is a module call on every path, so dropout applies there as usual.
     attach_lora(make_model("mamba"), LoraSpec(dropout=0.1, target_modules=("in_proj",)))
-
-
-def test_engine_and_api_agree_on_which_targets_the_kernels_read():
-    """The API refuses dropout on exactly the targets the engine folds (two layers, one fact)."""
-    from app.base_models.architectures import KERNEL_READ_TARGETS as API_KERNEL_READ
-    from worker.engine.lora_fold import KERNEL_READ_TARGETS
-
-    assert {family: frozenset(targets) for family, targets in KERNEL_READ_TARGETS.items()} == API_KERNEL_READ

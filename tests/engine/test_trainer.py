@@ -140,8 +140,8 @@ def test_full_fine_tuning_lowers_loss_and_saves_a_loadable_model(tiny_mamba, dem
 
 
 def test_merged_export_is_a_plain_model_with_the_adapters_logits(tiny_mamba, demo_train, demo_valid, tmp_path):
-    lora = LoraSpec(r=8, alpha=16.0, target_modules=("in_proj", "x_proj", "dt_proj", "out_proj"))
-    result = train(make_spec(tiny_mamba, demo_train, demo_valid, tmp_path, lora=lora, export_merged=True))
+    lora = LoraSpec(r=8, alpha=16.0, target_modules=("in_proj", "x_proj", "dt_proj", "out_proj"), export_merged=True)
+    result = train(make_spec(tiny_mamba, demo_train, demo_valid, tmp_path, lora=lora))
     ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
     adapted = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_mamba), result.adapter_dir).eval()
     merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()  # plain transformers, no mambaft code

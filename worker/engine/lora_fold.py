@@ -21,11 +21,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from app.base_models.architectures import KERNEL_READ_TARGETS
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import SSM_PARAMS, LoraSpec
 
-# Targets that a fused kernel reads as a raw weight, per `config.model_type`.
-KERNEL_READ_TARGETS = {"mamba": ("x_proj", "dt_proj", "out_proj"), "mamba2": ("out_proj",)}
 SSM_PARAMS_FILE = "ssm_params.safetensors"
 
 

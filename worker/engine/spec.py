@@ -1,6 +1,8 @@
 """What the job task hands the training engine, and what it gets back.
 
-Plain dataclasses with no torch import, so the task module and tests can build them cheaply.
+Plain dataclasses with no torch import, so the task module and tests can build them cheaply. The LoRA
+settings and the hyperparameters' defaults are the job contract's (app/jobs/contract.py): what the API
+stores for a job is what the engine runs.
 """
 
 from collections.abc import Callable
@@ -8,24 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from app.jobs.contract import HyperparameterSpec, LoraSpec
+
 Precision = Literal["fp32", "fp16", "bf16"]
 
 # Trained in full when LoraSpec.train_ssm_params is set (names relative to each mixer).
 SSM_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias", "A_root_log_decay", "A_root_log_freq")  # roots: SC/SO
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("in_proj", "x_proj", "dt_proj", "out_proj")
-    # Also train the SSM's own parameters (A_log, D, dt_proj.bias) in full, alongside LoRA.
-    train_ssm_params: bool = False
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
 
 
 @dataclass(frozen=True)
@@ -36,22 +26,19 @@ class TrainSpec:
     precision: Precision = "fp32"
     lora: LoraSpec | None = field(default_factory=LoraSpec)  # None: full fine-tuning
     validation_path: Path | None = None
-    n_epochs: int = 1
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    max_seq_len: int = 256
+    n_epochs: int = HyperparameterSpec.n_epochs
+    batch_size: int = HyperparameterSpec.batch_size
+    learning_rate: float = HyperparameterSpec.learning_rate
+    max_seq_len: int = HyperparameterSpec.max_seq_len
     seed: int = 0
     warmup_steps: int = 0
     checkpoint_every: int = 50
-    # With LoRA: also save the base weights with the adapter merged in (a plain transformers model).
-    export_merged: bool = False
     # A checkpoint folder written by an earlier attempt of the same job: resume exactly from it.
     resume_from: Path | None = None
     device: str | None = None  # None: cuda when available, else cpu
     # On CUDA, replay forward + backward as one CUDA graph (fixed-shape batches; no launch overhead).
     cuda_graphs: bool = True
-    # Memory-lean mode: recompute each layer in backward instead of keeping its activations.
-    activation_recompute: bool = False
+    activation_recompute: bool = HyperparameterSpec.activation_recompute
     # Bytes a training step may use on the device (GPU memory, or RAM on the CPU); a job whose estimated
     # step needs more fails before training. None: a share of what the device has free (memory.py).
     memory_budget_bytes: int | None = None

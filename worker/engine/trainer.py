@@ -219,7 +219,7 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
     if spec.lora is not None:
         out = spec.output_dir / "adapter"
         save_adapter(model, out)
-        if spec.export_merged:
+        if spec.lora.export_merged:
             merged_dir = spec.output_dir / "merged"
             merge_adapter(model).save_pretrained(merged_dir, safe_serialization=True)
             tokenizer.save_pretrained(merged_dir)
