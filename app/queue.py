@@ -7,7 +7,14 @@ from typing import Protocol
 from celery import Celery
 from kombu.exceptions import KombuError
 
-from app.celery_config import CREATE_MODEL_TASK, QUEUE, RUN_EVALUATION_TASK, RUN_JOB_TASK, filesystem_folders, make_celery
+from app.celery_config import (
+    CREATE_MODEL_TASK,
+    QUEUE,
+    RUN_EVALUATION_TASK,
+    RUN_JOB_TASK,
+    filesystem_folders,
+    make_celery,
+)
 from app.settings import Settings
 
 # A broker that is down fails the send after about this long instead of blocking the request.

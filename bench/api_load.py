@@ -17,6 +17,7 @@ CPU the sender and the server used (in cores) and the load average, since they s
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -149,10 +150,8 @@ def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
     """User + system CPU time of these processes."""
     total = 0.0
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a Postgres backend that exited while being read
             total += sum(process.cpu_times()[:2])
-        except psutil.NoSuchProcess:  # a Postgres backend that exited while being read
-            pass
     return total
 
 

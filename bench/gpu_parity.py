@@ -17,9 +17,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.engine.lora_fold import attach_lora  # noqa: E402
-from worker.engine.mamba_forward import fused_kernels_available, install_forwards  # noqa: E402
-from worker.engine.spec import LoraSpec  # noqa: E402
+from worker.engine.lora_fold import attach_lora
+from worker.engine.mamba_forward import fused_kernels_available, install_forwards
+from worker.engine.spec import LoraSpec
 
 DEV = "cuda"
 TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"), "mamba2": ("in_proj", "out_proj")}

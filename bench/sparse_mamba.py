@@ -30,11 +30,11 @@ from unittest import mock
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.engine import mamba_forward  # noqa: E402
-from worker.engine.architecture import Architecture, create_model_folder  # noqa: E402
-from worker.engine.spec import TrainSpec  # noqa: E402
-from worker.engine.stdlib_corpus import build_corpus  # noqa: E402
-from worker.engine.trainer import train  # noqa: E402
+from worker.engine import mamba_forward
+from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.spec import TrainSpec
+from worker.engine.stdlib_corpus import build_corpus
+from worker.engine.trainer import train
 
 # (name, family, variant field, variant); the first of each family is its baseline.
 VARIANTS = [
@@ -100,7 +100,7 @@ def fmt(values: list[float], digits: int) -> str:
 
 def paired(mine: list[dict[str, float]], base: list[dict[str, float]], metric: str) -> list[float]:
     """Per-seed relative difference in % (same initialization seed and batch order, so seed noise cancels)."""
-    return [100 * (a[metric] / b[metric] - 1) for a, b in zip(mine, base)]
+    return [100 * (a[metric] / b[metric] - 1) for a, b in zip(mine, base, strict=True)]
 
 
 def table(runs: dict[str, list[dict[str, float]]]) -> str:

@@ -51,7 +51,8 @@ def run(spec: TrainSpec) -> dict:
     return dict(model=Path(spec.model).name, cuda_graphs=spec.cuda_graphs, recompute=spec.activation_recompute,
                 batch=spec.batch_size, seq=spec.max_seq_len, steps=m["steps"],
                 tokens_per_s=round(m["tokens_per_second"]), peak_GiB=round(m["peak_memory_bytes"] / 2**30, 2),
-                base_validation_loss=round(m["base_validation_loss"], 4), validation_loss=round(m["validation_loss"], 4))
+                base_validation_loss=round(m["base_validation_loss"], 4),
+                validation_loss=round(m["validation_loss"], 4))
 
 
 def base_spec(model: Path, out: Path, batch: int, seq: int, epochs: int) -> TrainSpec:

@@ -119,7 +119,8 @@ def build_spec(
     return TrainSpec(
         model=str(model), train_path=inputs["train"],
         validation_path=inputs.get("validation"), output_dir=workdir / "output", precision=job.precision,
-        lora=lora, export_merged=export_merged, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps, resume_from=resume,
+        lora=lora, export_merged=export_merged, seed=job.seed, checkpoint_every=settings.checkpoint_every_steps,
+        resume_from=resume,
         memory_budget_bytes=memory_budget, **hyper,
     )  # fmt: skip
 

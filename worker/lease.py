@@ -55,7 +55,7 @@ def expire_leases_of(settings: Settings, worker: str) -> list[str]:
 
 
 def _guarded_update(
-    session: Session, model: type[Job] | type[Evaluation], row_id: str, *conditions, **values  # noqa: ANN002, ANN003
+    session: Session, model: type[Job] | type[Evaluation], row_id: str, *conditions, **values
 ) -> bool:
     statement = update(model).where(model.id == row_id, *conditions).values(**values)
     result = session.execute(statement.execution_options(synchronize_session=False))
@@ -87,7 +87,7 @@ def claim(session: Session, job_id: str, owner: str, *, lease_seconds: int) -> J
     return job
 
 
-def lock_if(session: Session, model: type[Leased], row_id: str, *conditions) -> Leased | None:  # noqa: ANN002
+def lock_if(session: Session, model: type[Leased], row_id: str, *conditions) -> Leased | None:
     """The row, locked for the rest of this transaction, if `conditions` still hold; else None."""
     # A no-op assignment: the UPDATE is what re-checks the conditions and takes the lock, atomically.
     held = _guarded_update(session, model, row_id, *conditions, lease_owner=model.lease_owner)

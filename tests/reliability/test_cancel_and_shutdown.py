@@ -12,8 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.conftest import aws_credentials, models_dir, s3_endpoint  # noqa: F401  (fixtures, re-exported by name)
-
 from .production_stack import TERMINAL, ProductionStack, is_transition, production_stack, worker_pid
 
 # Worker start (Celery, torch) and first claim on a busy 2-core machine.

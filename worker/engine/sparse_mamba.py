@@ -189,7 +189,9 @@ def load_structured(folder: Path, config: Any, dtype: torch.dtype) -> PreTrained
     # A tied lm_head is saved once, as the embeddings.
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{folder}: weights do not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return network
 
 
