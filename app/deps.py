@@ -48,11 +48,9 @@ class Tx:
 class Db:
     """A request's database work, done for the caller's owner in one call: `read` or `run`.
 
-    Routes are `async` and make one such call. FastAPI gives each `def` dependency and route a thread
-    hop of its own, there and back: five per `GET /v1/fine_tuning/jobs/{id}` when the key lookup, the job
-    lookup, the route, its response and the commit were each one, and on this API's small indexed
-    queries the hops cost more CPU than the queries: 3.6 ms per request with five hops, 2.3 with `run`'s
-    one, 1.7 with `read`'s none (bench/RESULTS.md).
+    Routes are `async` and make one such call: FastAPI gives each `def` dependency and route a thread
+    hop of its own, there and back, and on this API's small indexed queries the hops cost more CPU than
+    the queries (bench/RESULTS.md, API load). `run` makes one hop, `read` none.
     """
 
     settings: Settings
@@ -111,9 +109,8 @@ async def get_db(
 
 
 # max_concurrency makes requests beyond REQUEST_SESSIONS wait on the event loop, so a thread never waits
-# for a pooled connection: unlimited, threads blocked on the pool while requests holding connections
-# waited for a free thread, and under load every request stalled until the pool's 30 s timeout
-# answered 500. scope="function" ends the slot when the route returns, before a response streams.
+# for a pooled connection while the requests holding the connections wait for a thread.
+# scope="function" ends the slot when the route returns, before a response streams.
 DbDep = Annotated[Db, Depends(get_db, scope="function", max_concurrency=REQUEST_SESSIONS)]
 
 

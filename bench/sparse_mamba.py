@@ -1,4 +1,4 @@
-"""Sparse Mamba (issue 7): Mamba vs SC-Mamba vs SO-Mamba, and Mamba-2 vs ST-Mamba2, trained from scratch.
+"""Sparse Mamba: Mamba vs SC-Mamba vs SO-Mamba, and Mamba-2 vs ST-Mamba2, trained from scratch.
 
     python3 bench/sparse_mamba.py --device cpu --seeds 3 --steps 60 --d-model 64 --n-layer 2 --d-state 8
 

@@ -51,8 +51,8 @@ class Hyperparameters(BaseModel):
     batch_size: int = Field(4, ge=1, le=1024)
     learning_rate: float = Field(1e-3, gt=0, le=1)
     max_seq_len: int = Field(256, ge=16, le=65536)
-    # Memory-lean mode: recompute each layer's activations in backward instead of keeping them; on
-    # an H100 at 1.4B, 39% of stock's peak memory at 1.2x its speed (bench/RESULTS.md).
+    # Memory-lean mode: recompute each layer's activations in backward instead of keeping them, trading
+    # speed for peak memory (bench/RESULTS.md).
     activation_recompute: bool = False
 
     @model_validator(mode="before")

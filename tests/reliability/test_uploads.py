@@ -71,7 +71,7 @@ def api_server(tmp_path: Path, settings: Settings) -> Iterator[ApiServer]:
     server.stop()
 
 
-# 200 MiB in the default suite; the 1 GiB only under `make soak` (it writes 1 GiB to storage).
+# 200 MiB in the default suite; 1 GiB only under `make soak` (it writes 1 GiB to storage).
 @pytest.mark.parametrize(
     "size", [pytest.param(200 * MIB, id="200MiB"), pytest.param(GIB, id="1GiB", marks=pytest.mark.soak)]
 )

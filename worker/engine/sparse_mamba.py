@@ -40,7 +40,6 @@ from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mas
 SSM_STRUCTURES = ("diagonal", "controllable", "observable")
 A_CONSTRAINTS = ("none", "stable")
 COMPANION = ("controllable", "observable")
-ROOT_PARAMS = ("A_root_log_decay", "A_root_log_freq")  # replace A_log in SC/SO mixers
 STABLE_FLOOR = 1e-5  # the paper's: A = -max(exp(A_log), 1e-5)
 
 

@@ -23,10 +23,6 @@ class LoraSpec:
     # Also train the SSM's own parameters (A_log, D, dt_proj.bias) in full, alongside LoRA.
     train_ssm_params: bool = False
 
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
-
 
 @dataclass(frozen=True)
 class TrainSpec:
