@@ -36,8 +36,8 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 @dataclass(frozen=True)
-class Tx:
-    """What a request's database work is handed: its session, the caller's owner, the settings."""
+class RequestContext:
+    """What a request's database work is handed: its session, the caller's owner (the tenant), the settings."""
 
     session: Session
     owner: str
@@ -57,11 +57,11 @@ class Db:
     api_key: str | None  # None when auth is off
     rate_limiter: RateLimiter
 
-    async def run(self, work: Callable[[Tx], T]) -> T:
+    async def run(self, work: Callable[[RequestContext], T]) -> T:
         """Run `work` in one transaction on one worker thread: any blocking work, writes included."""
         return await run_in_threadpool(self._in_transaction, work)
 
-    async def read(self, work: Callable[[Tx], T]) -> T:
+    async def read(self, work: Callable[[RequestContext], T]) -> T:
         """Run `work`, which only reads the database, on the event loop (Postgres; SQLite: as `run`).
 
         `work` runs in a greenlet that yields to the loop at each query, so it must do no other blocking
@@ -72,12 +72,12 @@ class Db:
             return await self.run(work)
         async with AsyncSession(get_read_engine(self.settings.database_url)) as session:
             return await session.run_sync(
-                lambda sync: work(Tx(session=sync, owner=self._owner(sync), settings=self.settings))
+                lambda sync: work(RequestContext(session=sync, owner=self._owner(sync), settings=self.settings))
             )
 
-    def _in_transaction(self, work: Callable[[Tx], T]) -> T:
+    def _in_transaction(self, work: Callable[[RequestContext], T]) -> T:
         with session_scope(self.settings.database_url) as session:
-            return work(Tx(session=session, owner=self._owner(session), settings=self.settings))
+            return work(RequestContext(session=session, owner=self._owner(session), settings=self.settings))
 
     def _owner(self, session: Session) -> str:
         if self.api_key is None:

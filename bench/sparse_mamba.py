@@ -2,7 +2,7 @@
 
     python3 bench/sparse_mamba.py --device cpu --seeds 3 --steps 60 --d-model 64 --n-layer 2 --d-state 8
 
-Every model is built by the service's own path (worker/engine/architecture.py) and trained by the
+Every model is built by the service's own path (worker/engine/model_builder.py) and trained by the
 production trainer (full fine-tuning, fp32 on CPU / bf16 on CUDA) on the same token stream of the
 stdlib corpus (worker/engine/stdlib_corpus.py, split by file): same size, tokens and hyperparameters,
 seeds 0..S-1 (the seed sets both the initialization and the batch order, so seed s of every variant
@@ -31,7 +31,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.engine import mamba_forward
-from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.engine.spec import TrainSpec
 from worker.engine.stdlib_corpus import build_corpus
 from worker.engine.trainer import train

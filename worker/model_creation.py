@@ -18,7 +18,7 @@ from app.db import session_scope
 from app.settings import Settings
 from app.storage import put_file_retrying, storage_from_settings
 from worker.archive import pack
-from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.model_store import model_source
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
-from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.engine.tiny_model import byte_tokenizer
 
 
