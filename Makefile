@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup run test soak clean
+.PHONY: setup run lint test soak clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/mambaft serve --host 127.0.0.1 --port 8000 --data-dir ./var
 
-test: setup
+# Lint and the formatter's check run before the tests, so style never reaches a review.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q -m "not soak"
 
 soak: setup

@@ -36,8 +36,8 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 @dataclass(frozen=True)
-class Tx:
-    """What a request's database work is handed: its session, the caller's owner, the settings."""
+class RequestContext:
+    """What a request's database work is handed: its session, the caller's owner (the tenant), the settings."""
 
     session: Session
     owner: str
@@ -48,22 +48,20 @@ class Tx:
 class Db:
     """A request's database work, done for the caller's owner in one call: `read` or `run`.
 
-    Routes are `async` and make one such call. FastAPI gives each `def` dependency and route a thread
-    hop of its own, there and back: five per `GET /v1/fine_tuning/jobs/{id}` when the key lookup, the job
-    lookup, the route, its response and the commit were each one, and on this API's small indexed
-    queries the hops cost more CPU than the queries: 3.6 ms per request with five hops, 2.3 with `run`'s
-    one, 1.7 with `read`'s none (bench/RESULTS.md).
+    Routes are `async` and make one such call: FastAPI gives each `def` dependency and route a thread
+    hop of its own, there and back, and on this API's small indexed queries the hops cost more CPU than
+    the queries (bench/RESULTS.md, API load). `run` makes one hop, `read` none.
     """
 
     settings: Settings
     api_key: str | None  # None when auth is off
     rate_limiter: RateLimiter
 
-    async def run(self, work: Callable[[Tx], T]) -> T:
+    async def run(self, work: Callable[[RequestContext], T]) -> T:
         """Run `work` in one transaction on one worker thread: any blocking work, writes included."""
         return await run_in_threadpool(self._in_transaction, work)
 
-    async def read(self, work: Callable[[Tx], T]) -> T:
+    async def read(self, work: Callable[[RequestContext], T]) -> T:
         """Run `work`, which only reads the database, on the event loop (Postgres; SQLite: as `run`).
 
         `work` runs in a greenlet that yields to the loop at each query, so it must do no other blocking
@@ -74,12 +72,12 @@ class Db:
             return await self.run(work)
         async with AsyncSession(get_read_engine(self.settings.database_url)) as session:
             return await session.run_sync(
-                lambda sync: work(Tx(session=sync, owner=self._owner(sync), settings=self.settings))
+                lambda sync: work(RequestContext(session=sync, owner=self._owner(sync), settings=self.settings))
             )
 
-    def _in_transaction(self, work: Callable[[Tx], T]) -> T:
+    def _in_transaction(self, work: Callable[[RequestContext], T]) -> T:
         with session_scope(self.settings.database_url) as session:
-            return work(Tx(session=session, owner=self._owner(session), settings=self.settings))
+            return work(RequestContext(session=session, owner=self._owner(session), settings=self.settings))
 
     def _owner(self, session: Session) -> str:
         if self.api_key is None:
@@ -111,9 +109,8 @@ async def get_db(
 
 
 # max_concurrency makes requests beyond REQUEST_SESSIONS wait on the event loop, so a thread never waits
-# for a pooled connection: unlimited, threads blocked on the pool while requests holding connections
-# waited for a free thread, and under load every request stalled until the pool's 30 s timeout
-# answered 500. scope="function" ends the slot when the route returns, before a response streams.
+# for a pooled connection while the requests holding the connections wait for a thread.
+# scope="function" ends the slot when the route returns, before a response streams.
 DbDep = Annotated[Db, Depends(get_db, scope="function", max_concurrency=REQUEST_SESSIONS)]
 
 

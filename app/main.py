@@ -59,10 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def served_app(settings: Settings | None = None) -> FastAPI:
     """The app as `mambaft api` and `mambaft serve` run it, one per process."""
     app = create_app(settings)
-    # Everything built so far (modules, the app, its schemas) lives as long as the process. Frozen, the
-    # full garbage collections that come every few seconds under load no longer walk it: reads' p99 at
-    # 300 req/s fell from 165-265 ms to 20-56 ms (bench/RESULTS.md, API load). Collected first, so no
-    # garbage is frozen with it. Not in `create_app`: tests build many apps in one process.
+    # Everything built so far (modules, the app, its schemas) lives as long as the process. Frozen, it is
+    # not walked by the full garbage collections that come every few seconds under load and would set
+    # the reads' tail latency (bench/RESULTS.md, API load). Collected first, so no garbage is frozen with
+    # it. Not in `create_app`: tests build many apps in one process.
     gc.collect()
     gc.freeze()
     return app

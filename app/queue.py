@@ -7,7 +7,14 @@ from typing import Protocol
 from celery import Celery
 from kombu.exceptions import KombuError
 
-from app.celery_config import CREATE_MODEL_TASK, QUEUE, RUN_EVALUATION_TASK, RUN_JOB_TASK, filesystem_folders, make_celery
+from app.celery_config import (
+    CREATE_MODEL_TASK,
+    QUEUE,
+    RUN_EVALUATION_TASK,
+    RUN_JOB_TASK,
+    filesystem_folders,
+    make_celery,
+)
 from app.settings import Settings
 
 # A broker that is down fails the send after about this long instead of blocking the request.
@@ -65,8 +72,8 @@ def enqueue_model_creation(*, settings: Settings, model_uid: str) -> None:
 
 def ping_broker(*, settings: Settings) -> None:
     """Raise BrokerUnavailable if the broker cannot be reached (before each create, and for /readyz)."""
-    # A pooled connection and one round trip (Redis: PING). A new connection per check cost 1.3 ms of
-    # CPU, as much as the rest of a job's creation; a pooled one whose server restarted reconnects.
+    # A pooled connection and one round trip (Redis: PING): a new connection per check costs as much CPU
+    # as the rest of a job's creation. A pooled one whose server restarted reconnects.
     try:
         with _celery(settings).pool.acquire(block=True, timeout=2) as connection:
             transport_errors = (*connection.connection_errors, *connection.channel_errors)

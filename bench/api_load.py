@@ -17,6 +17,7 @@ CPU the sender and the server used (in cores) and the load average, since they s
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -44,7 +45,7 @@ from app.settings import Settings
 from app.storage import storage_from_settings
 from worker.engine.spec import Progress
 from worker.job_hooks import JobHooks
-from worker.lease import Heartbeat, claim, new_owner_id
+from worker.lease import Heartbeat, claim, new_holder_id
 
 MAMBAFT = str(Path(sys.executable).with_name("mambaft"))
 MODEL = "state-spaces/mamba-130m-hf"
@@ -113,13 +114,13 @@ STEP_SECONDS = 0.1
 
 def run_job(settings: Settings, job_id: str, stop: threading.Event) -> None:
     """Hold `job_id` running as a worker does, minus the training, until `stop` is set."""
-    lease_owner = new_owner_id()
+    lease_holder = new_holder_id()
     with session_scope(settings.database_url) as session:
-        if claim(session, job_id, lease_owner, lease_seconds=settings.lease_seconds) is None:
+        if claim(session, job_id, lease_holder, lease_seconds=settings.lease_seconds) is None:
             raise RuntimeError(f"could not claim {job_id}")
-    with Heartbeat(settings, job_id, lease_owner) as heartbeat:
+    with Heartbeat(settings, job_id, lease_holder) as heartbeat:
         hooks = JobHooks(
-            settings=settings, storage=storage_from_settings(settings), job_id=job_id, owner=lease_owner,
+            settings=settings, storage=storage_from_settings(settings), job_id=job_id, holder=lease_holder,
             heartbeat=heartbeat, shutdown=stop,
         )  # fmt: skip
         step = 0
@@ -149,10 +150,8 @@ def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
     """User + system CPU time of these processes."""
     total = 0.0
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a Postgres backend that exited while being read
             total += sum(process.cpu_times()[:2])
-        except psutil.NoSuchProcess:  # a Postgres backend that exited while being read
-            pass
     return total
 
 

@@ -3,12 +3,14 @@
 Prints one JSON line per case: max logit difference, cosine similarity of every target's LoRA
 gradients (fused vs reference), train-vs-eval agreement, and — for contrast, in the same run — whether
 stock transformers + peft lets a gradient reach LoRA on x_proj / dt_proj in training mode.
+tests/gpu/test_parity_gpu.py runs the same `parity` on the tiny models and holds its figures.
 
     python3 bench/gpu_parity.py            # needs CUDA and the mamba-ssm / causal-conv1d wheels
 """
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,9 +19,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.engine.lora_fold import attach_lora  # noqa: E402
-from worker.engine.mamba_forward import fused_kernels_available, install_forwards  # noqa: E402
-from worker.engine.spec import LoraSpec  # noqa: E402
+from worker.engine.lora_fold import attach_lora
+from worker.engine.mamba_forward import fused_kernels_available, install_forwards
+from worker.engine.spec import LoraSpec
 
 DEV = "cuda"
 TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"), "mamba2": ("in_proj", "out_proj")}
@@ -27,17 +29,19 @@ REFERENCE_PATH = {"mamba": "reference", "mamba2": "torch"}
 
 
 def make(family: str) -> torch.nn.Module:
+    """The bench's random-init model: d_model 512 x 4 layers, vocab 1024."""
     torch.manual_seed(0)
-    torch.set_default_device(DEV)
-    if family == "mamba":
-        return MambaForCausalLM(MambaConfig(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=16))
-    return Mamba2ForCausalLM(Mamba2Config(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=64,
-                                          expand=2, head_dim=64, num_heads=16, n_groups=1, chunk_size=64))
+    with torch.device(DEV):
+        if family == "mamba":
+            return MambaForCausalLM(MambaConfig(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=16))
+        return Mamba2ForCausalLM(Mamba2Config(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=64,
+                                              expand=2, head_dim=64, num_heads=16, n_groups=1, chunk_size=64))
 
 
-def lora_model(family: str, precision: str) -> torch.nn.Module:
-    model = attach_lora(install_forwards(make(family)), LoraSpec(r=8, alpha=16, target_modules=TARGETS[family]))
+def lora_model(base: torch.nn.Module, family: str, precision: str) -> torch.nn.Module:
+    """`base` with an adapter on every target of its family, the same adapter for the same base."""
     torch.manual_seed(1)
+    model = attach_lora(install_forwards(base), LoraSpec(r=8, alpha=16, target_modules=TARGETS[family]))
     with torch.no_grad():  # a trained-looking adapter, so forward values and A's gradients are non-trivial
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -73,14 +77,19 @@ def min_cosine_by_target(grads: dict, truth: dict) -> dict[str, float]:
     return cosine
 
 
-def parity(family: str, precision: str) -> dict:
-    model = lora_model(family, precision)
-    ids = torch.randint(0, 1024, (4, 512), device=DEV, generator=torch.Generator(DEV).manual_seed(0))
+def parity(
+    family: str, precision: str, base: Callable[[], torch.nn.Module] | None = None, batch: int = 4, seq: int = 512
+) -> dict:
+    """Fused vs reference on `base()` (the same weights at every call; the bench's `make` by default)."""
+    base = base or (lambda: make(family))
+    model = lora_model(base(), family, precision)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (batch, seq), device=DEV, generator=torch.Generator(DEV).manual_seed(0))
     fused_logits, fused_grads = run(model, ids, precision, "auto")
     eval_logits, _ = run(model, ids, precision, "auto", train=False)
     ref_logits, ref_grads = run(model, ids, precision, REFERENCE_PATH[family])
     # Both bf16 paths round differently; the fp32 reference of the same adapter is the ground truth.
-    _, truth_grads = run(lora_model(family, "fp32"), ids, "fp32", REFERENCE_PATH[family])
+    _, truth_grads = run(lora_model(base(), family, "fp32"), ids, "fp32", REFERENCE_PATH[family])
     return dict(
         family=family, precision=precision,
         max_logit_diff=round((fused_logits - ref_logits).abs().max().item(), 5),

@@ -1,8 +1,8 @@
-"""Sparse Mamba (issue 7): Mamba vs SC-Mamba vs SO-Mamba, and Mamba-2 vs ST-Mamba2, trained from scratch.
+"""Sparse Mamba: Mamba vs SC-Mamba vs SO-Mamba, and Mamba-2 vs ST-Mamba2, trained from scratch.
 
     python3 bench/sparse_mamba.py --device cpu --seeds 3 --steps 60 --d-model 64 --n-layer 2 --d-state 8
 
-Every model is built by the service's own path (worker/engine/architecture.py) and trained by the
+Every model is built by the service's own path (worker/engine/model_builder.py) and trained by the
 production trainer (full fine-tuning, fp32 on CPU / bf16 on CUDA) on the same token stream of the
 stdlib corpus (worker/engine/stdlib_corpus.py, split by file): same size, tokens and hyperparameters,
 seeds 0..S-1 (the seed sets both the initialization and the batch order, so seed s of every variant
@@ -30,11 +30,11 @@ from unittest import mock
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.engine import mamba_forward  # noqa: E402
-from worker.engine.architecture import Architecture, create_model_folder  # noqa: E402
-from worker.engine.spec import TrainSpec  # noqa: E402
-from worker.engine.stdlib_corpus import build_corpus  # noqa: E402
-from worker.engine.trainer import train  # noqa: E402
+from worker.engine import mamba_forward
+from worker.engine.model_builder import Architecture, create_model_folder
+from worker.engine.spec import TrainSpec
+from worker.engine.stdlib_corpus import build_corpus
+from worker.engine.trainer import train
 
 # (name, family, variant field, variant); the first of each family is its baseline.
 VARIANTS = [
@@ -100,7 +100,7 @@ def fmt(values: list[float], digits: int) -> str:
 
 def paired(mine: list[dict[str, float]], base: list[dict[str, float]], metric: str) -> list[float]:
     """Per-seed relative difference in % (same initialization seed and batch order, so seed noise cancels)."""
-    return [100 * (a[metric] / b[metric] - 1) for a, b in zip(mine, base)]
+    return [100 * (a[metric] / b[metric] - 1) for a, b in zip(mine, base, strict=True)]
 
 
 def table(runs: dict[str, list[dict[str, float]]]) -> str:

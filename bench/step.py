@@ -26,10 +26,10 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.engine.lora_fold import attach_lora  # noqa: E402
-from worker.engine.loss import next_token_loss  # noqa: E402
-from worker.engine.mamba_forward import install_forwards, set_activation_recompute  # noqa: E402
-from worker.engine.spec import LoraSpec  # noqa: E402
+from worker.engine.lora_fold import attach_lora
+from worker.engine.loss import next_token_loss
+from worker.engine.mamba_forward import install_forwards, set_activation_recompute
+from worker.engine.spec import LoraSpec
 
 OUR_TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"), "mamba2": ("in_proj", "out_proj")}
 # What stock peft accepts: it refuses out_proj on both families.

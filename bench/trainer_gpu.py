@@ -5,6 +5,8 @@ of mamba-tiny, at two sizes: the tiny model itself and a random-init 130M shape 
 
     python3 bench/trainer_gpu.py            # throughput table
     python3 bench/trainer_gpu.py check      # per-step losses, CUDA graphs vs eager, same batches
+
+tests/gpu/test_cuda_graph_gpu.py runs the same check on the tiny models.
 """
 
 import json
@@ -51,15 +53,23 @@ def run(spec: TrainSpec) -> dict:
     return dict(model=Path(spec.model).name, cuda_graphs=spec.cuda_graphs, recompute=spec.activation_recompute,
                 batch=spec.batch_size, seq=spec.max_seq_len, steps=m["steps"],
                 tokens_per_s=round(m["tokens_per_second"]), peak_GiB=round(m["peak_memory_bytes"] / 2**30, 2),
-                base_validation_loss=round(m["base_validation_loss"], 4), validation_loss=round(m["validation_loss"], 4))
+                base_validation_loss=round(m["base_validation_loss"], 4),
+                validation_loss=round(m["validation_loss"], 4))
 
 
-def base_spec(model: Path, out: Path, batch: int, seq: int, epochs: int) -> TrainSpec:
+def gap(a: list[float], b: list[float]) -> float:
+    """The largest per-step difference of two runs' losses."""
+    return round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 5)
+
+
+def base_spec(
+    model: Path, out: Path, batch: int, seq: int, epochs: int,
+    targets: tuple[str, ...] = ("in_proj", "x_proj", "dt_proj", "out_proj"),
+) -> TrainSpec:
     return TrainSpec(
         model=str(model), train_path=ROOT / "demo/train.jsonl", validation_path=ROOT / "demo/valid.jsonl",
         output_dir=out, precision="bf16", batch_size=batch, max_seq_len=seq, learning_rate=2e-3,
-        lora=LoraSpec(r=8, alpha=16, target_modules=("in_proj", "x_proj", "dt_proj", "out_proj")),
-        checkpoint_every=0, n_epochs=epochs,
+        lora=LoraSpec(r=8, alpha=16, target_modules=targets), checkpoint_every=0, n_epochs=epochs,
     )
 
 
@@ -72,9 +82,6 @@ if __name__ == "__main__":
             spec = base_spec(make_130m(tmp / "mamba-130m-shape", tiny), tmp / "out", 8, 1024, 1)
             eager, again = step_losses(replace(spec, cuda_graphs=False)), step_losses(replace(spec, cuda_graphs=False))
             graphed = step_losses(spec)
-
-            def gap(a: list[float], b: list[float]) -> float:
-                return round(max(abs(x - y) for x, y in zip(a, b, strict=True)), 5)
 
             # Eager vs eager shows the run-to-run noise of the GPU kernels (atomic adds in backward).
             print(json.dumps(dict(eager=[round(x, 4) for x in eager], graphed=[round(x, 4) for x in graphed],

@@ -27,7 +27,7 @@ from app.storage import ObjectStorage, storage_from_settings
 from worker.archive import unpack
 from worker.evaluation.run import EvalSpec, evaluate
 from worker.job_runner import ERROR_CODES_BY_MODULE
-from worker.lease import Heartbeat, lock, new_owner_id, take
+from worker.lease import Heartbeat, lock, new_holder_id, take
 from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,13 @@ class InputMissing(Exception):
     """An input named by the evaluation is gone (deleted file, job without adapter)."""
 
 
-def _claim(settings: Settings, evaluation_id: str, owner: str) -> Evaluation | None:
-    """Lease the evaluation to `owner` and move it to running; None when it is not queued (a duplicate
+def _claim(settings: Settings, evaluation_id: str, holder: str) -> Evaluation | None:
+    """Lease the evaluation to `holder` and move it to running; None when it is not queued (a duplicate
     delivery)."""
     deadline = time.monotonic() + ROW_WAIT_S
     while True:
         with session_scope(settings.database_url) as session:
-            evaluation = take(session, Evaluation, evaluation_id, owner, lease_seconds=settings.lease_seconds)
+            evaluation = take(session, Evaluation, evaluation_id, holder, lease_seconds=settings.lease_seconds)
             if evaluation is not None:
                 transition(evaluation, EvaluationStatus.RUNNING)
                 return evaluation
@@ -102,26 +102,26 @@ def _reference_results(settings: Settings, evaluation: Evaluation) -> dict[str, 
         return reference.results if reference is not None else None
 
 
-def _finish(settings: Settings, evaluation_id: str, owner: str, target: EvaluationStatus, **values: Any) -> None:
-    """Record the outcome, only while `owner` still holds the lease."""
+def _finish(settings: Settings, evaluation_id: str, holder: str, target: EvaluationStatus, **values: Any) -> None:
+    """Record the outcome, only while `holder` still holds the lease."""
     with session_scope(settings.database_url) as session:
-        evaluation = lock(session, Evaluation, evaluation_id, owner)
+        evaluation = lock(session, Evaluation, evaluation_id, holder)
         if evaluation is None:  # the reaper gave it to another attempt: touch nothing
-            log.warning("evaluation %s: lease lost; leaving it to its new owner", evaluation_id)
+            log.warning("evaluation %s: lease lost; leaving it to its new holder", evaluation_id)
             return
         transition(evaluation, target, **values)
 
 
 def run_evaluation(*, settings: Settings, evaluation_id: str, score: EvaluateFn = evaluate) -> None:
     """Run one delivery of `mambaft.run_evaluation`; a delivery for an evaluation not queued does nothing."""
-    owner = new_owner_id()
-    evaluation = _claim(settings, evaluation_id, owner)
+    holder = new_holder_id()
+    evaluation = _claim(settings, evaluation_id, holder)
     if evaluation is None:
         log.info("evaluation %s is not queued; ignoring this delivery", evaluation_id)
         return
     with (
         tempfile.TemporaryDirectory(prefix=f"mambaft-{evaluation_id}-") as tmp,
-        Heartbeat(settings, evaluation_id, owner, Evaluation),
+        Heartbeat(settings, evaluation_id, holder, Evaluation),
     ):
         try:
             spec = _inputs(settings, storage_from_settings(settings), evaluation, Path(tmp))
@@ -131,9 +131,9 @@ def run_evaluation(*, settings: Settings, evaluation_id: str, score: EvaluateFn 
             # Paths of this run's scratch folder mean nothing to the client.
             message = (str(error) or type(error).__name__).replace(f"{tmp}/", "")[:2000]
             failure = {"code": _error_code(error), "message": message}
-            _finish(settings, evaluation_id, owner, EvaluationStatus.FAILED, error=failure)
+            _finish(settings, evaluation_id, holder, EvaluationStatus.FAILED, error=failure)
             return
-    _finish(settings, evaluation_id, owner, EvaluationStatus.SUCCEEDED, results=results)
+    _finish(settings, evaluation_id, holder, EvaluationStatus.SUCCEEDED, results=results)
 
 
 def _error_code(error: BaseException) -> str:

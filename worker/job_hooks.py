@@ -17,7 +17,7 @@ from app.settings import Settings
 from app.storage import ObjectStorage, put_file_retrying
 from worker.archive import pack
 from worker.engine.spec import Progress, TrainHooks
-from worker.lease import Heartbeat, lock_owned
+from worker.lease import Heartbeat, lock_held
 
 # Progress is written at most this often, unless the job has few steps: then every step is shown.
 PROGRESS_INTERVAL_S = 2.0
@@ -31,7 +31,7 @@ class JobHooks:
     settings: Settings
     storage: ObjectStorage
     job_id: str
-    owner: str
+    holder: str
     heartbeat: Heartbeat
     shutdown: threading.Event
     cancel_requested: bool = False
@@ -54,7 +54,7 @@ class JobHooks:
             return
         self._last_progress = time.monotonic()
         with session_scope(self.settings.database_url) as session:
-            job = lock_owned(session, self.job_id, self.owner)
+            job = lock_held(session, self.job_id, self.holder)
             if job is None:
                 self.heartbeat.lost.set()
                 return
@@ -80,7 +80,7 @@ class JobHooks:
             archive = pack(folder, Path(tmp) / "checkpoint.tar.gz")
             put_file_retrying(self.storage, key, archive, retry_seconds=self.settings.storage_retry_seconds)
         with session_scope(self.settings.database_url) as session:
-            if lock_owned(session, self.job_id, self.owner) is None:
+            if lock_held(session, self.job_id, self.holder) is None:
                 self.heartbeat.lost.set()
                 return
             # The object is complete before its row exists, so a resume never finds a partial one.
@@ -90,7 +90,7 @@ class JobHooks:
 
     def on_message(self, message: str) -> None:
         with session_scope(self.settings.database_url) as session:
-            if lock_owned(session, self.job_id, self.owner) is not None:
+            if lock_held(session, self.job_id, self.holder) is not None:
                 record_event(session, self.job_id, "message", message)
 
     def should_stop(self) -> bool:
@@ -104,7 +104,7 @@ class JobHooks:
             row = session.execute(
                 select(Job.cancel_requested, Job.lease_owner, Job.status).where(Job.id == self.job_id)
             ).one_or_none()
-        if row is None or row.lease_owner != self.owner or row.status != JobStatus.RUNNING:
+        if row is None or row.lease_owner != self.holder or row.status != JobStatus.RUNNING:
             self.heartbeat.lost.set()
         elif row.cancel_requested:
             self.cancel_requested = True

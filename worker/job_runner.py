@@ -41,7 +41,7 @@ from worker.engine.spec import (
 from worker.engine.trainer import train as engine_train
 from worker.job_hooks import JobHooks
 from worker.job_stability import store_stability_report
-from worker.lease import Heartbeat, claim, lock_owned, new_owner_id
+from worker.lease import Heartbeat, claim, lock_held, new_holder_id
 from worker.memory_watchdog import MemoryWatchdog
 from worker.model_store import model_source
 
@@ -118,17 +118,17 @@ def build_spec(
 
 
 class JobAttempt:
-    def __init__(self, settings: Settings, storage: ObjectStorage, job: Job, owner: str, workdir: Path) -> None:
+    def __init__(self, settings: Settings, storage: ObjectStorage, job: Job, holder: str, workdir: Path) -> None:
         self.settings = settings
         self.storage = storage
         self.job = job
-        self.owner = owner
+        self.holder = holder
         self.workdir = workdir
 
     def _owned(self, write: Callable[[Session, Job], None]) -> bool:
         """Run `write(session, job)` in one transaction if the lease is still ours."""
         with session_scope(self.settings.database_url) as session:
-            job = lock_owned(session, self.job.id, self.owner)
+            job = lock_held(session, self.job.id, self.holder)
             if job is None:
                 return False
             write(session, job)
@@ -204,7 +204,7 @@ class JobAttempt:
 
     def stopped(self, hooks: JobHooks, stop: TrainingStopped) -> None:
         if hooks.lease_lost:  # the job is someone else's now: touch nothing
-            log.warning("job %s: lease lost at step %d; leaving the job to its new owner", self.job.id, stop.step)
+            log.warning("job %s: lease lost at step %d; leaving the job to its new holder", self.job.id, stop.step)
         elif hooks.cancel_requested:
             self._owned(lambda s, j: transition(s, j, JobStatus.CANCELLED, message="Job cancelled"))
         elif self._owned(lambda s, j: _hand_back(s, j, stop.step)):
@@ -242,19 +242,19 @@ def run_job(
     *, settings: Settings, job_id: str, shutdown: threading.Event | None = None, train: TrainFn = engine_train
 ) -> None:
     """Run one delivery of `mambaft.run_job`; a delivery for a job that is not queued does nothing."""
-    owner = new_owner_id()
+    holder = new_holder_id()
     with session_scope(settings.database_url) as session:
-        job = claim(session, job_id, owner, lease_seconds=settings.lease_seconds)
+        job = claim(session, job_id, holder, lease_seconds=settings.lease_seconds)
     if job is None:
         log.info("job %s is not queued; ignoring this delivery", job_id)
         return
     storage = storage_from_settings(settings)
     with (
         tempfile.TemporaryDirectory(prefix=f"mambaft-{job_id}-") as tmp,
-        Heartbeat(settings, job_id, owner) as heartbeat,
+        Heartbeat(settings, job_id, holder) as heartbeat,
     ):
-        attempt = JobAttempt(settings, storage, job, owner, Path(tmp))
-        hooks = JobHooks(settings, storage, job_id, owner, heartbeat, shutdown or threading.Event())
+        attempt = JobAttempt(settings, storage, job, holder, Path(tmp))
+        hooks = JobHooks(settings, storage, job_id, holder, heartbeat, shutdown or threading.Event())
         try:
             model = model_source(settings=settings, storage=storage, owner=job.owner, model_id=job.model)
             inputs = attempt.download_inputs()

@@ -30,7 +30,9 @@ class StabilityOutcome:
     summary: dict[str, Any] | None
 
 
-def store_stability_report(*, storage: ObjectStorage, job_id: str, spec: TrainSpec, result: TrainResult) -> StabilityOutcome:
+def store_stability_report(
+    *, storage: ObjectStorage, job_id: str, spec: TrainSpec, result: TrainResult
+) -> StabilityOutcome:
     """Measure the base and the fine-tuned model on the job's validation file (else its training file) and
     store the report; on failure store the reason instead. Never raises."""
     workdir = spec.output_dir

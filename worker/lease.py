@@ -1,7 +1,7 @@
 """The worker's lease on a running job or evaluation: claiming it, renewing it, and writing only while
 holding it.
 
-Every write a worker makes to its job or evaluation goes through `lock` (`lock_owned` for jobs), a
+Every write a worker makes to its job or evaluation goes through `lock` (`lock_held` for jobs), a
 conditional UPDATE that both checks the lease and locks the row (a row lock on Postgres, the write lock
 on SQLite) for the rest of the transaction. A worker whose lease the reaper took away therefore can
 never overwrite the next attempt.
@@ -37,7 +37,7 @@ def worker_id(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
-def new_owner_id() -> str:
+def new_holder_id() -> str:
     """Unique per attempt, so a heartbeat left over from an earlier attempt can never renew this one."""
     return f"{worker_id()}:{uuid.uuid4().hex[:8]}"
 
@@ -55,64 +55,64 @@ def expire_leases_of(settings: Settings, worker: str) -> list[str]:
 
 
 def _guarded_update(
-    session: Session, model: type[Job] | type[Evaluation], row_id: str, *conditions, **values  # noqa: ANN002, ANN003
+    session: Session, model: type[Job] | type[Evaluation], row_id: str, *conditions, **values
 ) -> bool:
     statement = update(model).where(model.id == row_id, *conditions).values(**values)
     result = session.execute(statement.execution_options(synchronize_session=False))
     return result.rowcount == 1
 
 
-def take(session: Session, model: type[Leased], row_id: str, owner: str, *, lease_seconds: int) -> Leased | None:
-    """Lease a queued row to `owner`, counting an attempt; None if it was not queued (a duplicate
+def take(session: Session, model: type[Leased], row_id: str, holder: str, *, lease_seconds: int) -> Leased | None:
+    """Lease a queued row to `holder`, counting an attempt; None if it was not queued (a duplicate
     delivery, or one cancelled or taken meanwhile). The caller moves it to running in this transaction."""
     # The guarded UPDATE is the atomic claim: of two workers racing, the second waits on the row lock
     # and then finds the status no longer queued.
     taken = _guarded_update(
         session, model, row_id, model.status == QUEUED,
-        lease_owner=owner, lease_expires_at=now() + lease_seconds, attempts=model.attempts + 1,
+        lease_owner=holder, lease_expires_at=now() + lease_seconds, attempts=model.attempts + 1,
     )  # fmt: skip
     return session.get(model, row_id, populate_existing=True) if taken else None
 
 
-def claim(session: Session, job_id: str, owner: str, *, lease_seconds: int) -> Job | None:
-    """Take a queued job for `owner` and move it to running; None if it was not queued."""
-    job = take(session, Job, job_id, owner, lease_seconds=lease_seconds)
+def claim(session: Session, job_id: str, holder: str, *, lease_seconds: int) -> Job | None:
+    """Take a queued job for `holder` and move it to running; None if it was not queued."""
+    job = take(session, Job, job_id, holder, lease_seconds=lease_seconds)
     if job is None:
         return None
     # In the claim's transaction, so a claim is never visible without its event.
     transition(
         session, job, JobStatus.RUNNING,
-        message=f"Job started (attempt {job.attempts})", data={"attempt": job.attempts, "worker": owner},
+        message=f"Job started (attempt {job.attempts})", data={"attempt": job.attempts, "worker": holder},
     )  # fmt: skip
     return job
 
 
-def lock_if(session: Session, model: type[Leased], row_id: str, *conditions) -> Leased | None:  # noqa: ANN002
+def lock_if(session: Session, model: type[Leased], row_id: str, *conditions) -> Leased | None:
     """The row, locked for the rest of this transaction, if `conditions` still hold; else None."""
     # A no-op assignment: the UPDATE is what re-checks the conditions and takes the lock, atomically.
     held = _guarded_update(session, model, row_id, *conditions, lease_owner=model.lease_owner)
     return session.get(model, row_id, populate_existing=True) if held else None
 
 
-def lock(session: Session, model: type[Leased], row_id: str, owner: str) -> Leased | None:
-    """The row, locked for this transaction, while `owner` still holds its lease; else None."""
-    return lock_if(session, model, row_id, model.lease_owner == owner, model.status == RUNNING)
+def lock(session: Session, model: type[Leased], row_id: str, holder: str) -> Leased | None:
+    """The row, locked for this transaction, while `holder` still holds its lease; else None."""
+    return lock_if(session, model, row_id, model.lease_owner == holder, model.status == RUNNING)
 
 
-def lock_owned(session: Session, job_id: str, owner: str) -> Job | None:
-    """The job, row-locked for this transaction, while `owner` still holds its lease; else None."""
-    return lock(session, Job, job_id, owner)
+def lock_held(session: Session, job_id: str, holder: str) -> Job | None:
+    """The job, row-locked for this transaction, while `holder` still holds its lease; else None."""
+    return lock(session, Job, job_id, holder)
 
 
 class Heartbeat:
     """A thread renewing the lease every `heartbeat_seconds`; sets `lost` once the lease is gone."""
 
     def __init__(
-        self, settings: Settings, row_id: str, owner: str, model: type[Job] | type[Evaluation] = Job
+        self, settings: Settings, row_id: str, holder: str, model: type[Job] | type[Evaluation] = Job
     ) -> None:
         self.settings = settings
         self.row_id = row_id
-        self.owner = owner
+        self.holder = holder
         self.model = model
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -121,7 +121,7 @@ class Heartbeat:
     def renew(self) -> None:
         with session_scope(self.settings.database_url) as session:
             renewed = _guarded_update(
-                session, self.model, self.row_id, self.model.lease_owner == self.owner, self.model.status == RUNNING,
+                session, self.model, self.row_id, self.model.lease_owner == self.holder, self.model.status == RUNNING,
                 lease_expires_at=now() + self.settings.lease_seconds,
             )  # fmt: skip
         if not renewed:

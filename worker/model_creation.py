@@ -18,12 +18,14 @@ from app.db import session_scope
 from app.settings import Settings
 from app.storage import put_file_retrying, storage_from_settings
 from worker.archive import pack
-from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURE_FIELDS = ("id", "family", "d_model", "n_layer", "d_state", "tokenizer", "ssm_structure", "a_constraint", "seed")
+ARCHITECTURE_FIELDS = (
+    "id", "family", "d_model", "n_layer", "d_state", "tokenizer", "ssm_structure", "a_constraint", "seed",
+)
 # The API sends the task before its transaction commits; the row shows up within this long.
 ROW_WAIT_S = 10.0
 MAX_ERROR_MESSAGE = 2000

@@ -1,6 +1,6 @@
 """A created model's parameter count, from its architecture alone (the API never loads torch).
 
-It mirrors what worker/engine/architecture.py builds: transformers' Mamba / Mamba-2 with expand 2,
+It mirrors what worker/engine/model_builder.py builds: transformers' Mamba / Mamba-2 with expand 2,
 a width-4 causal convolution with bias, tied embeddings, and Mamba-2 heads of MAMBA2_HEAD_DIM. SC/SO
 models drop the fixed B or C rows of x_proj. tests/sparse/test_model_parameters.py holds it to the
 count of built models.
@@ -10,7 +10,7 @@ import math
 
 from app.base_models.architectures import COMPANION_STRUCTURES
 
-# The worker's values (worker/engine/architecture.py, tiny_model.byte_tokenizer), which the engine
+# The worker's values (worker/engine/model_builder.py, tiny_model.byte_tokenizer), which the engine
 # keeps free of app imports; the test that compares counts fails if they part.
 EXPAND = 2
 CONV_KERNEL = 4

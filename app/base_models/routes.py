@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from app.base_models import service
 from app.base_models.schemas import ModelCreate
 from app.base_models.service import BaseModelInfo
-from app.deps import DbDep, Tx
+from app.deps import DbDep, RequestContext
 from app.pagination import ListObject
 from app.queue import enqueue_model_creation
 
@@ -56,8 +56,8 @@ EnqueueModelDep = Annotated[Callable[..., None], Depends(get_model_enqueuer)]
 # Shared models live in the models folder: `db.run` reads it on its thread, beside the caller's rows.
 @router.get("")
 async def list_models(db: DbDep) -> ListObject[ModelObject]:
-    def work(tx: Tx) -> ListObject[ModelObject]:
-        models = service.list_models(session=tx.session, settings=tx.settings, owner=tx.owner)
+    def work(ctx: RequestContext) -> ListObject[ModelObject]:
+        models = service.list_models(session=ctx.session, settings=ctx.settings, owner=ctx.owner)
         return ListObject[ModelObject](data=[ModelObject.of(m) for m in models], has_more=False)
 
     return await db.run(work)
@@ -67,8 +67,8 @@ async def list_models(db: DbDep) -> ListObject[ModelObject]:
 @router.get("/{model_id:path}")
 async def get_model(model_id: str, db: DbDep) -> ModelObject:
     return await db.run(
-        lambda tx: ModelObject.of(
-            service.get_model(session=tx.session, settings=tx.settings, owner=tx.owner, model_id=model_id)
+        lambda ctx: ModelObject.of(
+            service.get_model(session=ctx.session, settings=ctx.settings, owner=ctx.owner, model_id=model_id)
         )
     )
 
@@ -77,9 +77,9 @@ async def get_model(model_id: str, db: DbDep) -> ModelObject:
 async def create_model(request: ModelCreate, db: DbDep, enqueue: EnqueueModelDep) -> ModelObject:
     """A randomly initialized model; `status` is "creating" until a worker has written its weights."""
     return await db.run(
-        lambda tx: ModelObject.of(
+        lambda ctx: ModelObject.of(
             service.create_model(
-                session=tx.session, settings=tx.settings, owner=tx.owner, request=request, enqueue=enqueue
+                session=ctx.session, settings=ctx.settings, owner=ctx.owner, request=request, enqueue=enqueue
             )
         )
     )

@@ -197,7 +197,7 @@ def create_model(
     # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
     try:
         enqueue(settings=settings, model_uid=row.uid)
-    except Exception:  # noqa: BLE001 - whatever the broker client raises means "not queued"
+    except Exception:  # whatever the broker client raises means "not queued"
         raise broker_unavailable() from None
     return _created_info(row)
 

@@ -40,7 +40,8 @@ class Evaluation(Base):
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
-    # Worker lease, as on jobs: a running evaluation whose lease expired is requeued by the reaper.
+    # Worker lease, as on jobs (`lease_owner` is the lease holder, not the tenant): a running evaluation
+    # whose lease expired is requeued by the reaper.
     lease_owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from app.deps import Db, DbDep, StorageDep, Tx
+from app.deps import Db, DbDep, RequestContext, StorageDep
 from app.errors import not_found
 from app.evaluations import service
 from app.evaluations.models import Evaluation
@@ -26,9 +26,9 @@ async def get_enqueue() -> service.Enqueue:
 EnqueueDep = Annotated[service.Enqueue, Depends(get_enqueue)]
 
 
-def owned_evaluation(tx: Tx, evaluation_id: str) -> Evaluation:
+def owned_evaluation(ctx: RequestContext, evaluation_id: str) -> Evaluation:
     """The caller's evaluation with this id; another owner's is as absent as a missing one."""
-    evaluation = service.get_evaluation(session=tx.session, owner=tx.owner, evaluation_id=evaluation_id)
+    evaluation = service.get_evaluation(session=ctx.session, owner=ctx.owner, evaluation_id=evaluation_id)
     if evaluation is None:
         raise not_found("evaluation_not_found", f"No evaluation with id {evaluation_id!r}", param="evaluation_id")
     return evaluation
@@ -37,16 +37,16 @@ def owned_evaluation(tx: Tx, evaluation_id: str) -> Evaluation:
 @router.post("/evaluations")
 async def create_evaluation(body: EvaluationCreate, db: DbDep, enqueue: EnqueueDep) -> EvaluationObject:
     return await db.run(
-        lambda tx: service.create_evaluation(
-            session=tx.session, settings=tx.settings, enqueue=enqueue, owner=tx.owner, request=body
+        lambda ctx: service.create_evaluation(
+            session=ctx.session, settings=ctx.settings, enqueue=enqueue, owner=ctx.owner, request=body
         )
     )
 
 
 @router.get("/evaluations")
 async def list_evaluations(db: DbDep, after: AfterQuery = None, limit: LimitQuery = 20) -> ListObject[EvaluationObject]:
-    def work(tx: Tx) -> ListObject[EvaluationObject]:
-        page = service.list_evaluations(session=tx.session, owner=tx.owner, after=after, limit=limit)
+    def work(ctx: RequestContext) -> ListObject[EvaluationObject]:
+        page = service.list_evaluations(session=ctx.session, owner=ctx.owner, after=after, limit=limit)
         return ListObject[EvaluationObject](data=[EvaluationObject.of(e) for e in page.items], has_more=page.has_more)
 
     return await db.read(work)
@@ -54,12 +54,12 @@ async def list_evaluations(db: DbDep, after: AfterQuery = None, limit: LimitQuer
 
 @router.get("/evaluations/{evaluation_id}")
 async def get_evaluation(evaluation_id: str, db: DbDep) -> EvaluationObject:
-    return await db.read(lambda tx: EvaluationObject.of(owned_evaluation(tx, evaluation_id)))
+    return await db.read(lambda ctx: EvaluationObject.of(owned_evaluation(ctx, evaluation_id)))
 
 
 async def _stability(db: Db, storage: ObjectStorage, job_id: str, suffix: str, media_type: str) -> StreamingResponse:
-    def work(tx: Tx) -> StreamingResponse:
-        body = service.stability_report(storage=storage, job=owned_job(tx, job_id), suffix=suffix)
+    def work(ctx: RequestContext) -> StreamingResponse:
+        body = service.stability_report(storage=storage, job=owned_job(ctx, job_id), suffix=suffix)
         return StreamingResponse(body, media_type=media_type)
 
     return await db.run(work)

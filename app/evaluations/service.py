@@ -57,7 +57,7 @@ def create_evaluation(
     # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
     try:
         enqueue(settings=settings, evaluation_id=evaluation.id)
-    except Exception:  # noqa: BLE001 - whatever the broker client raises means "not queued"
+    except Exception:  # whatever the broker client raises means "not queued"
         raise broker_unavailable() from None
     return EvaluationObject.of(evaluation)
 
@@ -116,4 +116,5 @@ def _stability_failure(*, storage: ObjectStorage, job: Job) -> ApiError | None:
         failure = json.loads(b"".join(storage.iter_bytes(stability_key(job.id, "error.json"))))
     except ObjectNotFound:
         return None
-    return not_found("stability_failed", f"The stability report of job {job.id} could not be made: {failure['message']}")
+    message = f"The stability report of job {job.id} could not be made: {failure['message']}"
+    return not_found("stability_failed", message)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import FormData
 
-from app.deps import DbDep, IdempotencyKeyDep, StorageDep, Tx
+from app.deps import DbDep, IdempotencyKeyDep, RequestContext, StorageDep
 from app.errors import invalid_request, not_found
 from app.files import service
 from app.files.models import File
@@ -16,9 +16,9 @@ from app.pagination import AfterQuery, LimitQuery, ListObject
 router = APIRouter(prefix="/files", tags=["files"])
 
 
-def owned_file(tx: Tx, file_id: str) -> File:
+def owned_file(ctx: RequestContext, file_id: str) -> File:
     """The caller's file with this id; another owner's file is as absent as a missing one."""
-    file = service.get_file(session=tx.session, owner=tx.owner, file_id=file_id)
+    file = service.get_file(session=ctx.session, owner=ctx.owner, file_id=file_id)
     if file is None:
         raise not_found("file_not_found", f"No file with id {file_id!r}", param="file_id")
     return file
@@ -44,11 +44,11 @@ async def upload_file(
 ) -> FileObject:
     refuse_repeated_fields(await request.form())  # parsed already, for the parameters above
     return await db.run(
-        lambda tx: service.upload_file(
-            session=tx.session,
+        lambda ctx: service.upload_file(
+            session=ctx.session,
             storage=storage,
-            settings=tx.settings,
-            owner=tx.owner,
+            settings=ctx.settings,
+            owner=ctx.owner,
             stream=file.file,
             filename=file.filename,
             purpose=purpose,
@@ -61,8 +61,8 @@ async def upload_file(
 async def list_files(
     db: DbDep, purpose: str | None = None, after: AfterQuery = None, limit: LimitQuery = 20
 ) -> ListObject[FileObject]:
-    def work(tx: Tx) -> ListObject[FileObject]:
-        page = service.list_files(session=tx.session, owner=tx.owner, purpose=purpose, after=after, limit=limit)
+    def work(ctx: RequestContext) -> ListObject[FileObject]:
+        page = service.list_files(session=ctx.session, owner=ctx.owner, purpose=purpose, after=after, limit=limit)
         return ListObject[FileObject](data=[FileObject.of(f) for f in page.items], has_more=page.has_more)
 
     return await db.read(work)
@@ -70,13 +70,13 @@ async def list_files(
 
 @router.get("/{file_id}")
 async def get_file(file_id: str, db: DbDep) -> FileObject:
-    return await db.read(lambda tx: FileObject.of(owned_file(tx, file_id)))
+    return await db.read(lambda ctx: FileObject.of(owned_file(ctx, file_id)))
 
 
 @router.get("/{file_id}/content")
 async def download_file(file_id: str, db: DbDep, storage: StorageDep) -> StreamingResponse:
-    def work(tx: Tx) -> StreamingResponse:
-        content = service.file_content(storage=storage, file=owned_file(tx, file_id))
+    def work(ctx: RequestContext) -> StreamingResponse:
+        content = service.file_content(storage=storage, file=owned_file(ctx, file_id))
         return StreamingResponse(content, media_type="application/octet-stream")
 
     return await db.run(work)
@@ -84,9 +84,9 @@ async def download_file(file_id: str, db: DbDep, storage: StorageDep) -> Streami
 
 @router.delete("/{file_id}")
 async def delete_file(file_id: str, db: DbDep, storage: StorageDep) -> DeletedFile:
-    def work(tx: Tx) -> DeletedFile:
-        file = owned_file(tx, file_id)
-        service.delete_file(session=tx.session, storage=storage, owner=tx.owner, file=file)
+    def work(ctx: RequestContext) -> DeletedFile:
+        file = owned_file(ctx, file_id)
+        service.delete_file(session=ctx.session, storage=storage, owner=ctx.owner, file=file)
         return DeletedFile(id=file.id)
 
     return await db.run(work)

@@ -99,8 +99,9 @@ async def stream_events(
             return
         if check_key is not None:
             key_checked_at = time.monotonic()
-        for cursor, event in poll.events:  # the cursor advances with every event sent
+        for sequence, event in poll.events:
             yield f"id: {event.id}\ndata: {event.model_dump_json()}\n\n"
+            cursor = sequence  # advanced with every event sent
         if len(poll.events) == BATCH:
             continue  # a backlog: drain it before sleeping
         if poll.status is None or JobStatus(poll.status) in TERMINAL:

@@ -36,7 +36,8 @@ class Job(Base):
     current_step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
-    # Worker lease: a running job whose lease expired is requeued by the reaper.
+    # Worker lease: a running job whose lease expired is requeued by the reaper. `lease_owner` holds the
+    # lease holder (the worker attempt's id, `holder` in worker/lease.py), not the tenant (`owner`).
     lease_owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
     lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

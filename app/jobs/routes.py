@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.deps import BrokerDep, Db, DbDep, FingerprintDep, IdempotencyKeyDep, StorageDep, Tx
+from app.deps import BrokerDep, Db, DbDep, FingerprintDep, IdempotencyKeyDep, RequestContext, StorageDep
 from app.errors import not_found
 from app.jobs import events, service
 from app.jobs.models import Job
@@ -19,9 +19,9 @@ router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def owned_job(tx: Tx, job_id: str) -> Job:
+def owned_job(ctx: RequestContext, job_id: str) -> Job:
     """The caller's job with this id; another owner's job is as absent as a missing one."""
-    job = service.get_job(session=tx.session, owner=tx.owner, job_id=job_id)
+    job = service.get_job(session=ctx.session, owner=ctx.owner, job_id=job_id)
     if job is None:
         raise not_found("job_not_found", f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job_id")
     return job
@@ -36,11 +36,11 @@ async def create_job(
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobObject:
     return await db.run(
-        lambda tx: service.create_job(
-            session=tx.session,
-            settings=tx.settings,
+        lambda ctx: service.create_job(
+            session=ctx.session,
+            settings=ctx.settings,
             broker=broker,
-            owner=tx.owner,
+            owner=ctx.owner,
             request=body,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
@@ -50,8 +50,8 @@ async def create_job(
 
 @router.get("")
 async def list_jobs(db: DbDep, after: AfterQuery = None, limit: LimitQuery = 20) -> ListObject[JobObject]:
-    def work(tx: Tx) -> ListObject[JobObject]:
-        page = service.list_jobs(session=tx.session, owner=tx.owner, after=after, limit=limit)
+    def work(ctx: RequestContext) -> ListObject[JobObject]:
+        page = service.list_jobs(session=ctx.session, owner=ctx.owner, after=after, limit=limit)
         return ListObject[JobObject](data=[JobObject.of(j) for j in page.items], has_more=page.has_more)
 
     return await db.read(work)
@@ -59,13 +59,13 @@ async def list_jobs(db: DbDep, after: AfterQuery = None, limit: LimitQuery = 20)
 
 @router.get("/{fine_tuning_job_id}")
 async def get_job(fine_tuning_job_id: str, db: DbDep) -> JobObject:
-    return await db.read(lambda tx: JobObject.of(owned_job(tx, fine_tuning_job_id)))
+    return await db.read(lambda ctx: JobObject.of(owned_job(ctx, fine_tuning_job_id)))
 
 
 @router.post("/{fine_tuning_job_id}/cancel")
 async def cancel_job(fine_tuning_job_id: str, db: DbDep) -> JobObject:
     return await db.run(
-        lambda tx: JobObject.of(service.cancel_job(session=tx.session, job=owned_job(tx, fine_tuning_job_id)))
+        lambda ctx: JobObject.of(service.cancel_job(session=ctx.session, job=owned_job(ctx, fine_tuning_job_id)))
     )
 
 
@@ -82,14 +82,14 @@ async def list_events(
 ) -> ListObject[JobEventObject] | StreamingResponse:
     cursor = events.parse_event_id(after)
 
-    def work(tx: Tx) -> ListObject[JobEventObject] | StreamingResponse:
-        job = owned_job(tx, fine_tuning_job_id)
+    def work(ctx: RequestContext) -> ListObject[JobEventObject] | StreamingResponse:
+        job = owned_job(ctx, fine_tuning_job_id)
         if stream:
             frames = events.stream_events(
-                database_url=tx.settings.database_url, owner=tx.owner, job_id=job.id, after=cursor, api_key=db.api_key
+                database_url=ctx.settings.database_url, owner=ctx.owner, job_id=job.id, after=cursor, api_key=db.api_key
             )
             return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-        page = events.list_events(session=tx.session, owner=tx.owner, job_id=job.id, before=cursor, limit=limit)
+        page = events.list_events(session=ctx.session, owner=ctx.owner, job_id=job.id, before=cursor, limit=limit)
         return ListObject[JobEventObject](data=[JobEventObject.of(e) for e in page.items], has_more=page.has_more)
 
     return await db.read(work)
@@ -99,9 +99,9 @@ async def list_events(
 async def list_checkpoints(
     fine_tuning_job_id: str, db: DbDep, after: AfterQuery = None, limit: LimitQuery = 20
 ) -> ListObject[CheckpointObject]:
-    def work(tx: Tx) -> ListObject[CheckpointObject]:
-        job = owned_job(tx, fine_tuning_job_id)
-        page = service.list_checkpoints(session=tx.session, owner=tx.owner, job=job, after=after, limit=limit)
+    def work(ctx: RequestContext) -> ListObject[CheckpointObject]:
+        job = owned_job(ctx, fine_tuning_job_id)
+        page = service.list_checkpoints(session=ctx.session, owner=ctx.owner, job=job, after=after, limit=limit)
         return ListObject[CheckpointObject](data=[CheckpointObject.of(c) for c in page.items], has_more=page.has_more)
 
     return await db.read(work)
@@ -110,8 +110,8 @@ async def list_checkpoints(
 async def _archive(db: Db, job_id: str, open_archive: Callable[[Job], Iterator[bytes]], name: str) -> StreamingResponse:
     """A job's stored archive, `{job id}-{name}.tar.gz`, opened (`open_archive`) on `db.run`'s thread."""
 
-    def work(tx: Tx) -> StreamingResponse:
-        job = owned_job(tx, job_id)
+    def work(ctx: RequestContext) -> StreamingResponse:
+        job = owned_job(ctx, job_id)
         disposition = f'attachment; filename="{job.id}-{name}.tar.gz"'
         return StreamingResponse(
             open_archive(job), media_type="application/gzip", headers={"Content-Disposition": disposition}

@@ -54,6 +54,8 @@ class Hyperparameters(BaseModel):
     batch_size: int = Field(HyperparameterSpec.batch_size, ge=1, le=1024)
     learning_rate: float = Field(HyperparameterSpec.learning_rate, gt=0, le=1)
     max_seq_len: int = Field(HyperparameterSpec.max_seq_len, ge=16, le=65536)
+    # Memory-lean mode: recompute each layer's activations in backward instead of keeping them, trading
+    # speed for peak memory (bench/RESULTS.md).
     activation_recompute: bool = HyperparameterSpec.activation_recompute
 
     @model_validator(mode="before")

@@ -116,7 +116,7 @@ def _check_training_input(*, session: Session, owner: str, file_id: str, param: 
 def _require_broker(*, broker: Broker, settings: Settings) -> None:
     try:
         broker.ping_broker(settings=settings)
-    except Exception as error:  # noqa: BLE001 - whatever the broker client raises means "cannot queue"
+    except Exception as error:  # whatever the broker client raises means "cannot queue"
         # The type only: a broker error's message can carry its URL, credentials included.
         log.warning("broker unreachable; no job created: %s", type(error).__name__)
         raise broker_unavailable() from None

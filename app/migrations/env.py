@@ -7,12 +7,12 @@ from sqlalchemy import create_engine, pool
 
 # Every module that defines tables must be imported here, or autogenerate (and the drift test in
 # tests/api/test_migrations.py) will not see its tables.
-import app.auth.models  # noqa: F401
-import app.base_models.models  # noqa: F401
-import app.evaluations.models  # noqa: F401
-import app.files.models  # noqa: F401
-import app.idempotency  # noqa: F401
-import app.jobs.models  # noqa: F401
+import app.auth.models
+import app.base_models.models
+import app.evaluations.models
+import app.files.models
+import app.idempotency
+import app.jobs.models
 import app.workers.models  # noqa: F401
 from app.db import Base
 from app.settings import get_settings

@@ -9,7 +9,7 @@ from sqlalchemy.exc import InternalError
 from app.auth.models import ApiKey
 from app.auth.service import create_api_key
 from app.db import session_scope
-from app.deps import Db, Tx
+from app.deps import Db, RequestContext
 from app.limits import RateLimiter
 from app.settings import Settings
 
@@ -24,8 +24,8 @@ def test_a_read_runs_for_the_keys_owner(settings: Settings) -> None:
     with session_scope(settings.database_url) as session:
         _, key = create_api_key(session=session, owner="alice")
 
-    def owners(tx: Tx) -> tuple[str, list[str]]:
-        return tx.owner, list(tx.session.scalars(select(ApiKey.owner)))
+    def owners(ctx: RequestContext) -> tuple[str, list[str]]:
+        return ctx.owner, list(ctx.session.scalars(select(ApiKey.owner)))
 
     assert asyncio.run(_db(settings, key).read(owners)) == ("alice", ["alice"])
 
@@ -34,8 +34,8 @@ def test_a_write_through_read_is_refused_by_the_database(settings: Settings) -> 
     with session_scope(settings.database_url) as session:
         _, key = create_api_key(session=session, owner="alice")
 
-    def write(tx: Tx) -> None:
-        create_api_key(session=tx.session, owner="mallory")
+    def write(ctx: RequestContext) -> None:
+        create_api_key(session=ctx.session, owner="mallory")
 
     with pytest.raises(InternalError, match="read-only transaction"):
         asyncio.run(_db(settings, key).read(write))

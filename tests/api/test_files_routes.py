@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import Settings
 
-from .factories import TEXT, job_body, jsonl, upload, update_job
+from .factories import TEXT, job_body, jsonl, update_job, upload
 from .test_files_upload import stored_objects
 
 

@@ -57,7 +57,7 @@ def test_every_setting_is_stored_as_given(client: TestClient, training_file: str
             "export_merged": True,
         },
         hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate": 0.5, "max_seq_len": 1024,
-                         "activation_recompute": True},  # fmt: skip
+                         "activation_recompute": True},
         seed=1234,
         suffix="my-run",
         metadata={"team": "nlp", "ticket": ""},

@@ -104,5 +104,5 @@ def test_the_upload_and_the_worker_name_the_same_bad_line(client: TestClient, to
 
     path = tmp_path / "stored.jsonl"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="stored.jsonl: line 5: invalid JSON"):
+    with pytest.raises(ValueError, match=r"stored\.jsonl: line 5: invalid JSON"):
         load_blocks(path, tokenizer, MAX_SEQ_LEN)

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 
 

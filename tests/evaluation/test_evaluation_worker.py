@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from app.evaluations.routes import get_enqueue
 from app.settings import Settings
-from worker.bootstrap import ensure_tiny_models
 from worker import job_stability
+from worker.bootstrap import ensure_tiny_models
 from worker.engine.spec import TrainHooks, TrainResult, TrainSpec
 from worker.evaluation_runner import run_evaluation
 from worker.job_runner import run_job

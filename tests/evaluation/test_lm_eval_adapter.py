@@ -23,7 +23,9 @@ def lm(tiny_mamba: Path) -> MambaLM:
 
 
 def _direct_logprob(lm: MambaLM, context: str, continuation: str) -> float:
-    encode = lambda text: lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def encode(text: str) -> list[int]:
+        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     ctx, cont = encode(context), encode(continuation)
     with torch.no_grad():
         logits = lm.model(input_ids=torch.tensor([ctx + cont]), use_cache=False).logits[0]  # (T, V)

@@ -69,7 +69,8 @@ def test_icl_gain_of_hand_computed_two_example_task(model, tokenizer) -> None:
     assert scores.acc == {0: 0.5, 1: 1.0}
     assert scores.acc_norm == {0: 0.5, 1: 1.0}  # one-letter choices: normalising changes nothing
     assert scores.to_dict() == {
-        "task": "two", "n_examples": 2, "acc_0": 0.5, "acc_norm_0": 0.5, "acc_1": 1.0, "acc_norm_1": 1.0, "icl_gain_1": 0.5,
+        "task": "two", "n_examples": 2, "acc_0": 0.5, "acc_norm_0": 0.5, "acc_1": 1.0, "acc_norm_1": 1.0,
+        "icl_gain_1": 0.5,
     }  # fmt: skip
 
 
@@ -112,7 +113,7 @@ def test_read_task_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     good = json.dumps({"context": "c", "choices": ["a", "b"], "answer": 1})
     path.write_text(good + "\n" + json.dumps({"context": "c", "choices": ["a", "b"], "answer": 2}) + "\n")
-    with pytest.raises(ValueError, match="t.jsonl: line 2"):
+    with pytest.raises(ValueError, match=r"t\.jsonl: line 2"):
         read_task(path)
 
 

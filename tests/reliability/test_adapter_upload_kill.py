@@ -18,10 +18,10 @@ import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
-from e2e.conftest import S3_BUCKET, aws_credentials, models_dir, s3_endpoint  # noqa: F401  (fixtures, re-exported by name)
-from e2e.factories import adapter_logits_change
 
 from app.jobs.keys import adapter_key
+from e2e.conftest import S3_BUCKET
+from e2e.factories import adapter_logits_change
 
 from .production_stack import LEASE_S, REAPER_INTERVAL_S, ProductionStack, is_transition, production_stack, worker_pid
 from .test_faults_mid_job import CLAIM_TIMEOUT_S

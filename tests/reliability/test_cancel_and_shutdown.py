@@ -12,13 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.conftest import aws_credentials, models_dir, s3_endpoint  # noqa: F401  (fixtures, re-exported by name)
-
 from .production_stack import TERMINAL, ProductionStack, is_transition, production_stack, worker_pid
 
 # Worker start (Celery, torch) and first claim on a busy 2-core machine.
 CLAIM_TIMEOUT_S = 90
-# What the issue promises: training stops within this long of the cancel request.
+# What the README promises: training stops within this long of the cancel request.
 CANCEL_BOUND_S = 10
 # Long enough that the job is still training well after the cancel would have had to stop it.
 CANCEL_EPOCHS = 20

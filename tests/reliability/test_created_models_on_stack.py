@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from app.base_models.models import CreatedModel
-from e2e.conftest import aws_credentials, models_dir, s3_endpoint  # noqa: F401  (fixtures, re-exported by name)
 
 from .production_stack import ProductionStack, production_stack
 from .servers import WorkerProcess

@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.conftest import aws_credentials, models_dir, s3_endpoint  # noqa: F401  (fixtures, re-exported by name)
-
 from .production_stack import (
     JOB_TIMEOUT_S,
     LEASE_S,

@@ -5,14 +5,14 @@ get a 5xx, and every 4xx is the OpenAI error shape. 1,000 requests in the defaul
 
 import httpx
 import pytest
+import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import schemathesis
-from app.evaluations.routes import get_enqueue
 from schemathesis import GenerationMode
+
+from app.evaluations.routes import get_enqueue
 
 DEFAULT_REQUESTS = 1_000
 SOAK_REQUESTS = 10_000

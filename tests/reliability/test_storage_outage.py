@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import aws_credentials, models_dir  # noqa: F401  (fixtures, re-exported by name)
-
 from .own_s3 import OwnS3
 from .production_stack import ProductionStack, production_stack
 from .test_faults_mid_job import OUTAGE_TRAIN_LINES, wait_until_mid_job

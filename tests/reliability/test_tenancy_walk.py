@@ -35,7 +35,11 @@ LISTS = {
     ("GET", "/v1/evaluations"): "evaluation_id",
 }
 # The code a foreign id in each path parameter must get: exactly the code of an id that does not exist.
-NOT_FOUND = {"file_id": "file_not_found", "fine_tuning_job_id": "job_not_found", "evaluation_id": "evaluation_not_found"}
+NOT_FOUND = {
+    "file_id": "file_not_found",
+    "fine_tuning_job_id": "job_not_found",
+    "evaluation_id": "evaluation_not_found",
+}
 
 
 PARAM = re.compile(r"{(\w+)(?::\w+)?}")
@@ -71,7 +75,8 @@ def alice(app: FastAPI, settings: Settings, client: TestClient, training_file: s
     update_job(settings, job, status=JobStatus.SUCCEEDED, adapter_key=f"adapters/{job}/adapter.tar.gz")
     evaluation = client.post("/v1/evaluations", json={"fine_tuning_job": job, "validation_file": training_file})
     assert evaluation.status_code == 200, evaluation.text
-    return Tenant(client, {"file_id": training_file, "fine_tuning_job_id": job, "evaluation_id": evaluation.json()["id"]})
+    ids = {"file_id": training_file, "fine_tuning_job_id": job, "evaluation_id": evaluation.json()["id"]}
+    return Tenant(client, ids)
 
 
 def foreign_creates(alice: Tenant, bobs_file: str) -> dict[tuple[str, str], list[tuple[dict, str]]]:

@@ -71,14 +71,15 @@ def api_server(tmp_path: Path, settings: Settings) -> Iterator[ApiServer]:
     server.stop()
 
 
-# 200 MiB in the default suite; the 1 GiB only under `make soak` (it writes 1 GiB to storage).
+# 200 MiB in the default suite; 1 GiB only under `make soak` (it writes 1 GiB to storage).
 @pytest.mark.parametrize(
     "size", [pytest.param(200 * MIB, id="200MiB"), pytest.param(GIB, id="1GiB", marks=pytest.mark.soak)]
 )
 def test_a_big_upload_grows_the_api_rss_by_under_50_mib(api_server: ApiServer, size: int) -> None:
     with httpx.Client(base_url=api_server.url, timeout=300) as http:
         # Warm up: the first upload imports and allocates what every later one reuses.
-        assert http.post("/v1/files", files={"file": ("w.jsonl", jsonl(TEXT))}, data={"purpose": "fine-tune"}).is_success
+        warm_up = http.post("/v1/files", files={"file": ("w.jsonl", jsonl(TEXT))}, data={"purpose": "fine-tune"})
+        assert warm_up.is_success
         before = psutil.Process(api_server.process.pid).memory_info().rss
 
         response = http.post("/v1/files", files={"file": ("big.jsonl", LazyJsonl(size))}, data={"purpose": "fine-tune"})
@@ -92,7 +93,10 @@ def test_a_big_upload_grows_the_api_rss_by_under_50_mib(api_server: ApiServer, s
 
 @pytest.mark.parametrize(
     "raw",
-    [b"../../../etc/cron.d/x.jsonl", b"..\\..\\windows\\x.jsonl", b"a\x00b.jsonl", b"x" * 1000, b"<img src=x onerror=alert(1)>.jsonl"],
+    [
+        b"../../../etc/cron.d/x.jsonl", b"..\\..\\windows\\x.jsonl", b"a\x00b.jsonl", b"x" * 1000,
+        b"<img src=x onerror=alert(1)>.jsonl",
+    ],
 )
 def test_hostile_filenames_are_stored_safely_and_returned_escaped(
     client: TestClient, settings: Settings, raw: bytes

@@ -9,8 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.conftest import aws_credentials, models_dir, s3_endpoint  # noqa: F401  (fixtures, re-exported by name)
-
 from .production_stack import FAST_RECOVERY, ProductionStack, production_stack
 
 # Three heartbeats plus 5 s of slack.

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from e2e.conftest import S3_BUCKET, aws_credentials, models_dir, postgres_url  # noqa: F401  (fixtures, re-exported by name)
-from e2e.factories import demo_slice
 
 from app.celery_config import QUEUE
 from app.migrate import upgrade_database
+from e2e.conftest import S3_BUCKET
+from e2e.factories import demo_slice
 
 from .own_redis import OwnRedis
 from .own_s3 import OwnS3

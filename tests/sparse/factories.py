@@ -22,7 +22,8 @@ def tiny(structure: str = "diagonal", *, d_state: int = D_STATE, seed: int = 0) 
 
 def tiny_mamba2(constraint: str = "none", seed: int = 0) -> PreTrainedModel:
     config = Mamba2Config(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYER, state_size=D_STATE,
-                          expand=2, num_heads=4, head_dim=16, n_groups=1, chunk_size=16, a_constraint=constraint)  # fmt: skip
+                          expand=2, num_heads=4, head_dim=16, n_groups=1, chunk_size=16,
+                          a_constraint=constraint)  # fmt: skip
     torch.manual_seed(seed)
     return install_forwards(Mamba2ForCausalLM(config))
 

@@ -98,7 +98,8 @@ def test_controllability_and_observability_matrices_have_rank_n() -> None:
 @pytest.mark.parametrize("structure", COMPANION)
 def test_learned_A_stays_hurwitz_after_training_with_a_huge_learning_rate(structure: str) -> None:
     model = tiny(structure)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.5)  # 500x a usual rate: every step moves each root parameter by ~0.5
+    # 500x a usual rate: every step moves each root parameter by ~0.5.
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.5)
     ids = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(0))
     before = torch.cat([mixer_roots(m) for m in mixers(model)]).detach().clone()
     for _ in range(10):

@@ -21,7 +21,7 @@ from app.settings import Settings
 from app.storage import storage_from_settings
 from worker.archive import unpack
 from worker.engine import trainer
-from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.evaluation.model import load_for_eval
 from worker.job_runner import run_job
 from worker.model_creation import create_model

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
-from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.engine.tiny_model import byte_tokenizer
 
 
@@ -14,7 +14,7 @@ from worker.engine.tiny_model import byte_tokenizer
     [
         ("mamba", "diagonal"), ("mamba", "controllable"), ("mamba", "observable"),
         ("mamba2", "none"), ("mamba2", "stable"),
-    ],  # fmt: skip
+    ],
 )
 @pytest.mark.parametrize(("d_model", "n_layer", "d_state"), [(32, 2, 8), (48, 3, 4), (80, 1, 16)])
 def test_the_counted_parameters_are_those_of_the_built_model(

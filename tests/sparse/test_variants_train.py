@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker.engine.architecture import Architecture, create_model_folder
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.engine.sparse_mamba import STABLE_FLOOR, clamped_heads
 from worker.engine.spec import TrainSpec
 from worker.engine.trainer import train

@@ -76,7 +76,7 @@ def _chat_pieces(messages: list[dict[str, str]], tokenizer: Any) -> list[Piece]:
     for message in messages:
         if message["role"] == "assistant":
             pieces.append((_encode(tokenizer, "assistant: "), False))
-            pieces.append((_encode(tokenizer, message["content"]) + [tokenizer.eos_token_id], True))
+            pieces.append(([*_encode(tokenizer, message["content"]), tokenizer.eos_token_id], True))
         else:
             pieces.append((_encode(tokenizer, f"{message['role']}: {message['content']}\n"), False))
     return pieces

@@ -88,7 +88,9 @@ def save_adapter(model: PeftModel, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # The base embeddings stay frozen, so a tied lm_head adapter needs only its LoRA matrices.
     model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
-    trained = {name: p.detach().float().cpu().contiguous() for name, p in ssm_parameters(model).items() if p.requires_grad}
+    trained = {
+        name: p.detach().float().cpu().contiguous() for name, p in ssm_parameters(model).items() if p.requires_grad
+    }
     if trained:
         save_file(trained, str(folder / SSM_PARAMS_FILE))
 

@@ -51,10 +51,10 @@ def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
         model.config.use_cache = False
     apply_structure(model)  # SC / SO parameters for a model built from a structured config
     for module in model.modules():
-        if isinstance(module, MambaMixer | Mamba2Mixer | MambaModel | Mamba2Model):
-            # Keep the model's own forward once, for generation with a cache.
-            if not hasattr(module, "hf_forward"):
-                module.hf_forward = module.forward
+        # Keep the model's own forward once, for generation with a cache.
+        keeps_own = isinstance(module, MambaMixer | Mamba2Mixer | MambaModel | Mamba2Model)
+        if keeps_own and not hasattr(module, "hf_forward"):
+            module.hf_forward = module.forward
         if isinstance(module, MambaMixer | Mamba2Mixer):
             impl = mamba_mixer_forward if isinstance(module, MambaMixer) else mamba2_mixer_forward
             module.forward = route(module, partial(impl, module, path=path), path)
@@ -73,9 +73,12 @@ def backbone_forward(
     kernels, each a full pass over the activations: that glue costs more GPU time than the matrix
     products. Anything unusual (a cache, per-layer hidden states, no kernels) takes the model's own loop.
     """
-    fused = path == "auto" and rms_norm_fn is not None and (input_ids if input_ids is not None else inputs_embeds).is_cuda
+    on_cuda = (input_ids if input_ids is not None else inputs_embeds).is_cuda
+    fused = path == "auto" and rms_norm_fn is not None and on_cuda
     if not fused or has_cache(kwargs) or kwargs.get("use_cache") or kwargs.get("output_hidden_states"):
-        return backbone.hf_forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        return backbone.hf_forward(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )
     hidden = backbone.embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d_model)
     residual = None
     for block in backbone.layers:
@@ -148,23 +151,23 @@ def set_activation_recompute(model: nn.Module, enabled: bool) -> None:
 
 
 def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
-    """in_proj(hidden) laid out (b, 2·d_inner, l) with l contiguous, as the fused kernel reads it.
+    """in_proj(hidden) laid out (b, 2·d_inner, length) with length contiguous, as the fused kernel reads it.
 
     Computing W·hᵀ gives that layout directly (as mamba-ssm's own module does); `in_proj(h).transpose`
     would make the kernel copy the largest activation of the layer, forward and backward.
     LoRA is applied in the same layout, dropout included, so in_proj needs no fold.
     """
-    b, l, _ = hidden.shape
-    flat_t = hidden.reshape(b * l, -1).t()  # (d_model, b·l)
+    b, length, _ = hidden.shape
+    flat_t = hidden.reshape(b * length, -1).t()  # (d_model, b·l)
     linear = base_layer(in_proj)
     xz = linear.weight @ flat_t  # (2·d_inner, b·l)
     for f in lora_factors(in_proj):
-        dropped = f.dropout(hidden).reshape(b * l, -1).t()
+        dropped = f.dropout(hidden).reshape(b * length, -1).t()
         # Scale the (out, r) factor, not the (out, b·l) product, and let the GEMM do the add.
         xz = torch.addmm(xz, f.scale * f.B, f.A @ dropped)
     if linear.bias is not None:
         xz = xz + linear.bias[:, None]
-    return xz.view(-1, b, l).permute(1, 0, 2)
+    return xz.view(-1, b, length).permute(1, 0, 2)
 
 
 def mamba2_mixer_forward(

@@ -40,7 +40,6 @@ from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mas
 SSM_STRUCTURES = ("diagonal", "controllable", "observable")
 A_CONSTRAINTS = ("none", "stable")
 COMPANION = ("controllable", "observable")
-ROOT_PARAMS = ("A_root_log_decay", "A_root_log_freq")  # replace A_log in SC/SO mixers
 STABLE_FLOOR = 1e-5  # the paper's: A = -max(exp(A_log), 1e-5)
 
 
@@ -189,7 +188,9 @@ def load_structured(folder: Path, config: Any, dtype: torch.dtype) -> PreTrained
     # A tied lm_head is saved once, as the embeddings.
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ValueError(f"{folder}: weights do not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{folder}: weights do not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return network
 
 

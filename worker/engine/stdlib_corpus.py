@@ -29,7 +29,8 @@ def stdlib_files(root: Path | None = None) -> list[Path]:
     root = root or Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
     files = [p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts)]
-    return sorted((p for p in files if 0 < p.stat().st_size <= MAX_FILE_BYTES), key=lambda p: p.relative_to(root).as_posix())
+    small = (p for p in files if 0 < p.stat().st_size <= MAX_FILE_BYTES)
+    return sorted(small, key=lambda p: p.relative_to(root).as_posix())
 
 
 def in_validation(relative: str, fraction: float) -> bool:

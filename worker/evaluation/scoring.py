@@ -28,7 +28,10 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     trailing = len(context) - len(context.rstrip())
     if trailing:
         context, continuation = context[:-trailing], context[-trailing:] + continuation
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     if not context:
         return [tokenizer.eos_token_id], encode(continuation)
     whole, ctx = encode(context + continuation), encode(context)

@@ -28,7 +28,7 @@ class StabilityReport:
     layers: list[LayerLyapunov]
     divergence: list[LayerDivergence]
     growth_threshold: float = GROWTH_THRESHOLD
-    structure: list[LayerStructure] = field(default_factory=list)  # Sparse Mamba layers only (issue 7)
+    structure: list[LayerStructure] = field(default_factory=list)  # Sparse Mamba layers only
 
     @property
     def max_lyapunov_exponent(self) -> float:

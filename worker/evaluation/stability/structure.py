@@ -1,4 +1,4 @@
-"""The Sparse Mamba half of the stability report (issue 7): what each layer's state matrix structure
+"""The Sparse Mamba half of the stability report: what each layer's state matrix structure
 guarantees, checked on the trained weights rather than assumed from the parameterization.
 
 Per SC / SO layer, in fp64 over every channel's dense n x n companion matrix A:
