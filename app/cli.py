@@ -34,10 +34,25 @@ def is_loopback(host: str) -> bool:
 def worker_command() -> list[str]:
     # solo pool: CUDA is unsafe in forked children; one worker process per GPU.
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo",
-        "--concurrency", "1", "-Q", QUEUE, "--hostname", f"mambaft-{os.getpid()}@%h",
-        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "-Q",
+        QUEUE,
+        "--hostname",
+        f"mambaft-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    ]
 
 
 def _fail(message: str) -> NoReturn:

@@ -120,16 +120,28 @@ def run_job(settings: Settings, job_id: str, stop: threading.Event) -> None:
             raise RuntimeError(f"could not claim {job_id}")
     with Heartbeat(settings, job_id, lease_holder) as heartbeat:
         hooks = JobHooks(
-            settings=settings, storage=storage_from_settings(settings), job_id=job_id, holder=lease_holder,
-            heartbeat=heartbeat, shutdown=stop,
-        )  # fmt: skip
+            settings=settings,
+            storage=storage_from_settings(settings),
+            job_id=job_id,
+            holder=lease_holder,
+            heartbeat=heartbeat,
+            shutdown=stop,
+        )
         step = 0
         while not hooks.should_stop():
             step += 1
             hooks.on_progress(
-                Progress(step=step, total_steps=10**9, epoch=0, loss=1.0, learning_rate=1e-3,
-                         tokens_per_second=1e4, eta_seconds=1e3, trained_tokens=step * 1024)
-            )  # fmt: skip
+                Progress(
+                    step=step,
+                    total_steps=10**9,
+                    epoch=0,
+                    loss=1.0,
+                    learning_rate=1e-3,
+                    tokens_per_second=1e4,
+                    eta_seconds=1e3,
+                    trained_tokens=step * 1024,
+                )
+            )
             time.sleep(STEP_SECONDS)
 
 

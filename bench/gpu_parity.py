@@ -34,8 +34,19 @@ def make(family: str) -> torch.nn.Module:
     with torch.device(DEV):
         if family == "mamba":
             return MambaForCausalLM(MambaConfig(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=16))
-        return Mamba2ForCausalLM(Mamba2Config(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=64,
-                                              expand=2, head_dim=64, num_heads=16, n_groups=1, chunk_size=64))
+        return Mamba2ForCausalLM(
+            Mamba2Config(
+                vocab_size=1024,
+                hidden_size=512,
+                num_hidden_layers=4,
+                state_size=64,
+                expand=2,
+                head_dim=64,
+                num_heads=16,
+                n_groups=1,
+                chunk_size=64,
+            )
+        )
 
 
 def lora_model(base: torch.nn.Module, family: str, precision: str) -> torch.nn.Module:
@@ -91,7 +102,8 @@ def parity(
     # Both bf16 paths round differently; the fp32 reference of the same adapter is the ground truth.
     _, truth_grads = run(lora_model(base(), family, "fp32"), ids, "fp32", REFERENCE_PATH[family])
     return dict(
-        family=family, precision=precision,
+        family=family,
+        precision=precision,
         max_logit_diff=round((fused_logits - ref_logits).abs().max().item(), 5),
         logit_scale=round(ref_logits.abs().max().item(), 3),
         train_vs_eval_max_diff=round((fused_logits - eval_logits).abs().max().item(), 6),
@@ -108,8 +120,12 @@ def stock_gradient_check() -> dict:
     ids = torch.randint(0, 1024, (4, 512), device=DEV)
     model.train()
     model(input_ids=ids, labels=ids).loss.backward()
-    flows = {t: any(p.grad is not None and p.grad.abs().sum() > 0
-                    for n, p in model.named_parameters() if f".{t}.lora_B" in n) for t in TARGETS["mamba"][:3]}
+    flows = {
+        t: any(
+            p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if f".{t}.lora_B" in n
+        )
+        for t in TARGETS["mamba"][:3]
+    }
     return dict(stock_lora_B_gets_gradient_in_train_mode=flows)
 
 

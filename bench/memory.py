@@ -17,9 +17,13 @@ import tempfile
 from pathlib import Path
 
 SHAPES = [  # (precision, activation_recompute, batch, seq_len)
-    ("fp32", False, 8, 256), ("fp32", False, 4, 1024), ("fp32", False, 2, 2048),
-    ("bf16", False, 4, 1024), ("fp32", True, 4, 1024), ("bf16", True, 2, 2048),
-]  # fmt: skip
+    ("fp32", False, 8, 256),
+    ("fp32", False, 4, 1024),
+    ("fp32", False, 2, 2048),
+    ("bf16", False, 4, 1024),
+    ("fp32", True, 4, 1024),
+    ("bf16", True, 2, 2048),
+]
 
 
 def one_step(model: str, precision: str, recompute: bool, batch: int, seq_len: int) -> dict:
@@ -43,11 +47,18 @@ def one_step(model: str, precision: str, recompute: bool, batch: int, seq_len: i
         text = (" ".join(rng.choice(words) for _ in range(line_chars)) for _ in range(examples))
         data.write_text("".join(json.dumps({"text": t[:line_chars]}) + "\n" for t in text))
         spec = TrainSpec(
-            model=model, train_path=data, output_dir=Path(tmp) / "out", precision=precision,
+            model=model,
+            train_path=data,
+            output_dir=Path(tmp) / "out",
+            precision=precision,
             lora=LoraSpec(r=8, alpha=16, target_modules=("in_proj", "out_proj")),
-            batch_size=batch, max_seq_len=seq_len, device="cpu", checkpoint_every=0,
-            activation_recompute=recompute, memory_budget_bytes=1 << 50,
-        )  # fmt: skip
+            batch_size=batch,
+            max_seq_len=seq_len,
+            device="cpu",
+            checkpoint_every=0,
+            activation_recompute=recompute,
+            memory_budget_bytes=1 << 50,
+        )
         before = _rss()
         train(spec)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -76,10 +87,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for model in models:
         for precision, recompute, batch, seq_len in SHAPES:
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", model, precision, str(recompute), str(batch), str(seq_len)],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip().splitlines()[-1]  # fmt: skip
+            out = (
+                subprocess.run(
+                    [sys.executable, __file__, "--one", model, precision, str(recompute), str(batch), str(seq_len)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             row = json.loads(out)
             print(
                 f"| {Path(model).name} | {precision} | {recompute} | {batch} x {seq_len} | {row['grown'] / 2**20:,.0f} "

@@ -61,28 +61,57 @@ def take_tokens(source: Path, target: Path, chars: int) -> None:
     target.write_text("\n".join(lines) + "\n")
 
 
-def run_one(args: argparse.Namespace, variant: tuple[str, str, str, str], seed: int, data: dict[str, Path],
-            work: Path, split: str = "train") -> dict[str, float]:  # fmt: skip
+def run_one(
+    args: argparse.Namespace,
+    variant: tuple[str, str, str, str],
+    seed: int,
+    data: dict[str, Path],
+    work: Path,
+    split: str = "train",
+) -> dict[str, float]:
     name, family, field, value = variant
-    arch = Architecture(id=name, family=family, d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state,
-                        seed=seed, **{field: value})  # fmt: skip
+    arch = Architecture(
+        id=name,
+        family=family,
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        d_state=args.d_state,
+        seed=seed,
+        **{field: value},
+    )
     folder = work / f"{name.replace(' ', '_')}-{seed}-{split}"
     parameters = create_model_folder(arch, folder / "model")
     # Only the mixer's scan falls back to torch: the rest of the step is the same as SC/SO's.
     torch_scan = mock.patch.object(mamba_forward, "fused_kernels_available", lambda: False)
     start = time.perf_counter()
     with torch_scan if name == TORCH_SCAN else nullcontext():
-        result = train(TrainSpec(
-            model=str(folder / "model"), train_path=data[split], validation_path=data["validation"],
-            output_dir=folder / "out", precision="bf16" if args.device == "cuda" else "fp32", lora=None,
-            learning_rate=args.lr, batch_size=args.batch_size, max_seq_len=args.seq_len, seed=seed,
-            device=args.device, checkpoint_every=0, cuda_graphs=name != TORCH_SCAN,
-        ))  # fmt: skip
+        result = train(
+            TrainSpec(
+                model=str(folder / "model"),
+                train_path=data[split],
+                validation_path=data["validation"],
+                output_dir=folder / "out",
+                precision="bf16" if args.device == "cuda" else "fp32",
+                lora=None,
+                learning_rate=args.lr,
+                batch_size=args.batch_size,
+                max_seq_len=args.seq_len,
+                seed=seed,
+                device=args.device,
+                checkpoint_every=0,
+                cuda_graphs=name != TORCH_SCAN,
+            )
+        )
     wall = time.perf_counter() - start
     m = result.metrics
-    return {"validation_perplexity": m["validation_perplexity"], "tokens_per_second": m["tokens_per_second"],
-            "train_seconds": m["trained_tokens"] / m["tokens_per_second"], "wall_seconds": wall,
-            "parameters": parameters, "steps": result.steps}  # fmt: skip
+    return {
+        "validation_perplexity": m["validation_perplexity"],
+        "tokens_per_second": m["tokens_per_second"],
+        "train_seconds": m["trained_tokens"] / m["tokens_per_second"],
+        "wall_seconds": wall,
+        "parameters": parameters,
+        "steps": result.steps,
+    }
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -104,8 +133,11 @@ def paired(mine: list[dict[str, float]], base: list[dict[str, float]], metric: s
 
 
 def table(runs: dict[str, list[dict[str, float]]]) -> str:
-    rows = ["| model | val. perplexity | Δ ppl vs stock | tokens/s | Δ train time vs stock | Δ train time vs "
-            "torch scan | train s | wall s | parameters |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| model | val. perplexity | Δ ppl vs stock | tokens/s | Δ train time vs stock | Δ train time vs "
+        "torch scan | train s | wall s | parameters |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, family, _, _ in [v for v in VARIANTS if v[0] in runs]:
         mine, base = runs[name], runs[BASELINE[family]]
         is_base = name == BASELINE[family]
@@ -168,8 +200,10 @@ def main() -> None:
         settings = vars(args) | {"json": str(args.json)}
         args.json.write_text(json.dumps({"args": settings, "runs": runs}, indent=2))
     steps = {int(r["steps"]) for rs in runs.values() for r in rs}
-    print(f"{args.seeds} seeds, {sorted(steps)} steps of {args.batch_size} x {args.seq_len} tokens, d_model "
-          f"{args.d_model} x {args.n_layer} layers, d_state {args.d_state}, lr {args.lr}, {args.device}\n")  # fmt: skip
+    print(
+        f"{args.seeds} seeds, {sorted(steps)} steps of {args.batch_size} x {args.seq_len} tokens, d_model "
+        f"{args.d_model} x {args.n_layer} layers, d_state {args.d_state}, lr {args.lr}, {args.device}\n"
+    )
     print(table(runs))
 
 

@@ -41,10 +41,24 @@ SHAPES = {"1.4b": (2048, 48), "130m": (768, 24)}
 
 def make(family: str, d: int, layers: int, vocab: int) -> torch.nn.Module:
     if family == "mamba2":
-        return Mamba2ForCausalLM(Mamba2Config(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, state_size=128,
-                                              expand=2, head_dim=64, num_heads=2 * d // 64, n_groups=1, chunk_size=256))
-    return MambaForCausalLM(MambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, state_size=16,
-                                        expand=2, use_mambapy=False))
+        return Mamba2ForCausalLM(
+            Mamba2Config(
+                vocab_size=vocab,
+                hidden_size=d,
+                num_hidden_layers=layers,
+                state_size=128,
+                expand=2,
+                head_dim=64,
+                num_heads=2 * d // 64,
+                n_groups=1,
+                chunk_size=256,
+            )
+        )
+    return MambaForCausalLM(
+        MambaConfig(
+            vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, state_size=16, expand=2, use_mambapy=False
+        )
+    )
 
 
 def build(engine: str, family: str, d: int, layers: int, vocab: int, device: str, precision: str) -> torch.nn.Module:
@@ -88,8 +102,9 @@ def capture(eager_step, optimizer) -> "callable":
     return graph.replay
 
 
-def make_step(engine: str, model: torch.nn.Module, precision: str, batch: int, seq: int, device: str,
-              graphed: bool) -> "callable":  # fmt: skip
+def make_step(
+    engine: str, model: torch.nn.Module, precision: str, batch: int, seq: int, device: str, graphed: bool
+) -> "callable":
     """One training step of `model` on a fixed random batch, eager or captured as a CUDA graph."""
     params = [p for p in model.parameters() if p.requires_grad]
     if graphed:  # the learning rate lives on the GPU so a captured step can still follow a schedule
@@ -133,8 +148,17 @@ def timed(step: "callable", steps: int, warmup: int, sync: "callable") -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(engine: str, family: str, d: int, layers: int, batch: int, seq: int, device: str, steps: int,
-            precision: str = "bf16") -> dict:  # fmt: skip
+def measure(
+    engine: str,
+    family: str,
+    d: int,
+    layers: int,
+    batch: int,
+    seq: int,
+    device: str,
+    steps: int,
+    precision: str = "bf16",
+) -> dict:
     vocab = 50280 if device == "cuda" else 264
     model = build(engine, family, d, layers, vocab, device, precision)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -143,8 +167,17 @@ def measure(engine: str, family: str, d: int, layers: int, batch: int, seq: int,
         torch.cuda.reset_peak_memory_stats()
     step = make_step(engine, model, precision, batch, seq, device, graphed=engine.endswith("graph"))
     seconds = timed(step, steps, warmup=2 if device == "cuda" else 1, sync=sync)
-    result = dict(engine=engine, family=family, d=d, layers=layers, batch=batch, seq=seq, precision=precision,
-                  tokens_per_s=round(batch * seq / seconds), step_ms=round(seconds * 1e3, 1))  # fmt: skip
+    result = dict(
+        engine=engine,
+        family=family,
+        d=d,
+        layers=layers,
+        batch=batch,
+        seq=seq,
+        precision=precision,
+        tokens_per_s=round(batch * seq / seconds),
+        step_ms=round(seconds * 1e3, 1),
+    )
     if device == "cuda":
         result["peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -193,15 +226,26 @@ def capacity(engine: str, family: str, d: int, layers: int, seq: int, precision:
         except torch.OutOfMemoryError:  # the same line, a smaller target
             card *= 0.97
     batch, peak, seconds = best
-    result = dict(engine=engine, family=family, d=d, layers=layers, precision=precision, seq=seq, max_batch=batch,
-                  max_tokens=batch * seq, peak_GiB=round(peak / 2**30, 2), tokens_per_s=round(batch * seq / seconds),
-                  tried=[b for b, _, _ in points])  # fmt: skip
+    result = dict(
+        engine=engine,
+        family=family,
+        d=d,
+        layers=layers,
+        precision=precision,
+        seq=seq,
+        max_batch=batch,
+        max_tokens=batch * seq,
+        peak_GiB=round(peak / 2**30, 2),
+        tokens_per_s=round(batch * seq / seconds),
+        tried=[b for b, _, _ in points],
+    )
     del model
     return result
 
 
-def compare(shapes: list[tuple[str, int, int, int, int]], device: str, steps: int, engines: list[str],
-            precision: str) -> None:  # fmt: skip
+def compare(
+    shapes: list[tuple[str, int, int, int, int]], device: str, steps: int, engines: list[str], precision: str
+) -> None:
     for family, d, layers, batch, seq in shapes:
         stock = measure("stock", family, d, layers, batch, seq, device, steps, precision)
         print(json.dumps(stock), flush=True)
@@ -214,8 +258,19 @@ def compare(shapes: list[tuple[str, int, int, int, int]], device: str, steps: in
             finally:
                 gc.collect()
             print(json.dumps(ours), flush=True)
-            print(json.dumps(dict(family=family, d=d, layers=layers, engine=engine, precision=precision,
-                                  speedup=round(ours["tokens_per_s"] / stock["tokens_per_s"], 2))), flush=True)
+            print(
+                json.dumps(
+                    dict(
+                        family=family,
+                        d=d,
+                        layers=layers,
+                        engine=engine,
+                        precision=precision,
+                        speedup=round(ours["tokens_per_s"] / stock["tokens_per_s"], 2),
+                    )
+                ),
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -30,8 +30,16 @@ def make_130m(folder: Path, tiny: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     vocab = MambaConfig.from_pretrained(tiny).vocab_size
     torch.manual_seed(0)
-    model = MambaForCausalLM(MambaConfig(vocab_size=vocab, hidden_size=768, num_hidden_layers=24, state_size=16,
-                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    model = MambaForCausalLM(
+        MambaConfig(
+            vocab_size=vocab,
+            hidden_size=768,
+            num_hidden_layers=24,
+            state_size=16,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -50,11 +58,18 @@ def step_losses(spec: TrainSpec) -> list[float]:
 def run(spec: TrainSpec) -> dict:
     result = train(spec)
     m = result.metrics
-    return dict(model=Path(spec.model).name, cuda_graphs=spec.cuda_graphs, recompute=spec.activation_recompute,
-                batch=spec.batch_size, seq=spec.max_seq_len, steps=m["steps"],
-                tokens_per_s=round(m["tokens_per_second"]), peak_GiB=round(m["peak_memory_bytes"] / 2**30, 2),
-                base_validation_loss=round(m["base_validation_loss"], 4),
-                validation_loss=round(m["validation_loss"], 4))
+    return dict(
+        model=Path(spec.model).name,
+        cuda_graphs=spec.cuda_graphs,
+        recompute=spec.activation_recompute,
+        batch=spec.batch_size,
+        seq=spec.max_seq_len,
+        steps=m["steps"],
+        tokens_per_s=round(m["tokens_per_second"]),
+        peak_GiB=round(m["peak_memory_bytes"] / 2**30, 2),
+        base_validation_loss=round(m["base_validation_loss"], 4),
+        validation_loss=round(m["validation_loss"], 4),
+    )
 
 
 def gap(a: list[float], b: list[float]) -> float:
@@ -63,13 +78,25 @@ def gap(a: list[float], b: list[float]) -> float:
 
 
 def base_spec(
-    model: Path, out: Path, batch: int, seq: int, epochs: int,
+    model: Path,
+    out: Path,
+    batch: int,
+    seq: int,
+    epochs: int,
     targets: tuple[str, ...] = ("in_proj", "x_proj", "dt_proj", "out_proj"),
 ) -> TrainSpec:
     return TrainSpec(
-        model=str(model), train_path=ROOT / "demo/train.jsonl", validation_path=ROOT / "demo/valid.jsonl",
-        output_dir=out, precision="bf16", batch_size=batch, max_seq_len=seq, learning_rate=2e-3,
-        lora=LoraSpec(r=8, alpha=16, target_modules=targets), checkpoint_every=0, n_epochs=epochs,
+        model=str(model),
+        train_path=ROOT / "demo/train.jsonl",
+        validation_path=ROOT / "demo/valid.jsonl",
+        output_dir=out,
+        precision="bf16",
+        batch_size=batch,
+        max_seq_len=seq,
+        learning_rate=2e-3,
+        lora=LoraSpec(r=8, alpha=16, target_modules=targets),
+        checkpoint_every=0,
+        n_epochs=epochs,
     )
 
 
@@ -84,8 +111,16 @@ if __name__ == "__main__":
             graphed = step_losses(spec)
 
             # Eager vs eager shows the run-to-run noise of the GPU kernels (atomic adds in backward).
-            print(json.dumps(dict(eager=[round(x, 4) for x in eager], graphed=[round(x, 4) for x in graphed],
-                                  eager_vs_eager=gap(eager, again), graphed_vs_eager=gap(graphed, eager))))
+            print(
+                json.dumps(
+                    dict(
+                        eager=[round(x, 4) for x in eager],
+                        graphed=[round(x, 4) for x in graphed],
+                        eager_vs_eager=gap(eager, again),
+                        graphed_vs_eager=gap(graphed, eager),
+                    )
+                )
+            )
             sys.exit()
         # (model, batch, seq, epochs): enough steps that capture and warm-up are a small share.
         shapes = [(tiny, 8, 256, 1), (make_130m(tmp / "mamba-130m-shape", tiny), 8, 1024, 4)]

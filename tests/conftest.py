@@ -39,7 +39,6 @@ from app.settings import Settings
 POSTGRES_ADMIN_URL = os.environ.get("MAMBAFT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-
 def _gpu_missing() -> str | None:
     """Why tests marked `gpu` cannot run here, or None. torch loads only when the kernels are installed."""
     if importlib.util.find_spec("mamba_ssm") is None:
@@ -54,6 +53,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reason = _gpu_missing() if gpu_tests else None
     for item in gpu_tests if reason else []:
         item.add_marker(pytest.mark.skip(reason=reason))
+
 
 def _postgres_url(name: str) -> str:
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)

@@ -88,10 +88,15 @@ def _inputs(settings: Settings, storage: ObjectStorage, evaluation: Evaluation, 
     validation = evaluation.validation_file
     model = model_source(settings=settings, storage=storage, owner=evaluation.owner, model_id=evaluation.model)
     return EvalSpec(
-        model=str(model), tasks=tasks, shots=tuple(evaluation.shots),
-        adapter=adapter, precision=evaluation.precision, seed=evaluation.seed, limit=evaluation.limit,
+        model=str(model),
+        tasks=tasks,
+        shots=tuple(evaluation.shots),
+        adapter=adapter,
+        precision=evaluation.precision,
+        seed=evaluation.seed,
+        limit=evaluation.limit,
         validation_path=_fetch(storage, files[validation].storage_key, workdir / "valid.jsonl") if validation else None,
-    )  # fmt: skip
+    )
 
 
 def _reference_results(settings: Settings, evaluation: Evaluation) -> dict[str, Any] | None:
@@ -146,4 +151,3 @@ def _error_code(error: BaseException) -> str:
         code = ERROR_CODES.get(tb.tb_frame.f_globals.get("__name__", ""), code)
         tb = tb.tb_next
     return code
-

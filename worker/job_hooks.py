@@ -40,9 +40,11 @@ class JobHooks:
 
     def as_train_hooks(self) -> TrainHooks:
         return TrainHooks(
-            on_progress=self.on_progress, on_checkpoint=self.on_checkpoint,
-            should_stop=self.should_stop, on_message=self.on_message,
-        )  # fmt: skip
+            on_progress=self.on_progress,
+            on_checkpoint=self.on_checkpoint,
+            should_stop=self.should_stop,
+            on_message=self.on_message,
+        )
 
     @property
     def lease_lost(self) -> bool:
@@ -61,16 +63,23 @@ class JobHooks:
             job.current_step = progress.step
             job.total_steps = progress.total_steps
             record_event(
-                session, self.job_id, "progress",
+                session,
+                self.job_id,
+                "progress",
                 f"Step {progress.step}/{progress.total_steps}: training loss={progress.loss:.4f}",
                 data={
-                    "step": progress.step, "total_steps": progress.total_steps, "epoch": progress.epoch,
-                    "loss": progress.loss, "learning_rate": progress.learning_rate,
-                    "tokens_per_second": progress.tokens_per_second, "eta_seconds": progress.eta_seconds,
-                    "trained_tokens": progress.trained_tokens, "skipped_steps": progress.skipped_steps,
+                    "step": progress.step,
+                    "total_steps": progress.total_steps,
+                    "epoch": progress.epoch,
+                    "loss": progress.loss,
+                    "learning_rate": progress.learning_rate,
+                    "tokens_per_second": progress.tokens_per_second,
+                    "eta_seconds": progress.eta_seconds,
+                    "trained_tokens": progress.trained_tokens,
+                    "skipped_steps": progress.skipped_steps,
                     "peak_memory_bytes": progress.peak_memory_bytes,
                 },
-            )  # fmt: skip
+            )
 
     def on_checkpoint(self, folder: Path, step: int) -> None:
         key = checkpoint_key(self.job_id, step)

@@ -51,9 +51,15 @@ TrainFn = Callable[[TrainSpec, TrainHooks], TrainResult]
 
 # Shipped beside the adapter, so a client can load base + adapter + tokenizer from what it downloaded.
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
-)  # fmt: skip
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 # The engine module an exception came from tells what went wrong, without the engine knowing our codes.
 ERROR_CODES_BY_MODULE = {
     "worker.engine.loading": "model_load_failed",
@@ -104,17 +110,29 @@ def error_code(error: BaseException) -> str:
 
 
 def build_spec(
-    job: Job, *, settings: Settings, model: Path | str, workdir: Path, inputs: dict[str, Path],
-    resume: Path | None, memory_budget: int,
+    job: Job,
+    *,
+    settings: Settings,
+    model: Path | str,
+    workdir: Path,
+    inputs: dict[str, Path],
+    resume: Path | None,
+    memory_budget: int,
 ) -> TrainSpec:
     hyperparameters = HyperparameterSpec.from_stored(job.hyperparameters)
     return TrainSpec(
-        model=str(model), train_path=inputs["train"],
-        validation_path=inputs.get("validation"), output_dir=workdir / "output", precision=job.precision,
-        lora=LoraSpec.from_stored(job.lora) if job.lora is not None else None, seed=job.seed,
-        checkpoint_every=settings.checkpoint_every_steps, resume_from=resume,
-        memory_budget_bytes=memory_budget, **asdict(hyperparameters),
-    )  # fmt: skip
+        model=str(model),
+        train_path=inputs["train"],
+        validation_path=inputs.get("validation"),
+        output_dir=workdir / "output",
+        precision=job.precision,
+        lora=LoraSpec.from_stored(job.lora) if job.lora is not None else None,
+        seed=job.seed,
+        checkpoint_every=settings.checkpoint_every_steps,
+        resume_from=resume,
+        memory_budget_bytes=memory_budget,
+        **asdict(hyperparameters),
+    )
 
 
 class JobAttempt:
@@ -164,9 +182,11 @@ class JobAttempt:
         archive = self.workdir / "resume.tar.gz"
         self.storage.get_file(latest.storage_key, archive)
         folder = unpack(archive, self.workdir / "resume")
-        self._owned(lambda s, j: record_event(
-            s, j.id, "message", f"Resuming from checkpoint at step {latest.step}", data={"step": latest.step}
-        ))  # fmt: skip
+        self._owned(
+            lambda s, j: record_event(
+                s, j.id, "message", f"Resuming from checkpoint at step {latest.step}", data={"step": latest.step}
+            )
+        )
         return folder
 
     def publish(self, spec: TrainSpec, result: TrainResult, source: Path | str) -> None:
@@ -262,9 +282,14 @@ def run_job(
             device = pick_device(None)
             budget = settings.worker_memory_bytes or device_budget(device)
             spec = build_spec(
-                job, settings=settings, model=model, workdir=Path(tmp), inputs=inputs, resume=resume,
+                job,
+                settings=settings,
+                model=model,
+                workdir=Path(tmp),
+                inputs=inputs,
+                resume=resume,
                 memory_budget=budget,
-            )  # fmt: skip
+            )
             # The watchdog guards the host's RAM, which on a GPU worker is not what the job's budget counts.
             host_budget = budget if device.type == "cpu" else device_budget(pick_device("cpu"))
             with MemoryWatchdog(host_budget, lambda grown: attempt.fail(_outgrew(grown, host_budget))):

@@ -37,8 +37,9 @@ def store_stability_report(
     store the report; on failure store the reason instead. Never raises."""
     workdir = spec.output_dir
     try:
-        reports = job_stability(spec.model, result.adapter_dir, spec.validation_path or spec.train_path,
-                                precision=spec.precision)  # fmt: skip
+        reports = job_stability(
+            spec.model, result.adapter_dir, spec.validation_path or spec.train_path, precision=spec.precision
+        )
         report_json = workdir / "stability.json"
         report_json.write_text(json.dumps({name: r.to_dict() for name, r in reports.items()}))
         storage.put_file(stability_key(job_id, "png"), plot_divergence(reports, workdir / "stability.png"))
@@ -53,8 +54,12 @@ def store_stability_report(
         f"Stability report: max Lyapunov exponent {tuned.max_lyapunov_exponent:.3g} "
         f"({'stable' if tuned.stable else 'UNSTABLE'}); {tuned.precision} divergence slope {tuned.max_slope:.3g}"
     )
-    summary = {"stable": tuned.stable, "max_lyapunov_exponent": tuned.max_lyapunov_exponent,
-               "max_slope": tuned.max_slope, "exponential_growth": tuned.exponential_growth}  # fmt: skip
+    summary = {
+        "stable": tuned.stable,
+        "max_lyapunov_exponent": tuned.max_lyapunov_exponent,
+        "max_slope": tuned.max_slope,
+        "exponential_growth": tuned.exponential_growth,
+    }
     return StabilityOutcome(message, "info", summary)
 
 

@@ -54,9 +54,7 @@ def expire_leases_of(settings: Settings, worker: str) -> list[str]:
     return expired
 
 
-def _guarded_update(
-    session: Session, model: type[Job] | type[Evaluation], row_id: str, *conditions, **values
-) -> bool:
+def _guarded_update(session: Session, model: type[Job] | type[Evaluation], row_id: str, *conditions, **values) -> bool:
     statement = update(model).where(model.id == row_id, *conditions).values(**values)
     result = session.execute(statement.execution_options(synchronize_session=False))
     return result.rowcount == 1
@@ -68,9 +66,14 @@ def take(session: Session, model: type[Leased], row_id: str, holder: str, *, lea
     # The guarded UPDATE is the atomic claim: of two workers racing, the second waits on the row lock
     # and then finds the status no longer queued.
     taken = _guarded_update(
-        session, model, row_id, model.status == QUEUED,
-        lease_owner=holder, lease_expires_at=now() + lease_seconds, attempts=model.attempts + 1,
-    )  # fmt: skip
+        session,
+        model,
+        row_id,
+        model.status == QUEUED,
+        lease_owner=holder,
+        lease_expires_at=now() + lease_seconds,
+        attempts=model.attempts + 1,
+    )
     return session.get(model, row_id, populate_existing=True) if taken else None
 
 
@@ -81,9 +84,12 @@ def claim(session: Session, job_id: str, holder: str, *, lease_seconds: int) -> 
         return None
     # In the claim's transaction, so a claim is never visible without its event.
     transition(
-        session, job, JobStatus.RUNNING,
-        message=f"Job started (attempt {job.attempts})", data={"attempt": job.attempts, "worker": holder},
-    )  # fmt: skip
+        session,
+        job,
+        JobStatus.RUNNING,
+        message=f"Job started (attempt {job.attempts})",
+        data={"attempt": job.attempts, "worker": holder},
+    )
     return job
 
 
@@ -107,9 +113,7 @@ def lock_held(session: Session, job_id: str, holder: str) -> Job | None:
 class Heartbeat:
     """A thread renewing the lease every `heartbeat_seconds`; sets `lost` once the lease is gone."""
 
-    def __init__(
-        self, settings: Settings, row_id: str, holder: str, model: type[Job] | type[Evaluation] = Job
-    ) -> None:
+    def __init__(self, settings: Settings, row_id: str, holder: str, model: type[Job] | type[Evaluation] = Job) -> None:
         self.settings = settings
         self.row_id = row_id
         self.holder = holder
@@ -121,9 +125,13 @@ class Heartbeat:
     def renew(self) -> None:
         with session_scope(self.settings.database_url) as session:
             renewed = _guarded_update(
-                session, self.model, self.row_id, self.model.lease_owner == self.holder, self.model.status == RUNNING,
+                session,
+                self.model,
+                self.row_id,
+                self.model.lease_owner == self.holder,
+                self.model.status == RUNNING,
                 lease_expires_at=now() + self.settings.lease_seconds,
-            )  # fmt: skip
+            )
         if not renewed:
             self.lost.set()
 

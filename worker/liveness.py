@@ -23,9 +23,15 @@ def beat(settings: Settings, started_at: int) -> None:
     """Record this worker as seen now, and forget workers unseen for a day."""
     stamp = now()
     with session_scope(settings.database_url) as session:
-        session.merge(WorkerHeartbeat(
-            id=worker_id(), hostname=socket.gethostname(), pid=os.getpid(), started_at=started_at, last_seen=stamp,
-        ))  # fmt: skip
+        session.merge(
+            WorkerHeartbeat(
+                id=worker_id(),
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=started_at,
+                last_seen=stamp,
+            )
+        )
         session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < stamp - STALE_ROW_MAX_AGE_S))
 
 

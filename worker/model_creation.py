@@ -24,7 +24,15 @@ from worker.model_store import model_source
 log = logging.getLogger(__name__)
 
 ARCHITECTURE_FIELDS = (
-    "id", "family", "d_model", "n_layer", "d_state", "tokenizer", "ssm_structure", "a_constraint", "seed",
+    "id",
+    "family",
+    "d_model",
+    "n_layer",
+    "d_state",
+    "tokenizer",
+    "ssm_structure",
+    "a_constraint",
+    "seed",
 )
 # The API sends the task before its transaction commits; the row shows up within this long.
 ROW_WAIT_S = 10.0

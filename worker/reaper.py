@@ -56,10 +56,12 @@ def _recover_job(session: Session, job: Job, settings: Settings) -> str:
         transition(session, job, JobStatus.FAILED, message=f"Job failed: {error['message']}", error=error)
     else:
         transition(
-            session, job, JobStatus.QUEUED,
+            session,
+            job,
+            JobStatus.QUEUED,
             message=f"Worker lost; requeued (attempt {job.attempts + 1} of {settings.max_attempts})",
             data={"attempt": job.attempts + 1},
-        )  # fmt: skip
+        )
     return job.status
 
 
@@ -77,9 +79,12 @@ def _job_resend_clock(session: Session, job: Job) -> tuple[int, int]:
 
 def _mark_job_resent(session: Session, job: Job, stamp: int) -> None:
     record_event(
-        session, job.id, "message", "No worker has taken the job yet; sent it to the queue again",
+        session,
+        job.id,
+        "message",
+        "No worker has taken the job yet; sent it to the queue again",
         data={"reason": RESEND_REASON},
-    )  # fmt: skip
+    )
 
 
 def _recover_evaluation(session: Session, evaluation: Evaluation, settings: Settings) -> str:
@@ -125,9 +130,7 @@ def _reap_kind(kind: Kind, stamp: int, settings: Settings, send: Callable[[str],
     """One pass over one kind: returns the ids it changed (requeued, failed, cancelled or re-sent)."""
     model = kind.model
     with session_scope(settings.database_url) as session:
-        expired = session.scalars(
-            select(model.id).where(model.status == RUNNING, model.lease_expires_at < stamp)
-        ).all()
+        expired = session.scalars(select(model.id).where(model.status == RUNNING, model.lease_expires_at < stamp)).all()
         queued = session.scalars(select(model.id).where(model.status == QUEUED)).all()
     touched: list[str] = []
     to_send: list[str] = []

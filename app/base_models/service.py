@@ -112,9 +112,16 @@ def _created_row(session: Session, owner: str, model_id: str) -> CreatedModel | 
 
 def _created_info(row: CreatedModel) -> BaseModelInfo:
     return BaseModelInfo(
-        id=row.id, family=row.family, created=row.created_at, owned_by=row.owner, parameters=row.parameters,
-        status=row.status, variant=row.variant, error=row.error, vocab_size=row.architecture["vocab_size"],
-    )  # fmt: skip
+        id=row.id,
+        family=row.family,
+        created=row.created_at,
+        owned_by=row.owner,
+        parameters=row.parameters,
+        status=row.status,
+        variant=row.variant,
+        error=row.error,
+        vocab_size=row.architecture["vocab_size"],
+    )
 
 
 def _model_folders(root: Path | None) -> Iterator[tuple[str, Path]]:
@@ -168,8 +175,14 @@ def create_model(
     to build it; the caller's transaction commits the row."""
     variant = _variant(request)
     vocab_size = _tokenizer_vocab(session=session, settings=settings, owner=owner, tokenizer=request.tokenizer)
-    parameters = parameter_count(family=request.family, d_model=request.d_model, n_layer=request.n_layer,
-                                 d_state=request.d_state, variant=variant, vocab_size=vocab_size)  # fmt: skip
+    parameters = parameter_count(
+        family=request.family,
+        d_model=request.d_model,
+        n_layer=request.n_layer,
+        d_state=request.d_state,
+        variant=variant,
+        vocab_size=vocab_size,
+    )
     if parameters > settings.max_model_parameters:
         raise invalid_request(
             f"d_model {request.d_model}, n_layer {request.n_layer} and d_state {request.d_state} make a model of"
@@ -186,9 +199,16 @@ def create_model(
         "vocab_size": vocab_size,
     }
     row = CreatedModel(
-        uid=new_id("model"), owner=owner, id=request.id, family=request.family, variant=variant,
-        architecture=architecture, parameters=parameters, status=ModelStatus.CREATING, created_at=now(),
-    )  # fmt: skip
+        uid=new_id("model"),
+        owner=owner,
+        id=request.id,
+        family=request.family,
+        variant=variant,
+        architecture=architecture,
+        parameters=parameters,
+        status=ModelStatus.CREATING,
+        created_at=now(),
+    )
     session.add(row)
     try:
         session.flush()

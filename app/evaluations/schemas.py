@@ -59,10 +59,20 @@ class EvaluationObject(BaseModel):
     @classmethod
     def of(cls, evaluation: Evaluation) -> "EvaluationObject":
         return cls(
-            id=evaluation.id, status=evaluation.status, created_at=evaluation.created_at,
-            started_at=evaluation.started_at, finished_at=evaluation.finished_at, model=evaluation.model,
-            fine_tuning_job=evaluation.fine_tuning_job, tasks=evaluation.tasks, shots=evaluation.shots,
-            precision=evaluation.precision, validation_file=evaluation.validation_file,
-            reference_evaluation=evaluation.reference_evaluation, limit=evaluation.limit, seed=evaluation.seed,
-            results=evaluation.results, error=evaluation.error,
-        )  # fmt: skip
+            id=evaluation.id,
+            status=evaluation.status,
+            created_at=evaluation.created_at,
+            started_at=evaluation.started_at,
+            finished_at=evaluation.finished_at,
+            model=evaluation.model,
+            fine_tuning_job=evaluation.fine_tuning_job,
+            tasks=evaluation.tasks,
+            shots=evaluation.shots,
+            precision=evaluation.precision,
+            validation_file=evaluation.validation_file,
+            reference_evaluation=evaluation.reference_evaluation,
+            limit=evaluation.limit,
+            seed=evaluation.seed,
+            results=evaluation.results,
+            error=evaluation.error,
+        )

@@ -40,18 +40,28 @@ def create_evaluation(
             raise not_found(
                 "task_not_found", f"{task!r} is neither a shipped task nor one of your files", param="tasks"
             )
-    if request.validation_file is not None and get_file(
-        session=session, owner=owner, file_id=request.validation_file
-    ) is None:  # fmt: skip
+    if (
+        request.validation_file is not None
+        and get_file(session=session, owner=owner, file_id=request.validation_file) is None
+    ):
         raise not_found("file_not_found", f"No file with id {request.validation_file!r}", param="validation_file")
     if request.reference_evaluation is not None:
         _succeeded_reference(session=session, owner=owner, evaluation_id=request.reference_evaluation)
     evaluation = Evaluation(
-        id=new_id("eval"), owner=owner, model=model, fine_tuning_job=request.fine_tuning_job,
-        tasks=list(dict.fromkeys(request.tasks)), shots=sorted(set(request.shots)), precision=request.precision,
-        validation_file=request.validation_file, reference_evaluation=request.reference_evaluation,
-        limit=request.limit, seed=request.seed, status=EvaluationStatus.QUEUED, created_at=now(),
-    )  # fmt: skip
+        id=new_id("eval"),
+        owner=owner,
+        model=model,
+        fine_tuning_job=request.fine_tuning_job,
+        tasks=list(dict.fromkeys(request.tasks)),
+        shots=sorted(set(request.shots)),
+        precision=request.precision,
+        validation_file=request.validation_file,
+        reference_evaluation=request.reference_evaluation,
+        limit=request.limit,
+        seed=request.seed,
+        status=EvaluationStatus.QUEUED,
+        created_at=now(),
+    )
     session.add(evaluation)
     session.flush()
     # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
@@ -67,8 +77,11 @@ def _succeeded_job(*, session: Session, owner: str, job_id: str) -> Job:
     if job is None:
         raise not_found("job_not_found", f"No fine-tuning job with id {job_id!r}", param="fine_tuning_job")
     if job.status != JobStatus.SUCCEEDED or job.adapter_key is None:
-        raise conflict("job_not_succeeded", f"Job {job_id} is {job.status}; only a succeeded job can be evaluated",
-                       param="fine_tuning_job")  # fmt: skip
+        raise conflict(
+            "job_not_succeeded",
+            f"Job {job_id} is {job.status}; only a succeeded job can be evaluated",
+            param="fine_tuning_job",
+        )
     return job
 
 
@@ -79,8 +92,11 @@ def _succeeded_reference(*, session: Session, owner: str, evaluation_id: str) ->
             "evaluation_not_found", f"No evaluation with id {evaluation_id!r}", param="reference_evaluation"
         )
     if reference.status != EvaluationStatus.SUCCEEDED:
-        raise conflict("reference_not_succeeded", f"The reference evaluation {evaluation_id} is {reference.status};"
-                       " it must have succeeded", param="reference_evaluation")  # fmt: skip
+        raise conflict(
+            "reference_not_succeeded",
+            f"The reference evaluation {evaluation_id} is {reference.status}; it must have succeeded",
+            param="reference_evaluation",
+        )
 
 
 def get_evaluation(*, session: Session, owner: str, evaluation_id: str) -> Evaluation | None:
@@ -99,8 +115,11 @@ def stability_report(*, storage: ObjectStorage, job: Job, suffix: str) -> Iterat
     """The bytes of the job's stored stability report (`json` or `png`); when it is missing, the reason the
     worker stored (a succeeded job has either)."""
     if job.status != JobStatus.SUCCEEDED:
-        raise conflict("stability_not_ready", f"Job {job.id} is {job.status}; the stability report is made after"
-                       " training succeeds", param="fine_tuning_job_id")  # fmt: skip
+        raise conflict(
+            "stability_not_ready",
+            f"Job {job.id} is {job.status}; the stability report is made after training succeeds",
+            param="fine_tuning_job_id",
+        )
     absent = not_found("stability_not_found", f"Job {job.id} has no stability report")
     try:
         return open_object(storage=storage, key=stability_key(job.id, suffix), missing=absent)

@@ -126,8 +126,7 @@ def _detect_format(keys: set[str]) -> str:
             _check_keys(keys, required, where="the object")
             return name
     raise BadRecord(
-        'expected an object with "text", with "prompt" and "completion", or with "messages";'
-        f" got keys {_names(keys)}"
+        f'expected an object with "text", with "prompt" and "completion", or with "messages"; got keys {_names(keys)}'
     )
 
 
@@ -140,7 +139,7 @@ def _check_messages(messages: Any) -> None:
             raise BadRecord(f"{where} must be an object, got {_json_type(message)}")
         _check_keys(set(message), frozenset({"role", "content"}), where=where)
         if message["role"] not in ROLES:
-            raise BadRecord(f'{where}.role must be one of {", ".join(ROLES)}; got {_short(message["role"])}')
+            raise BadRecord(f"{where}.role must be one of {', '.join(ROLES)}; got {_short(message['role'])}")
         _check_string(message["content"], f"{where}.content")
     assistant = [m["content"] for m in messages if m["role"] == "assistant"]
     if not assistant:

@@ -37,8 +37,13 @@ def test_a_job_is_queued_with_defaults_and_enqueued(client: TestClient, training
         "train_ssm_params": False,
         "export_merged": False,
     }
-    assert job["hyperparameters"] == {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256,
-                                      "activation_recompute": False}  # fmt: skip
+    assert job["hyperparameters"] == {
+        "n_epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "max_seq_len": 256,
+        "activation_recompute": False,
+    }
     assert isinstance(job["seed"], int)
     assert job["progress"] == {"step": 0, "total_steps": None}
     assert (job["finished_at"], job["error"], job["fine_tuned_model"], job["trained_tokens"]) == (None,) * 4
@@ -53,11 +58,20 @@ def test_every_setting_is_stored_as_given(client: TestClient, training_file: str
         validation_file=training_file,
         precision="fp16",
         lora={
-            "r": 16, "alpha": 32, "dropout": 0.1, "target_modules": ["in_proj"], "train_ssm_params": True,
+            "r": 16,
+            "alpha": 32,
+            "dropout": 0.1,
+            "target_modules": ["in_proj"],
+            "train_ssm_params": True,
             "export_merged": True,
         },
-        hyperparameters={"n_epochs": 3, "batch_size": 8, "learning_rate": 0.5, "max_seq_len": 1024,
-                         "activation_recompute": True},
+        hyperparameters={
+            "n_epochs": 3,
+            "batch_size": 8,
+            "learning_rate": 0.5,
+            "max_seq_len": 1024,
+            "activation_recompute": True,
+        },
         seed=1234,
         suffix="my-run",
         metadata={"team": "nlp", "ticket": ""},
@@ -90,8 +104,13 @@ def test_openai_method_and_auto_values_are_understood(client: TestClient, traini
 
     job = create(client, job_body(training_file, method=method)).json()
 
-    assert job["hyperparameters"] == {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 256,
-                                      "activation_recompute": False}  # fmt: skip
+    assert job["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "max_seq_len": 256,
+        "activation_recompute": False,
+    }
     assert job["method"] == {"type": "supervised", "supervised": {"hyperparameters": job["hyperparameters"]}}
 
 
@@ -277,10 +296,17 @@ def test_a_file_uploaded_for_another_purpose_cannot_train(
     with session_scope(settings.database_url) as session:
         session.add(
             File(
-                id=other_purpose, owner="alice", filename="b.jsonl", purpose="batch", bytes=1, created_at=now(),
-                storage_key="files/b", format="text", line_count=1,
+                id=other_purpose,
+                owner="alice",
+                filename="b.jsonl",
+                purpose="batch",
+                bytes=1,
+                created_at=now(),
+                storage_key="files/b",
+                format="text",
+                line_count=1,
             )
-        )  # fmt: skip
+        )
 
     response = create(client, job_body(training_file, validation_file=other_purpose))
 

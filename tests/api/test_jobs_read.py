@@ -45,9 +45,13 @@ def test_jobs_are_listed_newest_first_page_by_page(client: TestClient, training_
 
 def test_unknown_jobs_are_404_on_every_route(client: TestClient) -> None:
     for method, suffix in [
-        ("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/events?stream=true"),
-        ("GET", "/checkpoints"), ("GET", "/adapter"),
-    ]:  # fmt: skip
+        ("GET", ""),
+        ("POST", "/cancel"),
+        ("GET", "/events"),
+        ("GET", "/events?stream=true"),
+        ("GET", "/checkpoints"),
+        ("GET", "/adapter"),
+    ]:
         response = client.request(method, f"/v1/fine_tuning/jobs/ftjob-nope{suffix}")
         assert response.status_code == 404, suffix
         assert response.json()["error"]["code"] == "job_not_found"
@@ -141,9 +145,15 @@ def test_checkpoints_are_listed_newest_first(client: TestClient, job_id: str, se
     with session_scope(settings.database_url) as session:
         for step in (50, 100):
             session.add(
-                Checkpoint(id=f"ftckpt-{step}", job_id=job_id, step=step, created_at=now() + step,
-                           storage_key=f"checkpoints/{step}", metrics={"loss": 1 / step})
-            )  # fmt: skip
+                Checkpoint(
+                    id=f"ftckpt-{step}",
+                    job_id=job_id,
+                    step=step,
+                    created_at=now() + step,
+                    storage_key=f"checkpoints/{step}",
+                    metrics={"loss": 1 / step},
+                )
+            )
 
     page = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()
 
@@ -213,19 +223,31 @@ def test_a_job_stored_by_an_earlier_version_reads_with_the_defaults_for_what_it_
     client: TestClient, job_id: str, settings: Settings
 ) -> None:
     update_job(
-        settings, job_id,
+        settings,
+        job_id,
         lora={"r": 4, "alpha": 8, "dropout": None, "target_modules": ["in_proj"], "retired_setting": 1},
         hyperparameters={"n_epochs": 2, "batch_size": None, "max_seq_len": 64},
-    )  # fmt: skip
+    )
 
     response = client.get(f"/v1/fine_tuning/jobs/{job_id}")
 
     assert response.status_code == 200, response.text
     job = response.json()
-    assert job["lora"] == {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["in_proj"],
-                           "train_ssm_params": False, "export_merged": False}  # fmt: skip
-    hyperparameters = {"n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 64,
-                       "activation_recompute": False}  # fmt: skip
+    assert job["lora"] == {
+        "r": 4,
+        "alpha": 8,
+        "dropout": 0.0,
+        "target_modules": ["in_proj"],
+        "train_ssm_params": False,
+        "export_merged": False,
+    }
+    hyperparameters = {
+        "n_epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "max_seq_len": 64,
+        "activation_recompute": False,
+    }
     assert job["hyperparameters"] == job["method"]["supervised"]["hyperparameters"] == hyperparameters
     assert client.get("/v1/fine_tuning/jobs").json()["data"][0]["lora"] == job["lora"]
 

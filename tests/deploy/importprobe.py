@@ -35,5 +35,10 @@ def import_without(modules: list[str], blocked: tuple[str, ...], cwd: Path) -> s
     env |= {"MAMBAFT_DATA_DIR": str(cwd), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-c", PROBE, ",".join(modules), *blocked],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

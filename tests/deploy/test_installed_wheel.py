@@ -33,8 +33,20 @@ def build_wheel(tmp_path: Path) -> Path:
         else:
             shutil.copy2(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-        "--wheel-dir", wheels, source, cwd=tmp_path)  # fmt: skip
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-q",
+        "--wheel-dir",
+        wheels,
+        source,
+        cwd=tmp_path,
+    )
     (wheel,) = wheels.glob("mambaft-*.whl")
     return wheel
 
@@ -45,8 +57,9 @@ def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
-    run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel,
-        cwd=tmp_path)  # fmt: skip
+    run(
+        sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel, cwd=tmp_path
+    )
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     own_site = Path(run(python, "-c", purelib, cwd=tmp_path).strip())
     # A plain path line: the .pth files there (this checkout's editable install among them) are not run.

@@ -49,10 +49,19 @@ def store_file(settings: Settings, storage: ObjectStorage, content: bytes, *, fi
     key = f"files/{file_id}"
     storage.put_stream(key, io.BytesIO(content))
     with session_scope(settings.database_url) as session:
-        session.add(File(
-            id=file_id, owner="tester", filename=filename, purpose="fine-tune", bytes=len(content),
-            created_at=now(), storage_key=key, format="prompt_completion", line_count=content.count(b"\n"),
-        ))  # fmt: skip
+        session.add(
+            File(
+                id=file_id,
+                owner="tester",
+                filename=filename,
+                purpose="fine-tune",
+                bytes=len(content),
+                created_at=now(),
+                storage_key=key,
+                format="prompt_completion",
+                line_count=content.count(b"\n"),
+            )
+        )
     return file_id
 
 
@@ -69,12 +78,22 @@ def make_job(
     training = store_file(settings, storage, train_content, filename="train.jsonl")
     validation = store_file(settings, storage, demo_slice("valid.jsonl", 16), filename="valid.jsonl")
     fields: dict[str, Any] = dict(
-        id=new_id("ftjob"), owner="tester", model="mamba-tiny", training_file=training, validation_file=validation,
-        precision="fp32", lora={"r": 4, "alpha": 8, "target_modules": ["in_proj", "x_proj"]},
+        id=new_id("ftjob"),
+        owner="tester",
+        model="mamba-tiny",
+        training_file=training,
+        validation_file=validation,
+        precision="fp32",
+        lora={"r": 4, "alpha": 8, "target_modules": ["in_proj", "x_proj"]},
         hyperparameters={"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": 64},
-        seed=0, status=JobStatus.QUEUED, created_at=now(), metrics={}, current_step=0, attempts=0,
+        seed=0,
+        status=JobStatus.QUEUED,
+        created_at=now(),
+        metrics={},
+        current_step=0,
+        attempts=0,
         cancel_requested=False,
-    )  # fmt: skip
+    )
     fields.update(overrides)
     with session_scope(settings.database_url) as session:
         session.add(Job(**fields))

@@ -52,9 +52,15 @@ def test_create_key_refuses_an_empty_or_unprintable_owner_with_one_line(tmp_path
 
 def test_serve_refuses_a_public_bind_with_auth_disabled(tmp_path: Path) -> None:
     result = mambaft(
-        "serve", "--host", "0.0.0.0", "--port", "1", "--data-dir", str(tmp_path / "var"),
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "1",
+        "--data-dir",
+        str(tmp_path / "var"),
         MAMBAFT_AUTH_DISABLED="true",
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 with authentication disabled" in result.stderr
     assert not (tmp_path / "var").exists()  # refused before touching anything

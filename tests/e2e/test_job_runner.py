@@ -130,8 +130,13 @@ def test_the_published_adapter_names_the_model_id_and_plain_peft_loads_it(
 def test_the_job_hyperparameters_reach_the_engine_memory_lean_mode_included(
     settings: Settings, storage: ObjectStorage
 ) -> None:
-    hyperparameters = {"n_epochs": 2, "batch_size": 3, "learning_rate": 0.01, "max_seq_len": 48,
-                       "activation_recompute": True}  # fmt: skip
+    hyperparameters = {
+        "n_epochs": 2,
+        "batch_size": 3,
+        "learning_rate": 0.01,
+        "max_seq_len": 48,
+        "activation_recompute": True,
+    }
     job_id = make_job(settings, storage, hyperparameters=hyperparameters)
     specs: list[TrainSpec] = []
 
@@ -388,8 +393,12 @@ def assert_refused_for_memory(settings: Settings, job_id: str) -> dict:
     assert job.status == JobStatus.FAILED, job.error
     assert job.error["code"] == "insufficient_memory", job.error
     assert job.current_step == 0 and job.attempts == 1  # it never trained a step
-    for field in ("hyperparameters.batch_size", "hyperparameters.max_seq_len", "precision bf16",
-                  "hyperparameters.activation_recompute"):  # fmt: skip
+    for field in (
+        "hyperparameters.batch_size",
+        "hyperparameters.max_seq_len",
+        "precision bf16",
+        "hyperparameters.activation_recompute",
+    ):
         assert field in job.error["message"], job.error["message"]
     with session_scope(settings.database_url) as session:  # a lost lease would not retry it either
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
@@ -471,8 +480,12 @@ def test_a_worker_outgrowing_its_memory_budget_fails_the_job_itself_instead_of_b
     settings: Settings, storage: ObjectStorage
 ) -> None:
     job_id = make_job(settings, storage)
-    env = {**os.environ, "MAMBAFT_DATA_DIR": str(settings.data_dir), "MAMBAFT_MODELS_DIR": str(settings.models_dir),
-           "MAMBAFT_WORKER_MEMORY_BYTES": str(512 * 1024**2)}  # fmt: skip
+    env = {
+        **os.environ,
+        "MAMBAFT_DATA_DIR": str(settings.data_dir),
+        "MAMBAFT_MODELS_DIR": str(settings.models_dir),
+        "MAMBAFT_WORKER_MEMORY_BYTES": str(512 * 1024**2),
+    }
 
     worker = subprocess.run([sys.executable, "-c", HOG, job_id], env=env, capture_output=True, timeout=120, check=False)
 
@@ -492,9 +505,13 @@ def test_a_diverging_job_fails_with_training_diverged_and_publishes_nothing(
 ) -> None:
     # Full fine-tuning at learning rate 1 in fp16: after the first step every forward overflows (loss nan).
     job_id = make_job(
-        settings, storage, owner="local", lora=None, precision="fp16",
+        settings,
+        storage,
+        owner="local",
+        lora=None,
+        precision="fp16",
         hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate": 1.0, "max_seq_len": 64},
-    )  # fmt: skip
+    )
 
     run_job(settings=settings, job_id=job_id)
 
@@ -540,10 +557,11 @@ def test_a_job_stored_by_an_earlier_version_runs_with_the_defaults_for_what_it_l
     settings: Settings, storage: ObjectStorage
 ) -> None:
     job_id = make_job(
-        settings, storage,
+        settings,
+        storage,
         lora={"r": 4, "alpha": 8, "dropout": None, "target_modules": ["in_proj"], "retired_setting": 1},
         hyperparameters={"n_epochs": 2, "batch_size": None, "max_seq_len": 64},
-    )  # fmt: skip
+    )
     specs: list[TrainSpec] = []
 
     run_job(settings=settings, job_id=job_id, train=lambda spec, hooks: specs.append(spec) or fake_adapter(spec))

@@ -24,9 +24,14 @@ class Sent(list):
 
 def running_job(settings: Settings, storage: ObjectStorage, *, lease_left: int, **fields: Any) -> str:
     return make_job(
-        settings, storage, status=JobStatus.RUNNING, lease_owner="gone-worker",
-        lease_expires_at=now() + lease_left, started_at=now(), **{"attempts": 1, **fields},
-    )  # fmt: skip
+        settings,
+        storage,
+        status=JobStatus.RUNNING,
+        lease_owner="gone-worker",
+        lease_expires_at=now() + lease_left,
+        started_at=now(),
+        **{"attempts": 1, **fields},
+    )
 
 
 def age_events(settings: Settings, job_id: str, seconds: int) -> None:

@@ -58,11 +58,17 @@ def create_job(client: httpx.Client, *, train_lines: int) -> str:
             "/v1/files", files={"file": (name, demo_slice(name, lines))}, data={"purpose": "fine-tune"}
         )
         files[role] = upload.raise_for_status().json()["id"]
-    created = client.post("/v1/fine_tuning/jobs", json={
-        "model": "mamba-tiny", **files, "precision": "fp32", "seed": 3,
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["in_proj", "x_proj"]},
-        "hyperparameters": {"n_epochs": 1, "batch_size": 2, "max_seq_len": 64, "learning_rate": 3e-3},
-    })  # fmt: skip
+    created = client.post(
+        "/v1/fine_tuning/jobs",
+        json={
+            "model": "mamba-tiny",
+            **files,
+            "precision": "fp32",
+            "seed": 3,
+            "lora": {"r": 4, "alpha": 8, "target_modules": ["in_proj", "x_proj"]},
+            "hyperparameters": {"n_epochs": 1, "batch_size": 2, "max_seq_len": 64, "learning_rate": 3e-3},
+        },
+    )
     return created.raise_for_status().json()["id"]
 
 

@@ -45,9 +45,13 @@ def production(
 ) -> Iterator[Service]:
     """`mambaft api` + `mambaft worker` over Postgres, Redis and S3, with a key made by the CLI."""
     settings = Settings(
-        data_dir=tmp_path / "var", database_url=postgres_url, broker_url=redis_url,
-        storage_url=f"s3://{S3_BUCKET}/{uuid.uuid4().hex}", s3_endpoint_url=s3_endpoint, models_dir=models_dir,
-    )  # fmt: skip
+        data_dir=tmp_path / "var",
+        database_url=postgres_url,
+        broker_url=redis_url,
+        storage_url=f"s3://{S3_BUCKET}/{uuid.uuid4().hex}",
+        s3_endpoint_url=s3_endpoint,
+        models_dir=models_dir,
+    )
     env = clean_env(
         MAMBAFT_DATA_DIR=str(settings.data_dir),
         MAMBAFT_DATABASE_URL=settings.database_url,
@@ -91,20 +95,31 @@ def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureReques
     service.wait_ready()
     # A job whose worker died on its last allowed attempt: the running worker's reaper must fail it.
     orphan = make_job(
-        service.settings, storage_from_settings(service.settings), status=JobStatus.RUNNING,
-        lease_owner="dead-worker", lease_expires_at=now() - 1, attempts=service.settings.max_attempts,
-    )  # fmt: skip
+        service.settings,
+        storage_from_settings(service.settings),
+        status=JobStatus.RUNNING,
+        lease_owner="dead-worker",
+        lease_expires_at=now() - 1,
+        attempts=service.settings.max_attempts,
+    )
     with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
         if deployment == "production":
             assert httpx.get(f"{service.url}/v1/files").status_code == 401  # keys are required there
         training = _upload(client, "train.jsonl", demo_slice("train.jsonl", 240))
         validation = _upload(client, "valid.jsonl", demo_slice("valid.jsonl", 40))
-        created = client.post("/v1/fine_tuning/jobs", json={
-            "model": "mamba-tiny", "training_file": training, "validation_file": validation,
-            "precision": "bf16", "suffix": "e2e", "seed": 7,
-            "lora": {"r": 8, "alpha": 16, "target_modules": ["in_proj", "x_proj"]},
-            "hyperparameters": {"n_epochs": 1, "batch_size": 8, "max_seq_len": 128, "learning_rate": 3e-3},
-        })  # fmt: skip
+        created = client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": "mamba-tiny",
+                "training_file": training,
+                "validation_file": validation,
+                "precision": "bf16",
+                "suffix": "e2e",
+                "seed": 7,
+                "lora": {"r": 8, "alpha": 16, "target_modules": ["in_proj", "x_proj"]},
+                "hyperparameters": {"n_epochs": 1, "batch_size": 8, "max_seq_len": 128, "learning_rate": 3e-3},
+            },
+        )
         assert created.status_code == 200, created.text
         job_id = created.json()["id"]
 

@@ -71,9 +71,7 @@ def test_a_job_on_an_uploaded_file_with_every_hostile_line_form_trains_every_exa
     client: TestClient, settings: Settings, tokenizer, tmp_path: Path
 ) -> None:
     first, second, third, *rest = lines(ensure_ascii=False)
-    content = (
-        codecs.BOM_UTF8 + first.replace(b"\n", b"\r\n") + second + third.replace(b", ", b",\r") + b"".join(rest)
-    )
+    content = codecs.BOM_UTF8 + first.replace(b"\n", b"\r\n") + second + third.replace(b", ", b",\r") + b"".join(rest)
     uploaded = upload(client, content)
     assert uploaded.status_code == 200, uploaded.text
     hyperparameters = {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": MAX_SEQ_LEN}
@@ -94,9 +92,13 @@ def test_the_upload_and_the_worker_name_the_same_bad_line(client: TestClient, to
     u2028, u0085, cr_between_tokens = lines(ensure_ascii=False)[1], lines(ensure_ascii=False)[2], lines()[3]
     assert b"\xe2\x80\xa8" in u2028 and b"\xc2\x85" in u0085  # the raw characters, not escapes
     content = (
-        codecs.BOM_UTF8 + lines(b"\r\n")[0] + u2028 + u0085 + cr_between_tokens.replace(b", ", b",\r")
+        codecs.BOM_UTF8
+        + lines(b"\r\n")[0]
+        + u2028
+        + u0085
+        + cr_between_tokens.replace(b", ", b",\r")
         + b'{"prompt": "p", "completion": oops}\n'
-    )  # fmt: skip
+    )
 
     refused = upload(client, content)
     assert refused.status_code == 400

@@ -19,10 +19,19 @@ def make_model(family: str, seed: int = 0) -> torch.nn.Module:
     if family == "mamba":
         model = MambaForCausalLM(MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8))
     else:
-        model = Mamba2ForCausalLM(Mamba2Config(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=8, expand=2,
-            head_dim=16, num_heads=4, n_groups=1, chunk_size=16,
-        ))
+        model = Mamba2ForCausalLM(
+            Mamba2Config(
+                vocab_size=VOCAB,
+                hidden_size=32,
+                num_hidden_layers=2,
+                state_size=8,
+                expand=2,
+                head_dim=16,
+                num_heads=4,
+                n_groups=1,
+                chunk_size=16,
+            )
+        )
     return install_forwards(model, "torch")
 
 

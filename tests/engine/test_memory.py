@@ -33,8 +33,9 @@ def test_without_a_cgroup_limit_the_budget_is_a_share_of_memavailable(
 ) -> None:
     monkeypatch.setattr(memory, "CGROUP_ROOT", fake_cgroup(tmp_path / "cg", "max", 1 * GiB, 0))
     available = next(
-        int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
         if line.startswith("MemAvailable:")
-    )  # fmt: skip
+    )
 
     assert memory.host_available_bytes() == pytest.approx(available, rel=0.05)

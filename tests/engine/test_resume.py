@@ -37,10 +37,18 @@ def spec(tiny_mamba, demo_train, tmp_path_factory) -> TrainSpec:
     # Dropout on in_proj draws from the torch RNG every step, so a resume must restore that RNG too;
     # two epochs put the stop mid-way through the second, past the reshuffle.
     return TrainSpec(
-        model=str(tiny_mamba), train_path=train_path, output_dir=tmp_path_factory.mktemp("full"),
-        lora=LoraSpec(r=4, alpha=8.0, dropout=0.1, target_modules=("in_proj",)), n_epochs=2,
-        batch_size=8, max_seq_len=64, learning_rate=3e-3, warmup_steps=3, checkpoint_every=4, device="cpu",
-    )  # fmt: skip
+        model=str(tiny_mamba),
+        train_path=train_path,
+        output_dir=tmp_path_factory.mktemp("full"),
+        lora=LoraSpec(r=4, alpha=8.0, dropout=0.1, target_modules=("in_proj",)),
+        n_epochs=2,
+        batch_size=8,
+        max_seq_len=64,
+        learning_rate=3e-3,
+        warmup_steps=3,
+        checkpoint_every=4,
+        device="cpu",
+    )
 
 
 def test_stop_then_resume_matches_an_uninterrupted_run(spec, tmp_path):
@@ -72,9 +80,15 @@ def test_checkpoint_holds_only_safetensors_and_json(spec, tmp_path):
         run(replace(spec, output_dir=tmp_path), stop_after=2)
     folder = stop.value.checkpoint
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted([
-        "trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "optimizer.json", "trainer_state.json",
-    ])  # fmt: skip
+    assert names == sorted(
+        [
+            "trainable.safetensors",
+            "optimizer.safetensors",
+            "rng.safetensors",
+            "optimizer.json",
+            "trainer_state.json",
+        ]
+    )
     # Every file parses as JSON or safetensors, neither of which can hold a pickle.
     for path in folder.iterdir():
         if path.suffix == ".json":

@@ -22,9 +22,18 @@ LORA = LoraSpec(r=8, alpha=16.0, target_modules=("in_proj", "out_proj"))
 
 def make_spec(model: Path, train_path: Path, valid_path: Path, out: Path, **overrides) -> TrainSpec:
     spec = TrainSpec(
-        model=str(model), train_path=train_path, validation_path=valid_path, output_dir=out, lora=LORA,
-        batch_size=8, max_seq_len=64, learning_rate=3e-3, warmup_steps=2, checkpoint_every=100, device="cpu",
-    )  # fmt: skip
+        model=str(model),
+        train_path=train_path,
+        validation_path=valid_path,
+        output_dir=out,
+        lora=LORA,
+        batch_size=8,
+        max_seq_len=64,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        checkpoint_every=100,
+        device="cpu",
+    )
     return replace(spec, **overrides)
 
 

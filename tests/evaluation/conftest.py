@@ -31,8 +31,14 @@ def tasks_dir() -> Path:
 def lookup_adapter(tiny_mamba: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """LoRA on the shipped lookup train file: one epoch, 9 steps of 16 x 64 tokens (about 10 s on CPU)."""
     spec = TrainSpec(
-        model=str(tiny_mamba), train_path=TASKS / "lookup_train.jsonl", output_dir=tmp_path_factory.mktemp("ft"),
-        lora=LoraSpec(r=8, alpha=16), n_epochs=1, batch_size=16, learning_rate=1e-2, max_seq_len=64,
+        model=str(tiny_mamba),
+        train_path=TASKS / "lookup_train.jsonl",
+        output_dir=tmp_path_factory.mktemp("ft"),
+        lora=LoraSpec(r=8, alpha=16),
+        n_epochs=1,
+        batch_size=16,
+        learning_rate=1e-2,
+        max_seq_len=64,
         checkpoint_every=10**6,
-    )  # fmt: skip
+    )
     return train(spec).adapter_dir

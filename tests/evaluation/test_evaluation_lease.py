@@ -42,10 +42,20 @@ def add_evaluation(settings: Settings) -> Callable[..., str]:
     """Insert an evaluation (queued, of alice, on a shipped task unless `fields` say otherwise); its id."""
 
     def add(**fields: Any) -> str:
-        values = dict(
-            id=new_id("eval"), owner="alice", model="mamba-tiny", tasks=["lookup"], shots=[0], precision="fp32",
-            seed=0, status=EvaluationStatus.QUEUED, created_at=now(),
-        ) | fields  # fmt: skip
+        values = (
+            dict(
+                id=new_id("eval"),
+                owner="alice",
+                model="mamba-tiny",
+                tasks=["lookup"],
+                shots=[0],
+                precision="fp32",
+                seed=0,
+                status=EvaluationStatus.QUEUED,
+                created_at=now(),
+            )
+            | fields
+        )
         with session_scope(settings.database_url) as session:
             session.add(Evaluation(**values))
         return str(values["id"])
@@ -141,13 +151,14 @@ def test_worker_that_lost_its_lease_writes_nothing(settings: Settings, add_evalu
     assert evaluation.results is None
 
 
-def test_lost_on_every_attempt_fails_with_an_error_code(
-    settings: Settings, add_evaluation: Callable[..., str]
-) -> None:
+def test_lost_on_every_attempt_fails_with_an_error_code(settings: Settings, add_evaluation: Callable[..., str]) -> None:
     evaluation_id = add_evaluation(
-        status=EvaluationStatus.RUNNING, attempts=settings.max_attempts, lease_owner="gone-worker",
-        lease_expires_at=now() - 1, started_at=now(),
-    )  # fmt: skip
+        status=EvaluationStatus.RUNNING,
+        attempts=settings.max_attempts,
+        lease_owner="gone-worker",
+        lease_expires_at=now() - 1,
+        started_at=now(),
+    )
     sent = Sent()
     assert sent.reap(settings) == [evaluation_id] and sent == []
     evaluation = row(settings, evaluation_id)

@@ -38,9 +38,10 @@ def train_file(client: TestClient, settings: Settings, tasks_dir: Path) -> str:
     assert settings.models_dir is not None
     ensure_tiny_models(settings.models_dir)
     upload = client.post(
-        "/v1/files", files={"file": ("lookup_train.jsonl", (tasks_dir / "lookup_train.jsonl").read_bytes())},
+        "/v1/files",
+        files={"file": ("lookup_train.jsonl", (tasks_dir / "lookup_train.jsonl").read_bytes())},
         data={"purpose": "fine-tune"},
-    )  # fmt: skip
+    )
     assert upload.status_code == 200, upload.text
     return upload.json()["id"]
 
@@ -108,6 +109,7 @@ def test_a_report_that_cannot_be_made_is_answered_with_its_reason_once_the_job_s
     assert len(failed) == 1 and failed[0]["level"] == "warning"
     # Recorded before the job turned succeeded, so a client that saw succeeded can read it.
     assert events.index(failed[0]) > [(e["data"] or {}).get("to") for e in events].index("succeeded")
+
 
 def test_a_file_that_is_not_a_task_fails_the_evaluation(
     evaluate: Callable[..., dict[str, Any]], train_file: str

@@ -56,17 +56,35 @@ def add_row(settings: Settings) -> Callable[..., str]:
 
 def job_fields(status: str, owner: str = "alice", **extra: Any) -> dict[str, Any]:
     return dict(
-        id=new_id("ftjob"), owner=owner, model="mamba-tiny", training_file="file-x", precision="fp32",
-        hyperparameters={}, seed=0, status=status, created_at=now(), metrics={}, current_step=0, attempts=0,
-        cancel_requested=False, **extra,
-    )  # fmt: skip
+        id=new_id("ftjob"),
+        owner=owner,
+        model="mamba-tiny",
+        training_file="file-x",
+        precision="fp32",
+        hyperparameters={},
+        seed=0,
+        status=status,
+        created_at=now(),
+        metrics={},
+        current_step=0,
+        attempts=0,
+        cancel_requested=False,
+        **extra,
+    )
 
 
 def evaluation_fields(status: str, owner: str = "alice") -> dict[str, Any]:
     return dict(
-        id=new_id("eval"), owner=owner, model="mamba-tiny", tasks=["lookup"], shots=[0, 1], precision="fp32",
-        seed=0, status=status, created_at=now(),
-    )  # fmt: skip
+        id=new_id("eval"),
+        owner=owner,
+        model="mamba-tiny",
+        tasks=["lookup"],
+        shots=[0, 1],
+        precision="fp32",
+        seed=0,
+        status=status,
+        created_at=now(),
+    )
 
 
 def test_create_queues_an_evaluation_and_the_owner_reads_it(

@@ -8,9 +8,7 @@ from worker.evaluation.multiple_choice import evaluate_task, read_task
 from worker.evaluation.perplexity import file_loss
 
 
-def test_finetuning_on_lookup_raises_zero_shot_accuracy(
-    tiny_mamba: Path, lookup_adapter: Path
-) -> None:
+def test_finetuning_on_lookup_raises_zero_shot_accuracy(tiny_mamba: Path, lookup_adapter: Path) -> None:
     examples = read_task(shipped_task("lookup"))
     base, tokenizer, _ = load_for_eval(str(tiny_mamba))
     tuned, _, _ = load_for_eval(str(tiny_mamba), adapter=lookup_adapter)

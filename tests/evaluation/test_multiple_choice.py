@@ -69,9 +69,14 @@ def test_icl_gain_of_hand_computed_two_example_task(model, tokenizer) -> None:
     assert scores.acc == {0: 0.5, 1: 1.0}
     assert scores.acc_norm == {0: 0.5, 1: 1.0}  # one-letter choices: normalising changes nothing
     assert scores.to_dict() == {
-        "task": "two", "n_examples": 2, "acc_0": 0.5, "acc_norm_0": 0.5, "acc_1": 1.0, "acc_norm_1": 1.0,
+        "task": "two",
+        "n_examples": 2,
+        "acc_0": 0.5,
+        "acc_norm_0": 0.5,
+        "acc_1": 1.0,
+        "acc_norm_1": 1.0,
         "icl_gain_1": 0.5,
-    }  # fmt: skip
+    }
 
 
 def test_acc_norm_divides_by_choice_length(model, tokenizer) -> None:

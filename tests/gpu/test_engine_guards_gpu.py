@@ -18,9 +18,15 @@ def _spec(model: Path, tmp_path: Path, **overrides) -> TrainSpec:
     train_path = tmp_path / "train.jsonl"
     train_path.write_text("".join((DEMO / "train.jsonl").read_text().splitlines(keepends=True)[:160]))
     values = {
-        "model": str(model), "train_path": train_path, "output_dir": tmp_path / "out", "precision": "bf16",
-        "lora": LoraSpec(), "batch_size": 8, "max_seq_len": 128, "device": "cuda",
-    }  # fmt: skip
+        "model": str(model),
+        "train_path": train_path,
+        "output_dir": tmp_path / "out",
+        "precision": "bf16",
+        "lora": LoraSpec(),
+        "batch_size": 8,
+        "max_seq_len": 128,
+        "device": "cuda",
+    }
     return TrainSpec(**(values | overrides))
 
 
@@ -39,8 +45,12 @@ def test_a_diverging_full_fine_tune_under_cuda_graphs_fails_with_training_diverg
     tiny_mamba: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(TrainingDiverged, match="not finite for 3 steps in a row"):
-        train(_spec(tiny_mamba, tmp_path, lora=None, precision="fp16", learning_rate=1.0,
-                    train_path=DEMO / "train.jsonl"), TrainHooks())
+        train(
+            _spec(
+                tiny_mamba, tmp_path, lora=None, precision="fp16", learning_rate=1.0, train_path=DEMO / "train.jsonl"
+            ),
+            TrainHooks(),
+        )
 
 
 def test_an_ordinary_lora_run_is_admitted_and_trains(tiny_mamba2: Path, tmp_path: Path) -> None:

@@ -26,10 +26,16 @@ def test_a_cuda_jobs_stability_report_has_every_layer(
     train_path = tmp_path / "train.jsonl"  # 20 steps: the report, not the training, is under test
     train_path.write_text("".join((DEMO / "train.jsonl").read_text().splitlines(keepends=True)[:160]))
     spec = TrainSpec(
-        model=str(model), train_path=train_path, validation_path=DEMO / "valid.jsonl",
-        output_dir=tmp_path / "out", precision=precision, lora=LoraSpec(target_modules=targets), batch_size=8,
-        max_seq_len=128, device="cuda",
-    )  # fmt: skip
+        model=str(model),
+        train_path=train_path,
+        validation_path=DEMO / "valid.jsonl",
+        output_dir=tmp_path / "out",
+        precision=precision,
+        lora=LoraSpec(target_modules=targets),
+        batch_size=8,
+        max_seq_len=128,
+        device="cuda",
+    )
     result = train(spec, TrainHooks())
     reports = job_stability(str(model), result.adapter_dir, DEMO / "valid.jsonl", precision=precision, device="cuda")
     for report in reports.values():

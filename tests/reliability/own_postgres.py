@@ -38,8 +38,9 @@ class OwnPostgres:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "pg.log"),
-                  "-w", "start")  # fmt: skip
+        self._run(
+            str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "pg.log"), "-w", "start"
+        )
 
     def stop(self) -> None:
         # Fast mode: clients are disconnected at once, as in a crash or a failover.

@@ -75,10 +75,13 @@ class ProductionStack:
                 upload = client.post("/v1/files", files=content, data={"purpose": "fine-tune"})
                 files[role] = upload.raise_for_status().json()["id"]
         return {
-            "model": "mamba-tiny", **files, "precision": "fp32", "seed": 3,
+            "model": "mamba-tiny",
+            **files,
+            "precision": "fp32",
+            "seed": 3,
             "lora": {"r": 4, "alpha": 8, "target_modules": ["in_proj", "x_proj"]},
             "hyperparameters": {"n_epochs": 1, "batch_size": 2, "max_seq_len": 64, "learning_rate": 3e-3},
-        }  # fmt: skip
+        }
 
     def create_job(self, *, train_lines: int) -> str:
         body = self.job_request(train_lines=train_lines)
@@ -149,13 +152,17 @@ def production_stack(folder: Path, models_dir: Path, s3_endpoint: str) -> Iterat
         redis.start()
         upgrade_database(postgres.url)
         stack.env = {
-            "MAMBAFT_DATA_DIR": str(folder / "var"), "MAMBAFT_DATABASE_URL": postgres.url,
-            "MAMBAFT_BROKER_URL": redis.url, "MAMBAFT_STORAGE_URL": f"s3://{S3_BUCKET}/{uuid.uuid4().hex}",
-            "MAMBAFT_S3_ENDPOINT_URL": s3_endpoint, "MAMBAFT_MODELS_DIR": str(models_dir),
-            "MAMBAFT_AUTH_DISABLED": "true", **FAST_RECOVERY,
+            "MAMBAFT_DATA_DIR": str(folder / "var"),
+            "MAMBAFT_DATABASE_URL": postgres.url,
+            "MAMBAFT_BROKER_URL": redis.url,
+            "MAMBAFT_STORAGE_URL": f"s3://{S3_BUCKET}/{uuid.uuid4().hex}",
+            "MAMBAFT_S3_ENDPOINT_URL": s3_endpoint,
+            "MAMBAFT_MODELS_DIR": str(models_dir),
+            "MAMBAFT_AUTH_DISABLED": "true",
+            **FAST_RECOVERY,
             # Two workers share two cores: OpenMP threads of each would spin against the other's.
             "OMP_NUM_THREADS": "1",
-        }  # fmt: skip
+        }
         stack.api = ApiServer(folder, stack.env)
         yield stack
     finally:

@@ -2,7 +2,6 @@
 get a 5xx, and every 4xx is the OpenAI error shape. 1,000 requests in the default suite, 10,000 under
 `make soak`."""
 
-
 import httpx
 import pytest
 import schemathesis
@@ -30,9 +29,7 @@ def fuzz(app: FastAPI, headers: dict[str, str], requests: int, *, derandomize: b
     """Send `requests` generated requests, each to an operation drawn at random; returns how many went out."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    strategies = st.one_of(
-        [op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode]
-    )
+    strategies = st.one_of([op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode])
     sent = 0
 
     # database=None: nothing written to .hypothesis/ in the repository.

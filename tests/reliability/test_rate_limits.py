@@ -120,9 +120,7 @@ def test_a_retried_create_replays_instead_of_429(client: TestClient, training_fi
     assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
 
 
-def test_the_job_limit_is_per_owner(
-    client: TestClient, bob: TestClient, training_file: str, clock: FakeClock
-) -> None:
+def test_the_job_limit_is_per_owner(client: TestClient, bob: TestClient, training_file: str, clock: FakeClock) -> None:
     client.post("/v1/fine_tuning/jobs", json=job_body(training_file))
     bobs_file = bob.post(
         "/v1/files", files={"file": ("b.jsonl", b'{"text": "b"}\n')}, data={"purpose": "fine-tune"}

@@ -32,9 +32,16 @@ def test_the_scan_sees_the_sources() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["torch.load(path)", "torch.load(path, map_location='cpu')", "pickle.load(f)", "x = pickle.loads(b)",
-     "AutoModel.from_pretrained(m, trust_remote_code=True)", "yaml.load(s)", "np.load(p, allow_pickle=True)"],
-)  # fmt: skip
+    [
+        "torch.load(path)",
+        "torch.load(path, map_location='cpu')",
+        "pickle.load(f)",
+        "x = pickle.loads(b)",
+        "AutoModel.from_pretrained(m, trust_remote_code=True)",
+        "yaml.load(s)",
+        "np.load(p, allow_pickle=True)",
+    ],
+)
 def test_the_scan_catches_each_unsafe_load(line: str) -> None:
     assert unsafe_uses(line)
 

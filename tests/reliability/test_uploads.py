@@ -94,7 +94,10 @@ def test_a_big_upload_grows_the_api_rss_by_under_50_mib(api_server: ApiServer, s
 @pytest.mark.parametrize(
     "raw",
     [
-        b"../../../etc/cron.d/x.jsonl", b"..\\..\\windows\\x.jsonl", b"a\x00b.jsonl", b"x" * 1000,
+        b"../../../etc/cron.d/x.jsonl",
+        b"..\\..\\windows\\x.jsonl",
+        b"a\x00b.jsonl",
+        b"x" * 1000,
         b"<img src=x onerror=alert(1)>.jsonl",
     ],
 )

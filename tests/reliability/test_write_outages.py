@@ -48,12 +48,15 @@ def api(tmp_path: Path, models_dir: Path, postgres_url: str, broker: OwnRedis, s
     server = ApiServer(
         tmp_path,
         {
-            "MAMBAFT_DATA_DIR": str(tmp_path / "var"), "MAMBAFT_DATABASE_URL": postgres_url,
-            "MAMBAFT_BROKER_URL": broker.url, "MAMBAFT_STORAGE_URL": f"s3://{S3_BUCKET}/{uuid.uuid4().hex}",
-            "MAMBAFT_S3_ENDPOINT_URL": s3.endpoint, "MAMBAFT_MODELS_DIR": str(models),
+            "MAMBAFT_DATA_DIR": str(tmp_path / "var"),
+            "MAMBAFT_DATABASE_URL": postgres_url,
+            "MAMBAFT_BROKER_URL": broker.url,
+            "MAMBAFT_STORAGE_URL": f"s3://{S3_BUCKET}/{uuid.uuid4().hex}",
+            "MAMBAFT_S3_ENDPOINT_URL": s3.endpoint,
+            "MAMBAFT_MODELS_DIR": str(models),
             "MAMBAFT_AUTH_DISABLED": "true",
         },
-    ).wait_up()  # fmt: skip
+    ).wait_up()
     yield server
     server.stop()
 

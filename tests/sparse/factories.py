@@ -14,16 +14,26 @@ D_MODEL, N_LAYER, D_STATE, VOCAB = 32, 2, 8, 264
 
 def tiny(structure: str = "diagonal", *, d_state: int = D_STATE, seed: int = 0) -> PreTrainedModel:
     """A random Mamba of the given ssm_structure with our forwards (SC/SO structure applied)."""
-    config = MambaConfig(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYER, state_size=d_state,
-                         ssm_structure=structure)  # fmt: skip
+    config = MambaConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYER, state_size=d_state, ssm_structure=structure
+    )
     torch.manual_seed(seed)
     return install_forwards(MambaForCausalLM(config))
 
 
 def tiny_mamba2(constraint: str = "none", seed: int = 0) -> PreTrainedModel:
-    config = Mamba2Config(vocab_size=VOCAB, hidden_size=D_MODEL, num_hidden_layers=N_LAYER, state_size=D_STATE,
-                          expand=2, num_heads=4, head_dim=16, n_groups=1, chunk_size=16,
-                          a_constraint=constraint)  # fmt: skip
+    config = Mamba2Config(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        num_hidden_layers=N_LAYER,
+        state_size=D_STATE,
+        expand=2,
+        num_heads=4,
+        head_dim=16,
+        n_groups=1,
+        chunk_size=16,
+        a_constraint=constraint,
+    )
     torch.manual_seed(seed)
     return install_forwards(Mamba2ForCausalLM(config))
 

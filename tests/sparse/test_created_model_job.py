@@ -39,9 +39,12 @@ def upload(client: TestClient, path: Path) -> str:
 
 
 def test_created_sc_model_trains_in_a_job_and_reloads_to_the_same_logits(
-    client: TestClient, settings: Settings, model_requests: list[str], tmp_path: Path,
+    client: TestClient,
+    settings: Settings,
+    model_requests: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     assert client.post("/v1/models", json=SC).json()["status"] == "creating"
     assert len(model_requests) == 1
     create_model(settings=settings, model_uid=model_requests[0])  # what the Celery task runs
@@ -53,9 +56,16 @@ def test_created_sc_model_trains_in_a_job_and_reloads_to_the_same_logits(
     assert listed["parameters"] == stock - SC["n_layer"] * d_inner * SC["d_state"]  # the B rows of x_proj
 
     train_path, validation_path = corpus_sample(tmp_path / "corpus", files=10, chars=300)
-    body = {"model": "sc-tiny", "training_file": upload(client, train_path), "lora": None, "precision": "fp32",
-            "validation_file": upload(client, validation_path), "ssm_structure": "controllable", "seed": 0,
-            "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": 64}}  # fmt: skip
+    body = {
+        "model": "sc-tiny",
+        "training_file": upload(client, train_path),
+        "lora": None,
+        "precision": "fp32",
+        "validation_file": upload(client, validation_path),
+        "ssm_structure": "controllable",
+        "seed": 0,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": 64},
+    }
     created = client.post("/v1/fine_tuning/jobs", json=body)
     assert created.status_code == 200, created.text
     job_id = created.json()["id"]

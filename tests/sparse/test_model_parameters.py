@@ -12,8 +12,11 @@ from worker.engine.tiny_model import byte_tokenizer
 @pytest.mark.parametrize(
     ("family", "variant"),
     [
-        ("mamba", "diagonal"), ("mamba", "controllable"), ("mamba", "observable"),
-        ("mamba2", "none"), ("mamba2", "stable"),
+        ("mamba", "diagonal"),
+        ("mamba", "controllable"),
+        ("mamba", "observable"),
+        ("mamba2", "none"),
+        ("mamba2", "stable"),
     ],
 )
 @pytest.mark.parametrize(("d_model", "n_layer", "d_state"), [(32, 2, 8), (48, 3, 4), (80, 1, 16)])
@@ -25,8 +28,9 @@ def test_the_counted_parameters_are_those_of_the_built_model(
 
     built = create_model_folder(arch, tmp_path / "model")
 
-    counted = parameter_count(family=family, d_model=d_model, n_layer=n_layer, d_state=d_state, variant=variant,
-                              vocab_size=BYTE_VOCAB_SIZE)  # fmt: skip
+    counted = parameter_count(
+        family=family, d_model=d_model, n_layer=n_layer, d_state=d_state, variant=variant, vocab_size=BYTE_VOCAB_SIZE
+    )
     assert counted == built
 
 

@@ -20,8 +20,9 @@ SC = {"id": "sc-tiny", "family": "mamba", "d_model": 32, "n_layer": 2, "d_state"
 
 
 def upload_text(client: TestClient) -> str:
-    response = client.post("/v1/files", files={"file": ("t.jsonl", b'{"text": "def f(): pass"}\n')},
-                           data={"purpose": "fine-tune"})  # fmt: skip
+    response = client.post(
+        "/v1/files", files={"file": ("t.jsonl", b'{"text": "def f(): pass"}\n')}, data={"purpose": "fine-tune"}
+    )
     assert response.status_code == 200, response.text
     return response.json()["id"]
 
@@ -129,9 +130,12 @@ def test_another_owners_created_model_does_not_exist(
 
 
 def test_a_tokenizer_naming_a_path_or_another_owners_model_gets_the_answer_of_a_missing_one(
-    client: TestClient, make_client: Callable[..., TestClient], settings: Settings, model_requests: list[str],
+    client: TestClient,
+    make_client: Callable[..., TestClient],
+    settings: Settings,
+    model_requests: list[str],
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     outside = tmp_path / "elsewhere" / "secret-model"  # a model folder on the API host, outside models_dir
     outside.mkdir(parents=True)
     (outside / "config.json").write_text(json.dumps({"model_type": "mamba", "vocab_size": 264}))
@@ -140,9 +144,13 @@ def test_a_tokenizer_naming_a_path_or_another_owners_model_gets_the_answer_of_a_
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     bobs = built(make_client("bob"), settings, model_requests, {**SC, "id": "bobs-model"})
     probes = [
-        str(outside), os.path.relpath(outside, settings.models_dir), bobs,  # exist, but not for Alice
-        str(tmp_path / "nothing"), "../nothing", "no-such-model",  # exist nowhere
-    ]  # fmt: skip
+        str(outside),
+        os.path.relpath(outside, settings.models_dir),
+        bobs,  # exist, but not for Alice
+        str(tmp_path / "nothing"),
+        "../nothing",
+        "no-such-model",  # exist nowhere
+    ]
 
     answers = [client.post("/v1/models", json={**SC, "tokenizer": tokenizer}) for tokenizer in probes]
 
@@ -171,8 +179,9 @@ def test_the_tokenizer_may_be_a_shared_model_or_the_callers_own_ready_one(
     assert (on_pending.status_code, on_pending.json()["error"]["param"]) == (400, "tokenizer")
     assert on_shared.status_code == 200, on_shared.text
     shape = {k: SC[k] for k in ("d_model", "n_layer", "d_state")}
-    assert on_shared.json()["parameters"] == parameter_count(family="mamba", variant="controllable", vocab_size=50280,
-                                                             **shape)  # fmt: skip
+    assert on_shared.json()["parameters"] == parameter_count(
+        family="mamba", variant="controllable", vocab_size=50280, **shape
+    )
     assert on_own.status_code == 200, on_own.text
     create_model(settings=settings, model_uid=model_requests[-1])  # the worker fetches the tokenizer's model
     assert client.get("/v1/models/on-own").json()["status"] == "ready"
@@ -210,9 +219,12 @@ def test_the_default_cap_refuses_a_54b_model(client: TestClient, model_requests:
 
 
 def test_the_owner_evaluates_her_created_model(
-    app: FastAPI, client: TestClient, make_client: Callable[..., TestClient], settings: Settings,
+    app: FastAPI,
+    client: TestClient,
+    make_client: Callable[..., TestClient],
+    settings: Settings,
     model_requests: list[str],
-) -> None:  # fmt: skip
+) -> None:
     app.dependency_overrides[get_enqueue] = lambda: lambda *, settings, evaluation_id: None
     body = {"model": "sc-tiny", "tasks": ["lookup"], "shots": [0]}
     assert client.post("/v1/models", json=SC).status_code == 200

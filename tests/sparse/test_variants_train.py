@@ -23,11 +23,20 @@ def test_a_tiny_model_of_each_variant_trains_on_stdlib_code(family: str, variant
     arch = Architecture(id="m", family=family, d_model=32, n_layer=2, d_state=8, **{field: variant})
     create_model_folder(arch, tmp_path / "model")
 
-    result = train(TrainSpec(
-        model=str(tmp_path / "model"), train_path=train_path, validation_path=validation_path,
-        output_dir=tmp_path / "out", lora=None, learning_rate=3e-3, batch_size=8, max_seq_len=64,
-        device="cpu", checkpoint_every=0,
-    ))  # fmt: skip
+    result = train(
+        TrainSpec(
+            model=str(tmp_path / "model"),
+            train_path=train_path,
+            validation_path=validation_path,
+            output_dir=tmp_path / "out",
+            lora=None,
+            learning_rate=3e-3,
+            batch_size=8,
+            max_seq_len=64,
+            device="cpu",
+            checkpoint_every=0,
+        )
+    )
 
     assert result.steps >= 20
     assert result.metrics["validation_loss"] < result.metrics["base_validation_loss"] - 0.5

@@ -97,8 +97,14 @@ def residues(lam: Tensor) -> Tensor:
 
 
 def companion_scan_reference(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-    D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
 ) -> Tensor:
     """Dense recurrence. u, delta, z: (b, d, l); A: (d, n, n); B, C: (b, n, l); D: (d,). Returns (b, d, l).
 
@@ -116,8 +122,14 @@ def companion_scan_reference(
 
 
 def companion_scan_fast(
-    u: Tensor, delta: Tensor, lam: Tensor, P: Tensor, observable: bool,
-    D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
+    u: Tensor,
+    delta: Tensor,
+    lam: Tensor,
+    P: Tensor,
+    observable: bool,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
 ) -> Tensor:
     """Diagonalized scan. lam: (d, n/2) complex pair representatives; P: (b, n, l) the input-dependent
     matrix (C_t for SC, B_t for SO). Same result as the reference with the matching dense A."""

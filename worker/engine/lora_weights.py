@@ -25,8 +25,9 @@ def lora_factors(module: nn.Module) -> list[LoraFactors]:
     if not isinstance(module, LoraLayer) or module.disable_adapters or module.merged:
         return []
     return [
-        LoraFactors(module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name],
-                    module.lora_dropout[name])
+        LoraFactors(
+            module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name], module.lora_dropout[name]
+        )
         for name in module.active_adapters
         if name in module.lora_A
     ]

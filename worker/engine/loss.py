@@ -34,7 +34,8 @@ def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tok
     for start in range(0, hidden.shape[0], chunk_tokens):
         end = start + chunk_tokens
         # The checkpoint replays the RNG state too, so LoRA dropout on lm_head recomputes identically.
-        total = total + checkpoint(_chunk_loss_sum, lm.lm_head, hidden[start:end], flat_targets[start:end],
-                                   use_reentrant=False)
+        total = total + checkpoint(
+            _chunk_loss_sum, lm.lm_head, hidden[start:end], flat_targets[start:end], use_reentrant=False
+        )
     # A tensor count, not a Python int: no host sync, so the step can be captured as a CUDA graph.
     return total / (flat_targets != IGNORE).sum().clamp(min=1)

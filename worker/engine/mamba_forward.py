@@ -64,8 +64,13 @@ def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
 
 
 def backbone_forward(
-    backbone: MambaModel | Mamba2Model, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
-    attention_mask: Tensor | None = None, *, path: ForwardPath = "auto", **kwargs,
+    backbone: MambaModel | Mamba2Model,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    **kwargs,
 ) -> MambaOutput | Mamba2Output:
     """The layer stack with residual-add and RMSNorm fused into one Triton kernel per layer.
 
@@ -87,16 +92,25 @@ def backbone_forward(
         else:
             hidden, residual = _fused_block(block, hidden, residual, attention_mask)
     hidden = rms_norm_fn(
-        hidden, backbone.norm_f.weight, None, residual=residual, prenorm=False,
-        residual_in_fp32=backbone.layers[-1].residual_in_fp32, eps=backbone.norm_f.variance_epsilon,
+        hidden,
+        backbone.norm_f.weight,
+        None,
+        residual=residual,
+        prenorm=False,
+        residual_in_fp32=backbone.layers[-1].residual_in_fp32,
+        eps=backbone.norm_f.variance_epsilon,
     )
     output_type = MambaOutput if isinstance(backbone, MambaModel) else Mamba2Output
     return output_type(last_hidden_state=hidden)
 
 
 def mamba_mixer_forward(
-    mixer: MambaMixer, hidden_states: Tensor, attention_mask: Tensor | None = None,
-    *, path: ForwardPath = "auto", **kwargs,
+    mixer: MambaMixer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    **kwargs,
 ) -> Tensor:
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
@@ -115,26 +129,41 @@ def mamba_mixer_forward(
 
     if fused:
         return mamba_inner_fn(
-            xz, mixer.conv1d.weight, mixer.conv1d.bias, x_proj_w, dt_proj_w, out_proj_w,
-            out_bias, A, None, None, mixer.D.float(), delta_bias=dt_bias, delta_softplus=True,
+            xz,
+            mixer.conv1d.weight,
+            mixer.conv1d.bias,
+            x_proj_w,
+            dt_proj_w,
+            out_proj_w,
+            out_bias,
+            A,
+            None,
+            None,
+            mixer.D.float(),
+            delta_bias=dt_bias,
+            delta_softplus=True,
         )
 
     x, z = conv_and_gate(mixer, xz, attention_mask)
-    dt, B, C = F.linear(x, x_proj_w).split(
-        [mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1
-    )
+    dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
     delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)
     scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
 
 
-def _fused_block(block: nn.Module, hidden: Tensor, residual: Tensor | None,
-                 attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def _fused_block(
+    block: nn.Module, hidden: Tensor, residual: Tensor | None, attention_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """residual += hidden; hidden = mixer(RMSNorm(residual)), with the add and the norm in one kernel."""
     normed, residual = rms_norm_fn(
-        hidden, block.norm.weight, None, residual=residual, prenorm=True,
-        residual_in_fp32=block.residual_in_fp32, eps=block.norm.variance_epsilon,
+        hidden,
+        block.norm.weight,
+        None,
+        residual=residual,
+        prenorm=True,
+        residual_in_fp32=block.residual_in_fp32,
+        eps=block.norm.variance_epsilon,
     )
     return block.mixer(normed, attention_mask=attention_mask), residual
 
@@ -171,8 +200,12 @@ def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
 
 
 def mamba2_mixer_forward(
-    mixer: Mamba2Mixer, hidden_states: Tensor, attention_mask: Tensor | None = None,
-    *, path: ForwardPath = "auto", **kwargs,
+    mixer: Mamba2Mixer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    **kwargs,
 ) -> Tensor:
     fused = path == "auto" and mamba_split_conv1d_scan_combined is not None and hidden_states.is_cuda
     if has_cache(kwargs) or not fused:
@@ -182,11 +215,21 @@ def mamba2_mixer_forward(
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     zxbcdt = mixer.in_proj(mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
     return mamba_split_conv1d_scan_combined(
-        zxbcdt, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, mixer.dt_bias,
-        -torch.exp(mixer.A_log.float()), D=mixer.D, chunk_size=mixer.chunk_size,
-        activation=mixer.activation, rmsnorm_weight=mixer.norm.weight, rmsnorm_eps=mixer.norm.variance_epsilon,
-        outproj_weight=effective_weight(mixer.out_proj), outproj_bias=base_layer(mixer.out_proj).bias,
-        headdim=mixer.head_dim, ngroups=mixer.n_groups, norm_before_gate=False,
+        zxbcdt,
+        mixer.conv1d.weight.squeeze(1),
+        mixer.conv1d.bias,
+        mixer.dt_bias,
+        -torch.exp(mixer.A_log.float()),
+        D=mixer.D,
+        chunk_size=mixer.chunk_size,
+        activation=mixer.activation,
+        rmsnorm_weight=mixer.norm.weight,
+        rmsnorm_eps=mixer.norm.variance_epsilon,
+        outproj_weight=effective_weight(mixer.out_proj),
+        outproj_bias=base_layer(mixer.out_proj).bias,
+        headdim=mixer.head_dim,
+        ngroups=mixer.n_groups,
+        norm_before_gate=False,
         dt_limit=mixer.time_step_limit,
     )
 

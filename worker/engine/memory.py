@@ -102,10 +102,15 @@ class ModelSize:
             weight_bytes=sum(p.numel() * p.element_size() for p in params),
             parameters=sum(p.numel() for p in params),
             trainable=sum(p.numel() for p in params if p.requires_grad),
-            n_layer=config.num_hidden_layers, d_model=config.hidden_size, d_inner=d_inner,
-            d_state=config.state_size, vocab=config.vocab_size, family=family, complex_states=complex_states,
+            n_layer=config.num_hidden_layers,
+            d_model=config.hidden_size,
+            d_inner=d_inner,
+            d_state=config.state_size,
+            vocab=config.vocab_size,
+            family=family,
+            complex_states=complex_states,
             fused=fused and not complex_states,  # SC/SO models scan in torch on the GPU too
-        )  # fmt: skip
+        )
 
 
 def layer_bytes(size: ModelSize, precision: Precision) -> tuple[float, float]:
@@ -157,8 +162,10 @@ def check_fits(size: ModelSize, shape: StepShape, budget: int, device: torch.dev
 def _smaller_shapes(size: ModelSize, shape: StepShape, budget: int) -> Iterator[str]:
     """For each knob on its own, the others unchanged, a value that fits: the largest batch_size, the
     largest halving of max_seq_len, recompute on, bf16 for fp32."""
-    if batch := next((b for b in range(shape.batch_size - 1, 0, -1)
-                      if step_bytes(size, replace(shape, batch_size=b)) <= budget), None):  # fmt: skip
+    if batch := next(
+        (b for b in range(shape.batch_size - 1, 0, -1) if step_bytes(size, replace(shape, batch_size=b)) <= budget),
+        None,
+    ):
         yield f"batch_size {batch}"
     seq_len = shape.seq_len // 2
     while seq_len >= 16 and step_bytes(size, replace(shape, seq_len=seq_len)) > budget:

@@ -27,6 +27,7 @@ def conv_and_gate(mixer: MambaMixer, xz: Tensor, attention_mask: Tensor | None) 
     """in_proj's output (b, 2·d_inner, l) -> the scan input x (b, l, d_inner) and the gate z (b, d_inner, l)."""
     seq_len = xz.shape[-1]
     x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
-    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
-                 groups=mixer.intermediate_size)[..., :seq_len]
+    x = F.conv1d(
+        x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1, groups=mixer.intermediate_size
+    )[..., :seq_len]
     return mask_padding(mixer.act(x).transpose(1, 2), attention_mask), z

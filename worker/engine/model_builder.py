@@ -33,15 +33,26 @@ class Architecture:
 def build_config(arch: Architecture, vocab_size: int, eos_id: int) -> MambaConfig | Mamba2Config:
     vocab = -(-vocab_size // 8) * 8  # kernel-friendly embedding shapes, as tiny_model does
     ids = {"eos_token_id": eos_id, "pad_token_id": eos_id, "bos_token_id": eos_id}
-    common = {"vocab_size": vocab, "hidden_size": arch.d_model, "num_hidden_layers": arch.n_layer,
-              "state_size": arch.d_state, "expand": 2, **ids}  # fmt: skip
+    common = {
+        "vocab_size": vocab,
+        "hidden_size": arch.d_model,
+        "num_hidden_layers": arch.n_layer,
+        "state_size": arch.d_state,
+        "expand": 2,
+        **ids,
+    }
     if arch.family == "mamba":
         return MambaConfig(**common, ssm_structure=arch.ssm_structure)
     d_inner = 2 * arch.d_model
     return Mamba2Config(
-        **common, num_heads=d_inner // MAMBA2_HEAD_DIM, head_dim=MAMBA2_HEAD_DIM, n_groups=1, chunk_size=64,
-        tie_word_embeddings=True, a_constraint=arch.a_constraint,
-    )  # fmt: skip
+        **common,
+        num_heads=d_inner // MAMBA2_HEAD_DIM,
+        head_dim=MAMBA2_HEAD_DIM,
+        n_groups=1,
+        chunk_size=64,
+        tie_word_embeddings=True,
+        a_constraint=arch.a_constraint,
+    )
 
 
 def create_model_folder(arch: Architecture, folder: Path, tokenizer_folder: Path | str | None = None) -> int:

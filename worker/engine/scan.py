@@ -49,8 +49,14 @@ def _readout(states: Tensor, u: Tensor, C: Tensor, D: Tensor | None, z: Tensor |
 
 
 def selective_scan_reference(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-    D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
 ) -> Tensor:
     log_decay, dBu = _discretize(u, delta, A, B, delta_bias)
     h = torch.zeros_like(dBu[:, :, 0])  # (b, d, n)
@@ -62,8 +68,14 @@ def selective_scan_reference(
 
 
 def selective_scan_chunked(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-    D: Tensor | None = None, z: Tensor | None = None, delta_bias: Tensor | None = None,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
     chunk: int | None = None,
 ) -> Tensor:
     log_decay, dBu = _discretize(u, delta, A, B, delta_bias)

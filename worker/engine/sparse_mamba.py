@@ -123,6 +123,7 @@ def route(mixer: nn.Module, forward: Callable[..., Tensor], path: ForwardPath) -
     if is_companion(mixer):
         return lambda *args, **kwargs: companion_mixer_forward(mixer, *args, path=path, **kwargs)
     if is_stable(mixer):
+
         def stable_forward(*args: Any, **kwargs: Any) -> Tensor:
             with _stable_A_log(mixer):
                 return forward(*args, **kwargs)
@@ -150,8 +151,12 @@ def clamped_heads(mixer: Mamba2Mixer) -> int:
 
 
 def companion_mixer_forward(
-    mixer: MambaMixer, hidden_states: Tensor, attention_mask: Tensor | None = None,
-    *, path: ForwardPath = "auto", **kwargs: Any,
+    mixer: MambaMixer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    **kwargs: Any,
 ) -> Tensor:
     """SC/SO mixer: like the stock torch path, with the companion scan. "reference" runs the dense one."""
     if has_cache(kwargs):
@@ -171,8 +176,9 @@ def companion_mixer_forward(
         y = companion_scan_reference(u, delta, mixer_A(mixer, torch.float32), B, C, mixer.D, z, dt_bias)
     else:
         y = companion_scan_fast(u, delta, mixer_roots(mixer), P, observable, mixer.D, z, dt_bias)
-    return F.linear(y.transpose(1, 2).to(hidden_states.dtype), effective_weight(mixer.out_proj),
-                    base_layer(mixer.out_proj).bias)
+    return F.linear(
+        y.transpose(1, 2).to(hidden_states.dtype), effective_weight(mixer.out_proj), base_layer(mixer.out_proj).bias
+    )
 
 
 def load_structured(folder: Path, config: Any, dtype: torch.dtype) -> PreTrainedModel:

@@ -38,9 +38,18 @@ def tiny_config(family: Family, vocab_size: int, eos_id: int) -> MambaConfig | M
     if family == "mamba2":
         # hidden 128 * expand 2 = 8 heads * head_dim 32.
         return Mamba2Config(
-            vocab_size=vocab, hidden_size=128, num_hidden_layers=4, state_size=16, expand=2,
-            num_heads=8, head_dim=32, n_groups=1, chunk_size=64, tie_word_embeddings=True, **ids,
-        )  # fmt: skip
+            vocab_size=vocab,
+            hidden_size=128,
+            num_hidden_layers=4,
+            state_size=16,
+            expand=2,
+            num_heads=8,
+            head_dim=32,
+            n_groups=1,
+            chunk_size=64,
+            tie_word_embeddings=True,
+            **ids,
+        )
     raise ValueError(f"unknown family {family!r}; expected 'mamba' or 'mamba2'")
 
 

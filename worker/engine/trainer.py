@@ -120,8 +120,9 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
     train_blocks = load_blocks(spec.train_path, tokenizer, spec.max_seq_len)
     valid_blocks = load_blocks(spec.validation_path, tokenizer, spec.max_seq_len) if spec.validation_path else None
     # Refuse a step that cannot fit before spending anything on it; a small file makes smaller batches.
-    shape = StepShape(min(spec.batch_size, len(train_blocks.inputs)), spec.max_seq_len, spec.precision,
-                      spec.activation_recompute)  # fmt: skip
+    shape = StepShape(
+        min(spec.batch_size, len(train_blocks.inputs)), spec.max_seq_len, spec.precision, spec.activation_recompute
+    )
     fused = device.type == "cuda" and fused_kernels_available()
     check_fits(ModelSize.of(model, family=family, fused=fused), shape, memory_budget, device)
     per_epoch = steps_per_epoch(train_blocks, spec.batch_size)
@@ -151,9 +152,15 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
             hooks.on_message(f"No checkpoint at step {step}: the weights are not finite")
             return last_checkpoint
         folder = save_checkpoint(
-            checkpoints / f"step-{step:06d}", model=model, optimizer=optimizer, scheduler=scheduler,
-            precision=precision, step=step, position=position, metrics=state,
-        )  # fmt: skip
+            checkpoints / f"step-{step:06d}",
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            precision=precision,
+            step=step,
+            position=position,
+            metrics=state,
+        )
         hooks.on_checkpoint(folder, step)  # the hook copies or uploads it before returning
         _prune_checkpoints(folder)
         return folder
@@ -161,7 +168,8 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
     # --- train ---------------------------------------------------------------------------------------
     model.train()
     forward_backward = ForwardBackward(
-        lambda inputs, targets: next_token_loss(model, inputs, targets), precision,
+        lambda inputs, targets: next_token_loss(model, inputs, targets),
+        precision,
         use_graphs=spec.cuda_graphs and device.type == "cuda" and graph_capturable(model),
     )
     divergence = DivergenceCheck(loss_scaling=precision.scaler.is_enabled())
@@ -187,12 +195,20 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         state["train_seconds"] += time.perf_counter() - t0  # excludes checkpoints and hooks
 
         seconds_per_step = state["train_seconds"] / step
-        hooks.on_progress(Progress(
-            step=step, total_steps=total_steps, epoch=position.epoch, loss=state["losses"][-1],
-            learning_rate=lr, tokens_per_second=state["trained_tokens"] / state["train_seconds"],
-            eta_seconds=seconds_per_step * (total_steps - step), trained_tokens=state["trained_tokens"],
-            skipped_steps=precision.skipped_steps, peak_memory_bytes=peak_memory(device),
-        ))  # fmt: skip
+        hooks.on_progress(
+            Progress(
+                step=step,
+                total_steps=total_steps,
+                epoch=position.epoch,
+                loss=state["losses"][-1],
+                learning_rate=lr,
+                tokens_per_second=state["trained_tokens"] / state["train_seconds"],
+                eta_seconds=seconds_per_step * (total_steps - step),
+                trained_tokens=state["trained_tokens"],
+                skipped_steps=precision.skipped_steps,
+                peak_memory_bytes=peak_memory(device),
+            )
+        )
         divergence.observe(step, loss_value, grad_norm)
         if spec.checkpoint_every > 0 and step % spec.checkpoint_every == 0 and step < total_steps:
             last_checkpoint = checkpoint(next_position(position, per_epoch))
@@ -228,5 +244,6 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
     (spec.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(adapter_dir=out, trained_tokens=state["trained_tokens"], steps=step, metrics=metrics,
-                       merged_dir=merged_dir)
+    return TrainResult(
+        adapter_dir=out, trained_tokens=state["trained_tokens"], steps=step, metrics=metrics, merged_dir=merged_dir
+    )

@@ -26,9 +26,14 @@ DEFAULT_MAX_GEN_TOKS = 256
 @register_model("mambaft")
 class MambaLM(LM):
     def __init__(
-        self, model: nn.Module, tokenizer: Any, *, batch_size: int = 16, max_length: int = 2048,
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        batch_size: int = 16,
+        max_length: int = 2048,
         autocast: contextlib.AbstractContextManager | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length, self.autocast = int(batch_size), int(max_length), autocast

@@ -23,9 +23,14 @@ class FileLoss:
 
 
 def file_loss(
-    model: nn.Module, tokenizer: Any, path: Path, *,
-    precision: Precision = "fp32", max_seq_len: int = 256, batch_size: int = 8,
-) -> FileLoss:  # fmt: skip
+    model: nn.Module,
+    tokenizer: Any,
+    path: Path,
+    *,
+    precision: Precision = "fp32",
+    max_seq_len: int = 256,
+    batch_size: int = 8,
+) -> FileLoss:
     blocks = load_blocks(path, tokenizer, max_seq_len)
     policy = PrecisionPolicy(precision, next(model.parameters()).device)
     loss = evaluate(model, blocks, batch_size, policy)

@@ -35,11 +35,18 @@ def evaluate(spec: EvalSpec, reference: dict[str, Any] | None = None) -> dict[st
     policy = PrecisionPolicy(spec.precision, next(model.parameters()).device)
     tasks = [
         evaluate_task(
-            model, tokenizer, task_examples, list(spec.shots), task=name, seed=spec.seed, limit=spec.limit,
-            batch_size=spec.batch_size, autocast=policy.autocast(),
+            model,
+            tokenizer,
+            task_examples,
+            list(spec.shots),
+            task=name,
+            seed=spec.seed,
+            limit=spec.limit,
+            batch_size=spec.batch_size,
+            autocast=policy.autocast(),
         ).to_dict()
         for name, task_examples in examples.items()
-    ]  # fmt: skip
+    ]
     results: dict[str, Any] = {"family": family, "precision": spec.precision, "seed": spec.seed, "tasks": tasks}
     if spec.validation_path is not None:
         loss = file_loss(model, tokenizer, spec.validation_path, precision=spec.precision, batch_size=spec.batch_size)

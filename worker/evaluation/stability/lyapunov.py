@@ -59,8 +59,9 @@ def mamba_delta(mixer: MambaMixer, hidden: Tensor) -> Tensor:
     """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner)."""
     seq_len = hidden.shape[1]
     x, _ = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l)
-    x = F.conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1,
-                 groups=mixer.intermediate_size)[..., :seq_len]  # fmt: skip
+    x = F.conv1d(
+        x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1, groups=mixer.intermediate_size
+    )[..., :seq_len]
     x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
     dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
     delta = F.linear(dt, effective_weight(mixer.dt_proj)) + base_layer(mixer.dt_proj).bias  # (b, l, d_inner)

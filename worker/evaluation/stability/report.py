@@ -68,10 +68,14 @@ def stability_report(model: nn.Module, family: str, inputs: Tensor, precision: P
     if precision == "fp32":
         raise ValueError("the empirical check compares a low precision (bf16 or fp16) against fp32")
     return StabilityReport(
-        family=family, precision=precision, n_sequences=inputs.shape[0], seq_len=inputs.shape[1],
-        layers=lyapunov_exponents(model, inputs), divergence=divergence(model, inputs, precision),
+        family=family,
+        precision=precision,
+        n_sequences=inputs.shape[0],
+        seq_len=inputs.shape[1],
+        layers=lyapunov_exponents(model, inputs),
+        divergence=divergence(model, inputs, precision),
         structure=structure_checks(model),
-    )  # fmt: skip
+    )
 
 
 def job_stability(

@@ -53,9 +53,12 @@ def layer_structure(layer: int, mixer: nn.Module) -> LayerStructure | None:
     # same rank, same condition number.
     K = krylov(A.transpose(1, 2) if mixer.ssm_structure == "observable" else A)
     return LayerStructure(
-        layer, mixer.ssm_structure, float(torch.linalg.eigvals(A).real.max()),
-        rank=int(torch.linalg.matrix_rank(K).min()), condition_number=float(torch.linalg.cond(K).max()),
-    )  # fmt: skip
+        layer,
+        mixer.ssm_structure,
+        float(torch.linalg.eigvals(A).real.max()),
+        rank=int(torch.linalg.matrix_rank(K).min()),
+        condition_number=float(torch.linalg.cond(K).max()),
+    )
 
 
 def structure_checks(model: nn.Module) -> list[LayerStructure]:
