@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import uuid
-from types import TracebackType
 from typing import TypeVar
 
 from sqlalchemy import select, update
@@ -23,6 +22,7 @@ from app.evaluations.models import Evaluation
 from app.jobs.lifecycle import JobStatus, transition
 from app.jobs.models import Job
 from app.settings import Settings
+from worker.background import BackgroundThread
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def lock_held(session: Session, job_id: str, holder: str) -> Job | None:
     return lock(session, Job, job_id, holder)
 
 
-class Heartbeat:
+class Heartbeat(BackgroundThread):
     """A thread renewing the lease every `heartbeat_seconds`; sets `lost` once the lease is gone."""
 
     def __init__(self, settings: Settings, row_id: str, holder: str, model: type[Job] | type[Evaluation] = Job) -> None:
@@ -119,8 +119,7 @@ class Heartbeat:
         self.holder = holder
         self.model = model
         self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{row_id}", daemon=True)
+        super().__init__(f"heartbeat-{row_id}")
 
     def renew(self) -> None:
         with session_scope(self.settings.database_url) as session:
@@ -141,13 +140,3 @@ class Heartbeat:
                 self.renew()
             except Exception:  # a database hiccup: keep trying until the lease runs out
                 log.exception("%s: lease renewal failed", self.row_id)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join()

@@ -12,11 +12,11 @@ the killer picks another process.
 import logging
 import os
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Self
+
+from worker.background import BackgroundThread
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,14 @@ def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class MemoryWatchdog:
+class MemoryWatchdog(BackgroundThread):
     """While entered: if RSS grows by more than `limit_bytes`, call `on_exceeded(grown)`, then SIGKILL."""
 
     def __init__(self, limit_bytes: int, on_exceeded: Callable[[int], None]) -> None:
         self.limit_bytes = limit_bytes
         self.on_exceeded = on_exceeded
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="memory-watchdog", daemon=True)
         self._baseline = 0
+        super().__init__("memory-watchdog")
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
@@ -52,11 +51,4 @@ class MemoryWatchdog:
 
     def __enter__(self) -> Self:
         self._baseline = resident_bytes()
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join()
+        return super().__enter__()

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import httpx
 
+from app.auth.models import ApiKey
+from app.auth.service import create_api_key
+from app.db import session_scope
+from app.settings import Settings
 from e2e.factories import MAMBAFT, clean_env, free_port
 
 START_TIMEOUT_S = 60
@@ -50,6 +54,15 @@ class ApiServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def api_with_key(folder: Path, settings: Settings, **env: str) -> tuple[ApiServer, ApiKey, str]:
+    """`mambaft api` over `settings`' data dir and database, up, with a new key of owner alice: (server,
+    key row, key). `env` adds MAMBAFT_* variables."""
+    with session_scope(settings.database_url) as session:
+        row, key = create_api_key(session=session, owner="alice")
+    base = {"MAMBAFT_DATA_DIR": str(settings.data_dir), "MAMBAFT_DATABASE_URL": settings.database_url}
+    return ApiServer(folder, base | env).wait_up(), row, key
 
 
 class WorkerProcess:

@@ -12,12 +12,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.factories import TEXT, job_body, jsonl, write_model
-from app.auth.service import create_api_key
-from app.db import session_scope
 from app.limits import RateLimiter
 from app.settings import Settings
 
-from .servers import ApiServer
+from .servers import api_with_key
 
 RATE = 2
 
@@ -148,14 +146,7 @@ JOB_CAP = 2
 def test_concurrent_creates_never_exceed_the_job_cap(tmp_path: Path, settings: Settings) -> None:
     assert settings.models_dir is not None
     write_model(settings.models_dir, "mamba-tiny", "mamba")
-    with session_scope(settings.database_url) as session:
-        _, key = create_api_key(session=session, owner="alice")
-    env = {
-        "MAMBAFT_DATA_DIR": str(settings.data_dir),
-        "MAMBAFT_DATABASE_URL": settings.database_url,
-        "MAMBAFT_MAX_CONCURRENT_JOBS": str(JOB_CAP),
-    }
-    server = ApiServer(tmp_path, env).wait_up()
+    server, _, key = api_with_key(tmp_path, settings, MAMBAFT_MAX_CONCURRENT_JOBS=str(JOB_CAP))
     limits = httpx.Limits(max_connections=CONCURRENT_CREATES)
     headers = {"Authorization": f"Bearer {key}"}
     try:

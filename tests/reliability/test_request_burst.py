@@ -10,12 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.auth.service import create_api_key
 from app.cli import KEEP_ALIVE_S
-from app.db import session_scope
 from app.settings import Settings
 
-from .servers import ApiServer
+from .servers import ApiServer, api_with_key
 
 # Above the API's 40 worker threads: with an unlimited number of requests holding a session, threads
 # blocked waiting for a pooled connection while the requests holding the connections waited for a
@@ -36,10 +34,7 @@ def _outcome(http: httpx.Client) -> str:
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_a_burst_beyond_the_threads_and_the_connection_pool_gets_no_5xx(tmp_path: Path, settings: Settings) -> None:
-    with session_scope(settings.database_url) as session:
-        _, key = create_api_key(session=session, owner="alice")
-    env = {"MAMBAFT_DATA_DIR": str(settings.data_dir), "MAMBAFT_DATABASE_URL": settings.database_url}
-    server = ApiServer(tmp_path, env).wait_up()
+    server, _, key = api_with_key(tmp_path, settings)
     limits = httpx.Limits(max_connections=CONCURRENT)
     headers = {"Authorization": f"Bearer {key}"}
     try:

@@ -18,7 +18,7 @@ from app.jobs import events
 from app.settings import Settings
 from e2e.factories import MAMBAFT, clean_env
 
-from .servers import ApiServer
+from .servers import api_with_key
 
 
 # Postgres too: there reads look the key up on the async driver (Db.read), writes on a worker thread.
@@ -59,10 +59,7 @@ def _revoke(settings: Settings, key_id: str) -> float:
 def test_an_open_event_stream_ends_within_seconds_of_its_keys_revocation(tmp_path: Path, settings: Settings) -> None:
     assert settings.models_dir is not None
     write_model(settings.models_dir, "mamba-tiny", "mamba")
-    with session_scope(settings.database_url) as session:
-        row, key = create_api_key(session=session, owner="alice")
-    env = {"MAMBAFT_DATA_DIR": str(settings.data_dir), "MAMBAFT_DATABASE_URL": settings.database_url}
-    server = ApiServer(tmp_path, env).wait_up()
+    server, row, key = api_with_key(tmp_path, settings)
     timeout = httpx.Timeout(10, read=STREAM_READ_TIMEOUT_S)
     try:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as http:
