@@ -24,10 +24,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    MAMBAFT_MODELS_DIR=/models
-# A fixed uid, so the models volume is owned alike in every image that mounts it.
+    MAMBAFT_MODELS_DIR=/models \
+    MAMBAFT_DATA_DIR=/var/lib/mambaft
+# A fixed uid, so the models volume is owned alike in every image that mounts it. The data dir is where a
+# worker unpacks the created models it fetches from object storage (/app belongs to root).
 RUN useradd --uid 10001 --create-home mambaft \
- && install -d -o mambaft -g mambaft /models
+ && install -d -o mambaft -g mambaft /models /var/lib/mambaft
 WORKDIR /app
 
 
@@ -85,13 +87,14 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.12 python3.12-venv libpython3.12-dev gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10001 --create-home mambaft \
- && install -d -o mambaft -g mambaft /models
+ && install -d -o mambaft -g mambaft /models /var/lib/mambaft
 RUN python3.12 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    MAMBAFT_MODELS_DIR=/models
+    MAMBAFT_MODELS_DIR=/models \
+    MAMBAFT_DATA_DIR=/var/lib/mambaft
 WORKDIR /app
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}"

@@ -90,6 +90,17 @@ def test_final_image_runs_as_a_non_root_user_with_a_healthcheck(target):
     assert stage.args("HEALTHCHECK")
 
 
+@pytest.mark.parametrize("target", FINAL_TARGETS)
+def test_the_images_user_owns_its_data_dir(target):
+    # A worker unpacks the created models it fetches from object storage under the data dir; the default,
+    # ./var under the root-owned /app, could not be created by the image's user.
+    data_dir = dockerfile().env(target).get("MAMBAFT_DATA_DIR")
+    assert data_dir and not data_dir.startswith("/app"), data_dir
+    user = dockerfile().stages[target].args("USER")[-1]
+    lineage_runs = "\n".join(stage.text for stage in dockerfile().chain(target))
+    assert f"install -d -o {user} -g {user}" in lineage_runs and data_dir in lineage_runs
+
+
 def test_api_healthcheck_asks_healthz_without_curl():
     api = dockerfile().stages["api"]
     (healthcheck,) = api.args("HEALTHCHECK")
