@@ -117,7 +117,7 @@ def build_spec(
     workdir: Path,
     inputs: dict[str, Path],
     resume: Path | None,
-    memory_budget: int,
+    memory_budget: int | None,
 ) -> TrainSpec:
     hyperparameters = HyperparameterSpec.from_stored(job.hyperparameters)
     return TrainSpec(
@@ -279,8 +279,6 @@ def run_job(
             model = model_source(settings=settings, storage=storage, owner=job.owner, model_id=job.model)
             inputs = attempt.download_inputs()
             resume = attempt.fetch_latest_checkpoint()
-            device = pick_device(None)
-            budget = settings.worker_memory_bytes or device_budget(device)
             spec = build_spec(
                 job,
                 settings=settings,
@@ -288,10 +286,12 @@ def run_job(
                 workdir=Path(tmp),
                 inputs=inputs,
                 resume=resume,
-                memory_budget=budget,
+                memory_budget=settings.worker_memory_bytes,
             )
-            # The watchdog guards the host's RAM, which on a GPU worker is not what the job's budget counts.
-            host_budget = budget if device.type == "cpu" else device_budget(pick_device("cpu"))
+            # The watchdog guards the host's RAM: on a CPU worker that is the job's budget, the setting's or
+            # the engine's default; on a GPU worker the setting counts GPU memory, so the RAM's default.
+            on_cpu = pick_device(None).type == "cpu"
+            host_budget = (settings.worker_memory_bytes if on_cpu else None) or device_budget(pick_device("cpu"))
             with MemoryWatchdog(host_budget, lambda grown: attempt.fail(_outgrew(grown, host_budget))):
                 result = train(spec, hooks.as_train_hooks())
             attempt.publish(spec, result, model)

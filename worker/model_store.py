@@ -8,9 +8,7 @@ shared folder under models_dir, else the id itself, for transformers to fetch fr
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import select
-
-from app.base_models.models import CreatedModel, ModelStatus
+from app.base_models.models import ModelStatus, created_model
 from app.db import session_scope
 from app.settings import Settings
 from app.storage import ObjectStorage
@@ -23,8 +21,7 @@ class ModelUnavailable(Exception):
 
 def model_source(*, settings: Settings, storage: ObjectStorage, owner: str, model_id: str) -> Path | str:
     with session_scope(settings.database_url) as session:
-        statement = select(CreatedModel).where(CreatedModel.owner == owner, CreatedModel.id == model_id)
-        row = session.scalars(statement).one_or_none()
+        row = created_model(session, owner, model_id)
         found = None if row is None else (row.uid, row.status, row.storage_key)
     if found is None:
         return shared_model_source(settings, model_id)

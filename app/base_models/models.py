@@ -8,8 +8,8 @@ everywhere else (storage key, worker cache, broker message), so two tenants' mod
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, String, UniqueConstraint, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.db import Base
 
@@ -38,3 +38,9 @@ class CreatedModel(Base):
     # Set with status ready, once the packed weights are stored.
     storage_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+def created_model(session: Session, owner: str, model_id: str) -> CreatedModel | None:
+    """The owner's created model with this id (ids are unique per owner only), or None."""
+    statement = select(CreatedModel).where(CreatedModel.owner == owner, CreatedModel.id == model_id)
+    return session.scalars(statement).one_or_none()

@@ -27,7 +27,7 @@ from app.base_models.architectures import (
     VARIANT_FIELD,
     VARIANTS,
 )
-from app.base_models.models import CreatedModel, ModelStatus
+from app.base_models.models import CreatedModel, ModelStatus, created_model
 from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
 from app.base_models.schemas import ModelCreate
 from app.db import new_id, now
@@ -69,7 +69,7 @@ def list_models(*, session: Session, settings: Settings, owner: str) -> list[Bas
 def get_model(*, session: Session, settings: Settings, owner: str, model_id: str) -> BaseModelInfo:
     """The model with this id that `owner` may see; raises model_not_found (ids come from the listing or
     an exact row match, never a joined path)."""
-    row = _created_row(session, owner, model_id)
+    row = created_model(session, owner, model_id)
     if row is not None:
         return _created_info(row)
     for info in _shared_models(settings):
@@ -103,11 +103,6 @@ def _created_rows(session: Session, owner: str) -> list[CreatedModel]:
     statement = select(CreatedModel).where(CreatedModel.owner == owner)
     statement = statement.order_by(CreatedModel.created_at, CreatedModel.id)
     return list(session.scalars(statement))
-
-
-def _created_row(session: Session, owner: str, model_id: str) -> CreatedModel | None:
-    statement = select(CreatedModel).where(CreatedModel.owner == owner, CreatedModel.id == model_id)
-    return session.scalars(statement).one_or_none()
 
 
 def _created_info(row: CreatedModel) -> BaseModelInfo:
@@ -191,7 +186,7 @@ def create_model(
             code="model_too_large",
         )
     duplicate = invalid_request(f"a model with id {request.id!r} already exists", param="id", code="duplicate_model_id")
-    if any(info.id == request.id for info in _shared_models(settings)) or _created_row(session, owner, request.id):
+    if any(info.id == request.id for info in _shared_models(settings)) or created_model(session, owner, request.id):
         raise duplicate
     architecture = {
         **request.model_dump(exclude=set(VARIANT_FIELD.values())),
