@@ -15,7 +15,8 @@ from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
 from worker.bootstrap import ensure_tiny_models
 
-from .factories import free_port, make_settings
+from .factories import clean_env, free_port, make_settings
+from .service import REAPER_INTERVAL_S, Service
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -85,6 +86,19 @@ def redis_url() -> Iterator[str]:
 def settings(tmp_path: Path, models_dir: Path) -> Settings:
     """The embedded deployment in a temp folder, with checkpoints every 2 steps and quick heartbeats."""
     return make_settings(tmp_path / "var", models_dir=models_dir, checkpoint_every_steps=2, heartbeat_seconds=1)
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Service]:
+    """`mambaft serve` with a fresh data dir: it migrates, builds the tiny models, starts its worker."""
+    settings = Settings(data_dir=tmp_path / "var")
+    assert settings.models_dir is not None
+    service = Service(url=f"http://127.0.0.1:{free_port()}", models_dir=settings.models_dir, settings=settings, logs=[])
+    port = service.url.rsplit(":", 1)[1]
+    args = ["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(settings.data_dir)]
+    service.start(args, clean_env(MAMBAFT_REAPER_INTERVAL_SECONDS=REAPER_INTERVAL_S), tmp_path)
+    yield service
+    service.stop()
 
 
 @pytest.fixture

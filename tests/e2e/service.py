@@ -14,6 +14,8 @@ from app.settings import Settings
 from .factories import MAMBAFT
 
 START_TIMEOUT_S = 180
+# Quick, so a test sees the reaper act within seconds.
+REAPER_INTERVAL_S = "2"
 
 
 @dataclass

@@ -20,23 +20,9 @@ from app.storage import storage_from_settings
 
 from .conftest import S3_BUCKET
 from .factories import MAMBAFT, adapter_logits_change, clean_env, demo_slice, free_port, job_row, make_job
-from .service import Service
+from .service import REAPER_INTERVAL_S, Service
 
 JOB_TIMEOUT_S = 300
-REAPER_INTERVAL_S = "2"
-
-
-@pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[Service]:
-    """`mambaft serve` with a fresh data dir: it migrates, builds the tiny models, starts its worker."""
-    settings = Settings(data_dir=tmp_path / "var")
-    assert settings.models_dir is not None
-    service = Service(url=f"http://127.0.0.1:{free_port()}", models_dir=settings.models_dir, settings=settings, logs=[])
-    port = service.url.rsplit(":", 1)[1]
-    args = ["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(settings.data_dir)]
-    service.start(args, clean_env(MAMBAFT_REAPER_INTERVAL_SECONDS=REAPER_INTERVAL_S), tmp_path)
-    yield service
-    service.stop()
 
 
 @pytest.fixture
