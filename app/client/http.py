@@ -64,10 +64,12 @@ def _raise_for(response: httpx.Response) -> None:
 class Client:
     """A session with one server (`url`, its root) as one API key's owner."""
 
-    def __init__(self, url: str, api_key: str | None, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, url: str, api_key: str | None, *, timeout_s: float = 60.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=f"{self.url}/v1", headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(base_url=f"{self.url}/v1", headers=headers, timeout=timeout_s, transport=transport)
 
     def __enter__(self) -> "Client":
         return self
