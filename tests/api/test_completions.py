@@ -95,7 +95,9 @@ def test_a_fine_tuned_model_is_its_owners_alone(
 def test_no_worker_taking_the_request_is_a_503_and_the_request_is_dropped(
     settings: Settings, client: TestClient, models: list[str]
 ) -> None:
-    response = client.post("/v1/chat/completions", json={"model": "mamba-tiny", "messages": [{"role": "user", "content": "hi"}]})
+    response = client.post(
+        "/v1/chat/completions", json={"model": "mamba-tiny", "messages": [{"role": "user", "content": "hi"}]}
+    )
 
     error = _error(response, 503)
     assert error["code"] == "no_worker_available"
