@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -124,7 +124,7 @@ async def finished(settings: Settings, completion: Completion, first: Progress) 
         text += progress.text
     if progress.status != CompletionStatus.SUCCEEDED:
         raise failure(progress.error)
-    return Progress(**{**progress.__dict__, "text": text})
+    return replace(progress, text=text)
 
 
 def frame(payload: dict[str, Any]) -> str:

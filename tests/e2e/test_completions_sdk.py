@@ -56,13 +56,13 @@ def _client(served: tuple[Service, dict[str, str]], owner: str = "alice") -> Ope
 
 @pytest.fixture(scope="module")
 def fine_tuned(served: tuple[Service, dict[str, str]]) -> str:
-    """The fine_tuned_model of alice's LoRA job on mamba-tiny, trained on chat data (two steps)."""
+    """The fine_tuned_model of alice's LoRA job on mamba-tiny, trained on chat data (one step)."""
     service, keys = served
     headers = {"Authorization": f"Bearer {keys['alice']}"}
     with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
         upload = client.post(
             "/v1/files",
-            files={"file": ("chat.jsonl", demo_slice("chat_train.jsonl", 16))},
+            files={"file": ("chat.jsonl", demo_slice("chat_train.jsonl", 8))},
             data={"purpose": "fine-tune"},
         )
         assert upload.status_code == 200, upload.text

@@ -52,11 +52,12 @@ class LoadedModels:
                     torch.cuda.empty_cache()
             model, tokenizer, _ = load_base(key, device=self.device)
             loaded = _Loaded(model.eval(), tokenizer)
-        self._models[key] = loaded  # now the most recently used
         if loaded.adapter != adapter:
+            # A swap that fails half-way leaves weights nobody can vouch for: that base is dropped.
             _restore_base(loaded)
             if adapter is not None:
                 _merge(loaded, adapter)
+        self._models[key] = loaded  # now the most recently used
         return loaded.model, loaded.tokenizer
 
     def loaded(self) -> list[tuple[str, Path | None]]:

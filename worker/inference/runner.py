@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from app.completions.models import Completion, CompletionChunk, CompletionStatus
 from app.db import now, session_scope
@@ -114,7 +115,7 @@ class _Chunks:
             with session_scope(self.settings.database_url) as session:
                 self.flush(session)
 
-    def flush(self, session: Any) -> None:
+    def flush(self, session: Session) -> None:
         if self.pending:
             session.add(CompletionChunk(completion_id=self.completion_id, text="".join(self.pending)))
             self.pending = []
@@ -124,6 +125,11 @@ class _Chunks:
 def _update(settings: Settings, completion_id: str, **values: Any) -> None:
     with session_scope(settings.database_url) as session:
         session.execute(update(Completion).where(Completion.id == completion_id).values(**values))
+
+
+def _fail(settings: Settings, completion_id: str, code: str, message: str) -> None:
+    error = {"code": code, "message": message[:MAX_ERROR_MESSAGE]}
+    _update(settings, completion_id, status=CompletionStatus.FAILED, error=error, finished_at=now())
 
 
 def run_completion(*, settings: Settings, completion_id: str, models: LoadedModels) -> None:
@@ -146,17 +152,13 @@ def run_completion(*, settings: Settings, completion_id: str, models: LoadedMode
             seed=request["seed"],
         )
         result: Generated = generate(model, tokenizer, prompt, sampling, chunks.add)
+    except CompletionFailed as error:  # told to the client as it is; no traceback to debug
+        log.info("completion %s refused: %s", completion_id, error)
+        _fail(settings, completion_id, error.code, str(error))
+        return
     except Exception as error:
         log.exception("completion %s failed", completion_id)
-        code = error.code if isinstance(error, CompletionFailed) else "completion_failed"
-        message = (str(error) or type(error).__name__)[:MAX_ERROR_MESSAGE]
-        _update(
-            settings,
-            completion_id,
-            status=CompletionStatus.FAILED,
-            error={"code": code, "message": message},
-            finished_at=now(),
-        )
+        _fail(settings, completion_id, "completion_failed", str(error) or type(error).__name__)
         return
     with session_scope(settings.database_url) as session:
         chunks.flush(session)  # the last text and the outcome in one commit
