@@ -24,7 +24,7 @@ from app.settings import Settings
 POLL_SECONDS = 0.1
 DONE = "data: [DONE]\n\n"
 # Worker failures that are the request's fault: a 400 naming the field, not a 500.
-CLIENT_ERRORS = {"context_length_exceeded": "prompt"}
+CLIENT_ERRORS = frozenset({"context_length_exceeded"})
 
 
 @dataclass(frozen=True)
@@ -70,11 +70,12 @@ def _poll(database_url: str, completion_id: str, cursor: int) -> Progress:
         )
 
 
-def failure(error: dict[str, Any] | None) -> ApiError:
+def failure(completion: Completion, error: dict[str, Any] | None) -> ApiError:
     """A failed request's error as the client gets it."""
     error = error or {"code": "completion_failed", "message": "The worker failed to generate"}
     if error["code"] in CLIENT_ERRORS:
-        return invalid_request(error["message"], param=CLIENT_ERRORS[error["code"]], code=error["code"])
+        param = "messages" if "messages" in completion.request else "prompt"
+        return invalid_request(error["message"], param=param, code=error["code"])
     return ApiError(500, error["code"], error["message"], type_="server_error")
 
 
@@ -98,7 +99,7 @@ async def started(settings: Settings, completion: Completion) -> Progress:
     while True:
         progress = await run_in_threadpool(_poll, settings.database_url, completion.id, 0)
         if progress.status == CompletionStatus.FAILED:
-            raise failure(progress.error)
+            raise failure(completion, progress.error)
         if progress.started or progress.finished:
             return progress
         if progress.status == CompletionStatus.QUEUED and time.monotonic() >= start_deadline:
@@ -123,7 +124,7 @@ async def finished(settings: Settings, completion: Completion, first: Progress) 
         progress = await run_in_threadpool(_poll, settings.database_url, completion.id, progress.cursor)
         text += progress.text
     if progress.status != CompletionStatus.SUCCEEDED:
-        raise failure(progress.error)
+        raise failure(completion, progress.error)
     return replace(progress, text=text)
 
 
@@ -148,7 +149,7 @@ async def stream(
         await asyncio.sleep(POLL_SECONDS)
         progress = await run_in_threadpool(_poll, settings.database_url, completion.id, progress.cursor)
     if progress.status != CompletionStatus.SUCCEEDED:
-        yield frame(failure(progress.error).body())
+        yield frame(failure(completion, progress.error).body())
         return
     yield frame(chunk("", progress.finish_reason))
     yield DONE
