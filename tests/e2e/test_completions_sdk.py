@@ -1,22 +1,25 @@
 """Completions through the official `openai` SDK against `mambaft serve` (API and worker processes, keys
 on): the base model and a fine-tuned job's model id, whole and streamed, and the SDK's errors for bad
-input. One server for the module; the fine-tuning job trains on a slice of the demo chat data."""
+input. One server for the module."""
 
 import subprocess
-import time
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 from openai import OpenAI
 
+from app.db import session_scope
+from app.jobs.keys import adapter_key
+from app.jobs.lifecycle import JobStatus
+from app.jobs.models import Job
 from app.settings import Settings
+from app.storage import storage_from_settings
+from worker.archive import pack
 
-from .factories import MAMBAFT, clean_env, demo_slice, free_port
+from .factories import MAMBAFT, clean_env, free_port, make_job, random_adapter
 from .service import Service
 
-JOB_TIMEOUT_S = 300
 MAX_COMPLETION_TOKENS = 24
 MAX_PROMPT_TOKENS = 200
 QUESTION = [{"role": "system", "content": "You reverse words."}, {"role": "user", "content": "abcd"}]
@@ -55,36 +58,21 @@ def _client(served: tuple[Service, dict[str, str]], owner: str = "alice") -> Ope
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(served: tuple[Service, dict[str, str]]) -> str:
-    """The fine_tuned_model of alice's LoRA job on mamba-tiny, trained on chat data (one step)."""
-    service, keys = served
-    headers = {"Authorization": f"Bearer {keys['alice']}"}
-    with httpx.Client(base_url=service.url, headers=headers, timeout=30) as client:
-        upload = client.post(
-            "/v1/files",
-            files={"file": ("chat.jsonl", demo_slice("chat_train.jsonl", 8))},
-            data={"purpose": "fine-tune"},
-        )
-        assert upload.status_code == 200, upload.text
-        created = client.post(
-            "/v1/fine_tuning/jobs",
-            json={
-                "model": "mamba-tiny",
-                "training_file": upload.json()["id"],
-                "suffix": "chat",
-                # dt_proj and out_proj reach the model only through the merged weights while generating.
-                "lora": {"r": 4, "alpha": 8, "target_modules": ["in_proj", "dt_proj", "out_proj"]},
-                "hyperparameters": {"n_epochs": 1, "batch_size": 8, "max_seq_len": 64, "learning_rate": 1e-2},
-            },
-        )
-        assert created.status_code == 200, created.text
-        job_id = created.json()["id"]
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        while (job := client.get(f"/v1/fine_tuning/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, f"job {job_id} did not finish\n{service.log_tail()}"
-            time.sleep(0.5)
-    assert job["status"] == "succeeded", f"{job['error']}\n{service.log_tail()}"
-    return job["fine_tuned_model"]
+def fine_tuned(served: tuple[Service, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The fine_tuned_model of a succeeded LoRA job of alice's on mamba-tiny, stored as the worker stores
+    one (training it here would cost minutes; tests/e2e/test_service_e2e.py trains)."""
+    service, _ = served
+    settings, storage = service.settings, storage_from_settings(service.settings)
+    job_id = make_job(settings, storage, owner="alice", status=JobStatus.SUCCEEDED)
+    adapter = random_adapter(service.models_dir / "mamba-tiny", tmp_path_factory.mktemp("adapter") / "adapter")
+    key = adapter_key(job_id)
+    storage.put_file(key, pack(adapter, adapter.parent / "adapter.tar.gz"))
+    model_id = f"mamba-tiny:ft-chat:{job_id}"
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.adapter_key, job.fine_tuned_model = key, model_id
+    return model_id
 
 
 def test_a_base_model_completes_a_prompt_whole_and_streamed(served: tuple[Service, dict[str, str]]) -> None:

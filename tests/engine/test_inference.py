@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from e2e.factories import random_adapter
 from worker.engine.data import chat_prompt, tokenize_record
-from worker.engine.lora_fold import attach_lora, save_adapter
-from worker.engine.spec import LoraSpec
 from worker.engine.tiny_model import byte_tokenizer
 from worker.inference.generation import Sampling, StopScanner, generate
 from worker.inference.loaded_models import LoadedModels
@@ -60,16 +59,7 @@ def test_sampling_with_a_seed_repeats_and_differs_from_greedy(tiny_mamba: Path):
 
 @pytest.fixture
 def adapter(tiny_mamba: Path, tmp_path: Path) -> Path:
-    """A LoRA adapter on x_proj, dt_proj and out_proj (the targets only folding reaches) with nonzero B."""
-    model, _ = LoadedModels(capacity=1, device="cpu").get(tiny_mamba)
-    spec = LoraSpec(r=4, alpha=8, target_modules=("x_proj", "dt_proj", "out_proj"), train_ssm_params=True)
-    peft_model = attach_lora(model, spec)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name or name.endswith("A_log"):
-                param.add_(torch.randn_like(param) * 0.5)
-    save_adapter(peft_model, tmp_path / "adapter")
-    return tmp_path / "adapter"
+    return random_adapter(tiny_mamba, tmp_path / "adapter")
 
 
 def _logits(model: torch.nn.Module) -> torch.Tensor:
