@@ -109,6 +109,7 @@ def test_no_worker_taking_the_request_is_a_503_and_the_request_is_dropped(
         assert session.query(Completion).one().status == CompletionStatus.EXPIRED
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_requests_in_flight_are_capped_per_key(
     settings: Settings, client: TestClient, make_client: Callable[..., TestClient], models: list[str]
 ) -> None:
@@ -173,6 +174,7 @@ def test_a_completion_is_the_workers_text_with_usage(client: TestClient, models:
     assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 def test_a_streamed_chat_opens_with_the_role_and_ends_with_the_reason(
     client: TestClient, models: list[str], answer: Any
 ) -> None:
