@@ -51,30 +51,28 @@ def _sse(frames: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+def _header(completion: Completion) -> dict[str, Any]:
+    """What every answer and chunk of a request repeats."""
+    return {"id": completion.id, "created": completion.created_at, "model": completion.model}
+
+
 @router.post("/completions", response_model=TextCompletion)
 async def create_completion(
     body: CompletionCreate, db: WaitingDbDep, broker: BrokerDep
 ) -> TextCompletion | StreamingResponse:
     completion, first = await _start(db, broker, body)
 
-    def choice(text: str, finish_reason: str | None) -> dict[str, Any]:
-        return TextCompletion(
-            id=completion.id,
-            created=completion.created_at,
-            model=completion.model,
-            choices=[TextChoice(text=text, finish_reason=finish_reason)],
-        ).model_dump(exclude={"usage"})
+    def answer(text: str, finish_reason: str | None, usage: Usage | None = None) -> TextCompletion:
+        choice = TextChoice(text=text, finish_reason=finish_reason)
+        return TextCompletion(**_header(completion), choices=[choice], usage=usage)
 
     if body.stream:
-        return _sse(results.stream(db.settings, completion, first, choice))
+        chunks = results.stream(
+            db.settings, completion, first, lambda text, reason: answer(text, reason).model_dump(exclude={"usage"})
+        )
+        return _sse(chunks)
     done = await results.finished(db.settings, completion, first)
-    return TextCompletion(
-        id=completion.id,
-        created=completion.created_at,
-        model=completion.model,
-        choices=[TextChoice(text=done.text, finish_reason=done.finish_reason)],
-        usage=Usage(**done.usage()),
-    )
+    return answer(done.text, done.finish_reason, Usage(**done.usage()))
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
@@ -89,20 +87,11 @@ async def create_chat_completion(
         # OpenAI's first delta names the role; the last one carries only the finish reason.
         delta = ChatDelta(role=None if opened else "assistant", content=text if finish_reason is None else None)
         opened = True
-        return ChatCompletionChunk(
-            id=completion.id,
-            created=completion.created_at,
-            model=completion.model,
-            choices=[ChatChunkChoice(delta=delta, finish_reason=finish_reason)],
-        ).model_dump()
+        choice = ChatChunkChoice(delta=delta, finish_reason=finish_reason)
+        return ChatCompletionChunk(**_header(completion), choices=[choice]).model_dump()
 
     if body.stream:
         return _sse(results.stream(db.settings, completion, first, chunk))
     done = await results.finished(db.settings, completion, first)
-    return ChatCompletion(
-        id=completion.id,
-        created=completion.created_at,
-        model=completion.model,
-        choices=[ChatChoice(message=Message(content=done.text), finish_reason=done.finish_reason)],
-        usage=Usage(**done.usage()),
-    )
+    choice = ChatChoice(message=Message(content=done.text), finish_reason=done.finish_reason)
+    return ChatCompletion(**_header(completion), choices=[choice], usage=Usage(**done.usage()))

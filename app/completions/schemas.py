@@ -55,20 +55,26 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class TextChoice(BaseModel):
-    index: int = 0
-    text: str
+class _Choice(BaseModel):
+    index: int = 0  # always one choice (n=1)
     logprobs: None = None
     finish_reason: str | None
 
 
-class TextCompletion(BaseModel):
+class _Answer(BaseModel):
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+
+
+class TextChoice(_Choice):
+    text: str
+
+
+class TextCompletion(_Answer):
+    object: Literal["text_completion"] = "text_completion"
     choices: list[TextChoice]
-    usage: Usage | None = None
+    usage: Usage | None = None  # none in stream chunks
 
 
 class Message(BaseModel):
@@ -76,18 +82,12 @@ class Message(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    index: int = 0
+class ChatChoice(_Choice):
     message: Message
-    logprobs: None = None
-    finish_reason: str | None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(_Answer):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
     usage: Usage
 
@@ -97,18 +97,12 @@ class ChatDelta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int = 0
+class ChatChunkChoice(_Choice):
     delta: ChatDelta
-    logprobs: None = None
-    finish_reason: str | None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Answer):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
 
 
