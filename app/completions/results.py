@@ -106,7 +106,14 @@ async def started(settings: Settings, completion: Completion) -> Progress:
             seconds = f"{settings.completion_start_timeout_seconds:g}"
             message = f"No worker took the request within {seconds} s (all busy or none running); retry later"
             error = {"code": "no_worker_available", "message": message}
-            if await run_in_threadpool(finish_unstarted, settings, completion.id, CompletionStatus.EXPIRED, error):
+            expired = await run_in_threadpool(
+                finish_unstarted,
+                settings=settings,
+                completion_id=completion.id,
+                status=CompletionStatus.EXPIRED,
+                error=error,
+            )
+            if expired:
                 raise unavailable(error["code"], message)
         if _past_deadline(settings, completion):
             raise _timed_out(settings)

@@ -89,14 +89,14 @@ def send(*, settings: Settings, broker: Broker, completion_id: str) -> None:
     try:
         broker.enqueue_completion(settings=settings, completion_id=completion_id)
     except Exception:  # whatever the broker client raises means "not queued"
-        message = "the queue (broker) was unreachable"
-        finish_unstarted(
-            settings, completion_id, CompletionStatus.FAILED, {"code": "broker_unavailable", "message": message}
-        )
+        error = {"code": "broker_unavailable", "message": "the queue (broker) was unreachable"}
+        finish_unstarted(settings=settings, completion_id=completion_id, status=CompletionStatus.FAILED, error=error)
         raise broker_unavailable() from None
 
 
-def finish_unstarted(settings: Settings, completion_id: str, status: CompletionStatus, error: dict[str, str]) -> bool:
+def finish_unstarted(
+    *, settings: Settings, completion_id: str, status: CompletionStatus, error: dict[str, str]
+) -> bool:
     """Move a request no worker has claimed to `status`; False when a worker claimed it first."""
     with session_scope(settings.database_url) as session:
         moved = session.execute(
