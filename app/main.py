@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from app import health
 from app.base_models import routes as models_routes
+from app.completions import routes as completions_routes
 from app.errors import ApiError, install_error_handlers
 from app.evaluations import routes as evaluations_routes
 from app.files import routes as files_routes
@@ -51,7 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(RejectNulInUrl)
     app.include_router(health.router)
-    for router in (files_routes.router, jobs_routes.router, models_routes.router, evaluations_routes.router):
+    routers = (files_routes, jobs_routes, models_routes, evaluations_routes, completions_routes)
+    for router in (module.router for module in routers):
         app.include_router(router, prefix="/v1")
     return app
 

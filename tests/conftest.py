@@ -146,6 +146,10 @@ class FakeBroker:
         self._check()
         self.enqueued.append(job_id)
 
+    def enqueue_completion(self, *, settings: Settings, completion_id: str) -> None:
+        self._check()
+        self.enqueued.append(completion_id)
+
     def ping_broker(self, *, settings: Settings) -> None:
         self._check()
 
