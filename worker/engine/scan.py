@@ -86,34 +86,57 @@ def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None) -> 
     """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 2·sqrt(l) steps.
 
     Works for complex inputs too (companion_scan.py runs diagonalized companion states through it)."""
-    b, d, length, n = dBu.shape
-    c = chunk or max(1, math.isqrt(length))
+    return _Recurrence.apply(log_decay, dBu, chunk or max(1, math.isqrt(log_decay.shape[2])))
+
+
+class _Recurrence(torch.autograd.Function):
+    """The recurrence with a hand-written backward, which is the same recurrence run backwards in time.
+
+    Left to autograd, every step's slicing would cost a full-size zero tensor in backward, and every
+    step's intermediates would be kept; here backward keeps only the decays and the states."""
+
+    @staticmethod
+    def forward(ctx, log_decay: Tensor, dBu: Tensor, chunk: int) -> Tensor:
+        decay = torch.exp(log_decay)
+        states = _recur(decay, dBu, chunk)
+        ctx.save_for_backward(decay, states)
+        ctx.chunk = chunk
+        return states
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        decay, states = ctx.saved_tensors
+        # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: flipped in time, a recurrence of the same form.
+        # (conj: PyTorch's convention for complex gradients; a no-op on real tensors.)
+        next_decay = F.pad(decay[:, :, 1:], (0, 0, 0, 1)).conj()
+        g = _recur(next_decay.flip(2), grad.flip(2), ctx.chunk).flip(2)
+        # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0 (the state before the first token is 0).
+        grad_log_decay = torch.zeros_like(g)
+        torch.mul(g[:, :, 1:], (decay[:, :, 1:] * states[:, :, :-1]).conj(), out=grad_log_decay[:, :, 1:])
+        return grad_log_decay, g, None
+
+
+def _recur(decay: Tensor, x: Tensor, c: int) -> Tensor:
+    """h_t = decay_t * h_{t-1} + x_t over dim 2 of (b, d, l, n), h_{-1} = 0, without autograd."""
+    b, d, length, n = x.shape
     n_chunks = -(-length // c)
     pad = n_chunks * c - length
-    if pad:
-        # Zero log-decay and zero input past the end leave the states of real tokens untouched.
-        log_decay = F.pad(log_decay, (0, 0, 0, pad))
-        dBu = F.pad(dBu, (0, 0, 0, pad))
-    log_decay = log_decay.view(b, d, n_chunks, c, n)
-    dBu = dBu.view(b, d, n_chunks, c, n)
-
-    # 1. Within every chunk at once, from a zero state: c steps, each over all chunks.
-    h = torch.zeros_like(dBu[:, :, :, 0])  # (b, d, chunks, n)
-    local = []
-    for t in range(c):
-        h = torch.exp(log_decay[:, :, :, t]) * h + dBu[:, :, :, t]
-        local.append(h)
-    local_states = torch.stack(local, dim=3)  # (b, d, chunks, c, n)
-    # Decay from each chunk's start through position t: always <= 1, so no overflow in any precision.
-    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=3))
-
-    # 2. Carry the true state across chunk boundaries: one step per chunk.
-    carry = torch.zeros_like(h[:, :, 0])  # (b, d, n)
-    entering = []
-    for k in range(n_chunks):
-        entering.append(carry)
-        carry = decay_from_start[:, :, k, -1] * carry + local_states[:, :, k, -1]
-    entering_states = torch.stack(entering, dim=2)  # (b, d, chunks, n)
-
-    states = local_states + decay_from_start * entering_states[:, :, :, None, :]
-    return states.view(b, d, n_chunks * c, n)[:, :, :length]
+    if pad:  # zero decay and zero input past the end leave the states of real tokens untouched
+        decay = F.pad(decay, (0, 0, 0, pad))
+        x = F.pad(x, (0, 0, 0, pad))
+    decay = decay.view(b, d, n_chunks, c, n)
+    x = x.view(b, d, n_chunks, c, n)
+    # 1. Within every chunk at once, from a zero state: c steps, each over all chunks, with the decay
+    #    from each chunk's start through t alongside (a product of decays <= 1 in magnitude: no overflow).
+    h = torch.empty_like(x)
+    from_start = torch.empty_like(decay)
+    h[:, :, :, 0] = x[:, :, :, 0]
+    from_start[:, :, :, 0] = decay[:, :, :, 0]
+    for t in range(1, c):
+        torch.addcmul(x[:, :, :, t], decay[:, :, :, t], h[:, :, :, t - 1], out=h[:, :, :, t])
+        torch.mul(decay[:, :, :, t], from_start[:, :, :, t - 1], out=from_start[:, :, :, t])
+    # 2. Chunk by chunk, add what the true state entering it contributes; its last state is then true
+    #    and enters the next chunk.
+    for k in range(1, n_chunks):
+        h[:, :, k].addcmul_(from_start[:, :, k], h[:, :, k - 1, -1:])
+    return h.view(b, d, n_chunks * c, n)[:, :, :length]
