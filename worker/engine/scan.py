@@ -106,37 +106,39 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         decay, states = ctx.saved_tensors
-        # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: flipped in time, a recurrence of the same form.
+        # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: the same recurrence, backwards in time.
         # (conj: PyTorch's convention for complex gradients; a no-op on real tensors.)
-        next_decay = F.pad(decay[:, :, 1:], (0, 0, 0, 1)).conj()
-        g = _recur(next_decay.flip(2), grad.flip(2), ctx.chunk).flip(2)
+        g = _recur(F.pad(decay[:, :, 1:], (0, 0, 0, 1)).conj(), grad, ctx.chunk, reverse=True)
         # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0 (the state before the first token is 0).
         grad_log_decay = torch.zeros_like(g)
         torch.mul(g[:, :, 1:], (decay[:, :, 1:] * states[:, :, :-1]).conj(), out=grad_log_decay[:, :, 1:])
         return grad_log_decay, g, None
 
 
-def _recur(decay: Tensor, x: Tensor, c: int) -> Tensor:
-    """h_t = decay_t * h_{t-1} + x_t over dim 2 of (b, d, l, n), h_{-1} = 0, without autograd."""
+def _recur(decay: Tensor, x: Tensor, c: int, reverse: bool = False) -> Tensor:
+    """h_t = decay_t * h_{t-1} + x_t over dim 2 of (b, d, l, n) from h_{-1} = 0, without autograd;
+    `reverse`: h_t = decay_t * h_{t+1} + x_t from h_l = 0."""
     b, d, length, n = x.shape
     n_chunks = -(-length // c)
     pad = n_chunks * c - length
-    if pad:  # zero decay and zero input past the end leave the states of real tokens untouched
+    if pad:  # zero input past the end: no effect on real tokens, whichever the direction
         decay = F.pad(decay, (0, 0, 0, pad))
         x = F.pad(x, (0, 0, 0, pad))
-    decay = decay.view(b, d, n_chunks, c, n)
-    x = x.view(b, d, n_chunks, c, n)
+    decay = decay.reshape(b, d, n_chunks, c, n)
+    x = x.reshape(b, d, n_chunks, c, n)
+    first, step = (c - 1, -1) if reverse else (0, 1)
     # 1. Within every chunk at once, from a zero state: c steps, each over all chunks, with the decay
-    #    from each chunk's start through t alongside (a product of decays <= 1 in magnitude: no overflow).
+    #    from the chunk's first step through t alongside (a product of decays <= 1: no overflow).
     h = torch.empty_like(x)
-    from_start = torch.empty_like(decay)
-    h[:, :, :, 0] = x[:, :, :, 0]
-    from_start[:, :, :, 0] = decay[:, :, :, 0]
-    for t in range(1, c):
-        torch.addcmul(x[:, :, :, t], decay[:, :, :, t], h[:, :, :, t - 1], out=h[:, :, :, t])
-        torch.mul(decay[:, :, :, t], from_start[:, :, :, t - 1], out=from_start[:, :, :, t])
+    through = torch.empty_like(decay)
+    h[:, :, :, first] = x[:, :, :, first]
+    through[:, :, :, first] = decay[:, :, :, first]
+    for t in range(first + step, first + step * c, step):
+        torch.addcmul(x[:, :, :, t], decay[:, :, :, t], h[:, :, :, t - step], out=h[:, :, :, t])
+        torch.mul(decay[:, :, :, t], through[:, :, :, t - step], out=through[:, :, :, t])
     # 2. Chunk by chunk, add what the true state entering it contributes; its last state is then true
     #    and enters the next chunk.
-    for k in range(1, n_chunks):
-        h[:, :, k].addcmul_(from_start[:, :, k], h[:, :, k - 1, -1:])
+    for k in range(n_chunks - 2, -1, -1) if reverse else range(1, n_chunks):
+        entering = h[:, :, k - step, c - 1 - first][:, :, None]  # (b, d, 1, n)
+        h[:, :, k].addcmul_(through[:, :, k], entering)
     return h.view(b, d, n_chunks * c, n)[:, :, :length]
