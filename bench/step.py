@@ -163,8 +163,9 @@ def measure(
     device: str,
     steps: int,
     precision: str = "bf16",
+    vocab: int | None = None,
 ) -> dict:
-    vocab = 50280 if device == "cuda" else 264
+    vocab = vocab or (50280 if device == "cuda" else 264)
     model = build(engine, family, d, layers, vocab, device, precision)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
