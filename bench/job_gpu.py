@@ -127,7 +127,7 @@ def run_job(args: argparse.Namespace, d: int, layers: int, batch: int, seq: int,
             if job["status"] != "succeeded":
                 sys.exit(f"job {job_id} ended {job['status']}: {job['error']}\n{log.read_text()[-4000:]}")
             events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
-            progress = [e["data"] for e in events if e.get("data") and "tokens_per_second" in e["data"]]
+            progress = [e["data"] for e in events if e["type"] == "progress"]
             last = max(progress, key=lambda p: p["step"]) if progress else {}
             metrics = job["metrics"]
             return dict(

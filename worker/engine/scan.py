@@ -78,8 +78,49 @@ def selective_scan_chunked(
     delta_bias: Tensor | None = None,
     chunk: int | None = None,
 ) -> Tensor:
-    log_decay, dBu = _discretize(u, delta, A, B, delta_bias)
-    return _readout(chunked_states(log_decay, dBu, chunk), u, C, D, z)
+    dt = step_size(delta, delta_bias)  # (b, d, l)
+    c = chunk or max(1, math.isqrt(u.shape[-1]))
+    y = _SelectiveScan.apply(dt, dt * u.float(), A.float(), B.float(), C.float(), c)
+    return skip_and_gate(y, u, D, z)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y_t = <h_t, C_t> with h_t = exp(dt_t·A) * h_{t-1} + dtu_t·B_t, and its backward written out.
+
+    Left to autograd, the (b, d, l, n) log-decay and input would be kept, and each broadcast product
+    reduced in a pass of its own; here only the decays and the states are kept, and each gradient is
+    one multiply-and-reduce or one matrix product. dt, dtu: (b, d, l); A: (d, n); B, C: (b, n, l)."""
+
+    @staticmethod
+    def forward(ctx, dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
+        decay = _product(dt, A[:, None, :]).exp_()  # (b, d, l, n)
+        states = _recur(decay, _product(dtu, B.transpose(1, 2)[:, None]), chunk, in_place=True)
+        ctx.save_for_backward(dt, dtu, A, B, C, decay, states)
+        ctx.chunk = chunk
+        return _sum_over_state(states, C)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None]:
+        dt, dtu, A, B, C, decay, states = ctx.saved_tensors
+        grad_states = _product(grad_y, C.transpose(1, 2)[:, None])  # (b, d, l, n)
+        g, grad_log_decay = _recurrence_backward(decay, states, grad_states, ctx.chunk)
+        grad_C = (states * grad_y[..., None]).sum(1).transpose(1, 2)  # (b, n, l)
+        grad_B = (g * dtu[..., None]).sum(1).transpose(1, 2)
+        grad_dt = (grad_log_decay @ A[:, :, None])[..., 0]  # (b, d, l)
+        grad_A = (grad_log_decay.transpose(-1, -2) @ dt[..., None]).sum(0)[..., 0]  # (d, n)
+        return grad_dt, _sum_over_state(g, B), grad_A, grad_B, grad_C, None
+
+
+def _product(x: Tensor, by_state: Tensor) -> Tensor:
+    """x[..., None] * by_state as a contiguous (b, d, l, n) tensor, whatever the inputs' strides: the
+    scan's steps slice it along l, and a broadcast product would otherwise follow x's layout."""
+    out = torch.empty((*x.shape, by_state.shape[-1]), dtype=x.dtype, device=x.device)
+    return torch.mul(x[..., None], by_state, out=out)
+
+
+def _sum_over_state(states: Tensor, C: Tensor) -> Tensor:
+    """sum_n states[b, d, l, n] · C[b, n, l] -> (b, d, l)."""
+    return (states * C.transpose(1, 2)[:, None]).sum(-1)
 
 
 def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None) -> Tensor:
@@ -106,18 +147,32 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         decay, states = ctx.saved_tensors
-        # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: the same recurrence, backwards in time.
-        # (conj: PyTorch's convention for complex gradients; a no-op on real tensors.)
-        g = _recur(F.pad(decay[:, :, 1:], (0, 0, 0, 1)).conj(), grad, ctx.chunk, reverse=True)
-        # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0 (the state before the first token is 0).
-        grad_log_decay = torch.zeros_like(g)
-        torch.mul(g[:, :, 1:], (decay[:, :, 1:] * states[:, :, :-1]).conj(), out=grad_log_decay[:, :, 1:])
+        scratch = grad.clone(memory_format=torch.contiguous_format)  # the backward overwrites it
+        g, grad_log_decay = _recurrence_backward(decay, states, scratch, ctx.chunk)
         return grad_log_decay, g, None
 
 
-def _recur(decay: Tensor, x: Tensor, c: int, reverse: bool = False) -> Tensor:
+def _recurrence_backward(decay: Tensor, states: Tensor, grad: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """The gradients of the states' loss with respect to dBu (g) and to log_decay, given `grad` by state
+    (which this overwrites). (Complex: conj, PyTorch's convention for complex gradients.)"""
+    # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: the same recurrence, backwards in time.
+    next_decay = torch.empty_like(decay)
+    next_decay[:, :, :-1] = decay[:, :, 1:]
+    next_decay[:, :, -1] = 0
+    g = _recur(next_decay.conj(), grad, chunk, reverse=True, in_place=True)
+    # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0 (the state before the first token is 0).
+    grad_log_decay = torch.empty_like(g)
+    grad_log_decay[:, :, 0] = 0
+    tail = torch.mul(decay[:, :, 1:], states[:, :, :-1], out=grad_log_decay[:, :, 1:])
+    if tail.is_complex():
+        tail.conj_physical_()
+    tail.mul_(g[:, :, 1:])
+    return g, grad_log_decay
+
+
+def _recur(decay: Tensor, x: Tensor, c: int, reverse: bool = False, in_place: bool = False) -> Tensor:
     """h_t = decay_t * h_{t-1} + x_t over dim 2 of (b, d, l, n) from h_{-1} = 0, without autograd;
-    `reverse`: h_t = decay_t * h_{t+1} + x_t from h_l = 0."""
+    `reverse`: h_t = decay_t * h_{t+1} + x_t from h_l = 0. `in_place` writes h over x (contiguous)."""
     b, d, length, n = x.shape
     n_chunks = -(-length // c)
     pad = n_chunks * c - length
@@ -129,7 +184,7 @@ def _recur(decay: Tensor, x: Tensor, c: int, reverse: bool = False) -> Tensor:
     first, step = (c - 1, -1) if reverse else (0, 1)
     # 1. Within every chunk at once, from a zero state: c steps, each over all chunks, with the decay
     #    from the chunk's first step through t alongside (a product of decays <= 1: no overflow).
-    h = torch.empty_like(x)
+    h = x if in_place or pad else torch.empty_like(x)
     through = torch.empty_like(decay)
     h[:, :, :, first] = x[:, :, :, first]
     through[:, :, :, first] = decay[:, :, :, first]
