@@ -140,7 +140,7 @@ def run_job(args: argparse.Namespace, d: int, layers: int, batch: int, seq: int,
                 steps=metrics.get("steps"),
                 tokens_per_s=round(metrics["tokens_per_second"]),
                 last_progress_tokens_per_s=round(last.get("tokens_per_second", 0)),
-                peak_GiB=round(metrics.get("peak_memory_bytes", 0) / 2**30, 2),
+                peak_GiB=round((metrics.get("peak_memory_bytes") or 0) / 2**30, 2),  # none on the CPU
             )
     finally:
         serve.send_signal(signal.SIGTERM)  # serve stops its worker on SIGTERM
