@@ -274,17 +274,8 @@ def cpu_compare(family: str, runs: int, steps: int) -> dict:
             flush=True,
         )
     ratios = [s / o for s, o in zip(seconds["stock"], seconds["ours"], strict=True)]
-    result = dict(
-        family=family,
-        d=d,
-        layers=layers,
-        batch=batch,
-        seq=seq,
-        precision="fp32",
-        threads=torch.get_num_threads(),
-        runs=runs,
-        steps=steps,
-    )
+    shape = dict(family=family, d=d, layers=layers, batch=batch, seq=seq, precision="fp32")
+    result = dict(shape, threads=torch.get_num_threads(), runs=runs, steps=steps)
     for engine in engines:
         result[engine] = dict(
             step_s=round(statistics.median(seconds[engine]), 3),
