@@ -7,8 +7,10 @@ Both compute, per batch b, channel d and state n (shapes as in mamba-ssm's `sele
     y_t   = <h_t, C_t> + D * u_t,  then  y_t * silu(z_t)        D: (d,)
 
 `selective_scan_reference` is the executable spec: one Python step per token. The chunked version
-gives the same numbers with about 2·sqrt(l) Python steps instead of l, which is what makes a LoRA
-step on the CPU fast: the work is the same, the launch and autograd overhead shrinks.
+gives the same numbers with about 2·sqrt(l) Python steps instead of l, each over many tokens at once,
+and a backward written out (the same recurrence, run backwards in time), which is what makes a LoRA
+step on the CPU fast: the work is the same, the per-step and autograd overhead and the full-size
+(b, d, l, n) tensors kept or written shrink (bench/RESULTS.md).
 """
 
 import math
