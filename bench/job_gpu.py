@@ -155,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("family", choices=["mamba", "mamba2"], nargs="?", default="mamba")
     parser.add_argument("--shape", choices=list(step.SHAPES), default="130m")
-    parser.add_argument("--steps", type=int, default=40, help="training steps of the job")
+    parser.add_argument("--steps", type=int, default=40, help="training steps of the job, at least")
     parser.add_argument("--cpu", action="store_true", help="run the job and the step bench on the CPU, in fp32")
     parser.add_argument("--tiny", action="store_true", help="d_model 128 x 4 layers, batch 4 x 256")
     args = parser.parse_args()
