@@ -28,7 +28,7 @@ from app.base_models.architectures import (
     VARIANTS,
 )
 from app.base_models.models import CreatedModel, ModelStatus, created_model
-from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
+from app.base_models.parameters import BYTE_VOCAB_SIZE, EXPAND, MAMBA2_HEAD_DIM, parameter_count
 from app.base_models.schemas import ModelCreate
 from app.db import new_id, now
 from app.errors import ApiError, broker_unavailable, conflict, invalid_request, not_found
@@ -169,6 +169,12 @@ def create_model(
     """Check an architecture request, record it as the owner's model (status creating) and ask a worker
     to build it; the caller's transaction commits the row."""
     variant = _variant(request)
+    if request.family == "mamba2" and EXPAND * request.d_model % MAMBA2_HEAD_DIM:
+        raise invalid_request(
+            f"a mamba2 model's d_model must be a multiple of {MAMBA2_HEAD_DIM // EXPAND}: its {EXPAND}·d_model"
+            f" channels form heads of {MAMBA2_HEAD_DIM}, as in the reference Mamba-2 checkpoints",
+            param="d_model",
+        )
     vocab_size = _tokenizer_vocab(session=session, settings=settings, owner=owner, tokenizer=request.tokenizer)
     parameters = parameter_count(
         family=request.family,
