@@ -11,8 +11,9 @@ GPU (with the kernel and service wheels of ../shared/device/README.md on PYTHONP
 CPU, end to end on the tiny shape (d_model 128 x 4 layers, batch 4 x 256, fp32):
     python3 bench/job_gpu.py mamba --cpu --tiny
 
-The job's figure is its `metrics.tokens_per_second`: trained tokens over training seconds, warm-up
-and CUDA-graph capture included (checkpoints and progress hooks excluded), so give it enough steps.
+The job's figure is its `metrics.tokens_per_second`: trained tokens over training seconds of the steps
+past the attempt's warm-up (kernel compilation, CUDA-graph capture: `trainer.WARMUP_STEPS`), checkpoints
+and progress hooks excluded, as the step bench measures its own steps after warm-up.
 """
 
 import argparse
