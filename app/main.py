@@ -15,6 +15,7 @@ from app.guards import BodyLimit, LimitFor, RejectNulInUrl
 from app.jobs import routes as jobs_routes
 from app.limits import RateLimiter
 from app.settings import Settings, get_settings
+from app.ui import routes as ui_routes
 
 UPLOAD_PATH = "/v1/files"
 # JSON bodies are small (a job request is a few hundred bytes); only uploads may be large.
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     for router in (files_routes.router, jobs_routes.router, models_routes.router, evaluations_routes.router):
         app.include_router(router, prefix="/v1")
+    app.include_router(ui_routes.router)
     return app
 
 
