@@ -5,6 +5,7 @@ form, and watches it succeed with its loss curve, events, checkpoints and the ad
 Screenshots land in MAMBAFT_SCREENSHOT_DIR when set (docs/img for the README), else in the test's temp folder.
 """
 
+import importlib.util
 import os
 import shutil
 import tarfile
@@ -17,13 +18,15 @@ from .factories import demo_slice
 from .service import Service, serve_with_key
 
 CHROMIUM = shutil.which("chromium")
-# CI installs chromium (.ci/run); there a missing browser is a failure, not a skip.
-if CHROMIUM is None:
+PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
+MISSING = "needs the system's chromium (apt-get install chromium) and playwright (the test extra)"
+if CHROMIUM is None or not PLAYWRIGHT:
+    # CI installs both (.ci/run, the test extra); there a missing browser is a failure, not a skip.
     if os.environ.get("CI"):
-        pytest.fail("chromium is not installed (apt-get install chromium)", pytrace=False)
-    pytest.skip("needs the system's chromium (apt-get install chromium)", allow_module_level=True)
+        pytest.fail(MISSING, pytrace=False)
+    pytest.skip(MISSING, allow_module_level=True)
 
-sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+from playwright.sync_api import sync_playwright  # noqa: E402 (only once it is known to be installed)
 
 JOB_TIMEOUT_MS = 180_000
 
