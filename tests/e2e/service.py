@@ -62,11 +62,11 @@ class Service:
             assert not alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
 
 
-def serve_with_key(folder: Path, models_dir: Path, owner: str) -> Service:
+def serve_with_key(folder: Path, models_dir: Path, owner: str, **settings: str) -> Service:
     """`mambaft serve` over a fresh data dir in `folder` holding one key of `owner` (so authentication is
-    on), up with its worker; the key is in `headers`."""
+    on), up with its worker; the key is in `headers`. `settings`: more MAMBAFT_* variables for it."""
     data_dir = folder / "var"
-    env = clean_env(MAMBAFT_MODELS_DIR=str(models_dir))
+    env = clean_env(MAMBAFT_MODELS_DIR=str(models_dir), **settings)
     created = subprocess.run(
         [MAMBAFT, "create-key", "--owner", owner, "--data-dir", str(data_dir)],
         env=env,
