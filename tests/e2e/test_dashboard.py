@@ -49,7 +49,7 @@ def test_a_job_started_from_the_dashboard_succeeds_with_its_curve_events_and_ada
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        page = browser.new_page(viewport={"width": 1200, "height": 600})
         refused = []
         page.on("console", lambda message: message.type == "error" and refused.append(message.text))
         page.goto(f"{server.url}/ui")
@@ -82,7 +82,7 @@ def test_a_job_started_from_the_dashboard_succeeds_with_its_curve_events_and_ada
         events = page.locator("#events li").all_text_contents()
         assert any("successfully completed" in event for event in events), events
         checkpoint_events = page.locator("#events li[data-type='checkpoint']").count()
-        assert page.locator("#checkpoints tr").count() == checkpoint_events >= 2
+        assert page.locator("#checkpoints tr").count() == checkpoint_events >= 1
         page.wait_for_selector("#stability-plot:not([hidden]), #stability-note:not(:empty)")
 
         with page.expect_download() as download:

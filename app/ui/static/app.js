@@ -107,7 +107,7 @@ function selectJob(jobId) {
   $("stability-plot").hidden = true;
   $("stability-note").textContent = "";
   drawCurve($("loss-curve"), []);
-  refreshJob();
+  refreshJob().catch(showError);
   const current = selected;
   followEvents(jobId, (event) => addEvent(current, event), current.controller.signal)
     .then(() => current === selected && refreshJob())
