@@ -3,6 +3,8 @@
 form, and watches it succeed with its loss curve, events, checkpoints and the adapter download.
 
 Screenshots land in MAMBAFT_SCREENSHOT_DIR when set (docs/img for the README), else in the test's temp folder.
+Slower than most (about a minute beyond the server's start): the job runs for real, with its stability
+report, because what the page must show is a job that succeeded; the browser itself adds seconds.
 """
 
 import importlib.util
