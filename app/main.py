@@ -16,6 +16,7 @@ from app.guards import BodyLimit, LimitFor, RejectNulInUrl
 from app.jobs import routes as jobs_routes
 from app.limits import RateLimiter
 from app.settings import Settings, get_settings
+from app.ui import routes as ui_routes
 
 UPLOAD_PATH = "/v1/files"
 # JSON bodies are small (a job request is a few hundred bytes); only uploads may be large.
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = (files_routes, jobs_routes, models_routes, evaluations_routes, completions_routes)
     for router in (module.router for module in routers):
         app.include_router(router, prefix="/v1")
+    app.include_router(ui_routes.router)
     return app
 
 

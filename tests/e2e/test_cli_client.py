@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings
-
-from .factories import MAMBAFT, adapter_logits_change, clean_env, demo_slice, free_port
-from .service import Service
+from .factories import MAMBAFT, adapter_logits_change, clean_env, demo_slice
+from .service import Service, serve_with_key
 
 TIMEOUT_S = 180
 # Cursor movement and colours of the live display, removed before reading what it drew.
@@ -26,21 +24,7 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Service]:
     """`mambaft serve` over a fresh data dir holding one key (so authentication is on), up with its worker."""
-    folder = tmp_path_factory.mktemp("cli")
-    data_dir = folder / "var"
-    env = clean_env(MAMBAFT_MODELS_DIR=str(models_dir))
-    created = subprocess.run(
-        [MAMBAFT, "create-key", "--owner", "cli", "--data-dir", str(data_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    service = Service(f"http://127.0.0.1:{free_port()}", models_dir, Settings(data_dir=data_dir), logs=[])
-    service.headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
-    port = service.url.rsplit(":", 1)[1]
-    service.start(["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(data_dir)], env, folder)
-    service.wait_ready(worker=True)
+    service = serve_with_key(tmp_path_factory.mktemp("cli"), models_dir, "cli")
     yield service
     service.stop()
 

@@ -16,8 +16,8 @@ from app.evaluations.routes import get_enqueue
 from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 
-# Routes that show no tenant's own data by themselves: probes and docs. The models routes serve the
-# operator's shared catalog too, so they are walked separately (test_models_a_tenant_creates_...).
+# Routes that show no tenant's own data by themselves: probes, docs, the dashboard's static files. The models
+# routes serve the operator's shared catalog too, so they are walked separately (test_models_a_tenant_creates_...).
 PUBLIC = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
@@ -25,6 +25,9 @@ PUBLIC = {
     ("GET", "/redoc"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/ui"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/{name}"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id:path}"),
 }
