@@ -27,14 +27,20 @@ class WorkerDied(BaseException):
 class Sent(list):
     """Records what the reaper sends to the queue, in place of the broker."""
 
-    def job(self, *, settings: Settings, job_id: str) -> None:
+    def enqueue_job(self, *, settings: Settings, job_id: str) -> None:
         self.append(job_id)
 
-    def evaluation(self, *, settings: Settings, evaluation_id: str) -> None:
+    def enqueue_evaluation(self, *, settings: Settings, evaluation_id: str) -> None:
         self.append(evaluation_id)
 
+    def enqueue_model_creation(self, *, settings: Settings, model_uid: str) -> None:
+        self.append(model_uid)
+
+    def ping_broker(self, *, settings: Settings) -> None:
+        pass
+
     def reap(self, settings: Settings) -> list[str]:
-        return reap(settings=settings, enqueue=self.job, enqueue_evaluation=self.evaluation)
+        return reap(settings=settings, broker=self)
 
 
 @pytest.fixture
