@@ -8,20 +8,12 @@ workers and the reaper move a model past queued.
 from app.base_models.models import CreatedModel, ModelStatus
 from app.work import lifecycle as work
 
-ALLOWED: dict[str, frozenset[str]] = {
-    ModelStatus.QUEUED: frozenset({ModelStatus.RUNNING, ModelStatus.FAILED}),
-    # running -> queued: the worker building it was lost (lease expired).
-    ModelStatus.RUNNING: frozenset({ModelStatus.READY, ModelStatus.FAILED, ModelStatus.QUEUED}),
-    ModelStatus.READY: frozenset(),
-    ModelStatus.FAILED: frozenset(),
-}
-
 MODELS = work.Lifecycle(
     name="model",
     noun="Model",
     table=CreatedModel,
     key=CreatedModel.uid,
-    allowed=ALLOWED,
+    allowed=work.run_once_table(done=ModelStatus.READY, failed=ModelStatus.FAILED),
     failed=ModelStatus.FAILED,
     record_event=work.work_events_of("model"),
     send=lambda broker, settings, model_uid: broker.enqueue_model_creation(settings=settings, model_uid=model_uid),

@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.db import now
 from app.jobs.models import Job, JobEvent
 from app.work import lifecycle as work
 from app.work.models import LeaseStatus
@@ -35,20 +34,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
-def record_event(
-    session: Session,
-    job_id: str,
-    type_: str,
-    message: str,
-    *,
-    data: dict[str, Any] | None = None,
-    level: str = "info",
-) -> JobEvent:
-    event = JobEvent(job_id=job_id, created_at=now(), type=type_, message=message, data=data, level=level)
-    session.add(event)
-    return event
-
-
+# record_event(session, job_id, type_, message, *, data=None, level="info"): a job's own event.
+record_event = work.events_in(JobEvent, "job_id")
 JOBS = work.Lifecycle(
     name="job",
     noun="Job",

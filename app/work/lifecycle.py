@@ -7,7 +7,6 @@ status calls `transition` with it, and nothing else assigns the status.
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -50,6 +49,17 @@ class Lifecycle:
         return getattr(row, self.key.key)
 
 
+def run_once_table(*, done: str, failed: str) -> dict[str, frozenset[str]]:
+    """The transitions of work that is queued, run and then done or failed, and queued again when the
+    worker running it was lost (its lease expired): evaluations and model builds."""
+    return {
+        LeaseStatus.QUEUED: frozenset({LeaseStatus.RUNNING, failed}),
+        LeaseStatus.RUNNING: frozenset({done, failed, LeaseStatus.QUEUED}),
+        done: frozenset(),
+        failed: frozenset(),
+    }
+
+
 class InvalidTransition(Exception):
     def __init__(self, lifecycle: Lifecycle, row_id: str, current: str, target: str) -> None:
         super().__init__(f"{lifecycle.name} {row_id} cannot go from {current} to {target}")
@@ -57,26 +67,31 @@ class InvalidTransition(Exception):
         self.target = target
 
 
-def record_work_event(
-    session: Session,
-    subject_id: str,
-    type_: str,
-    message: str,
-    *,
-    kind: str,
-    data: dict[str, Any] | None = None,
-    level: str = "info",
-) -> WorkEvent:
-    event = WorkEvent(
-        kind=kind, subject_id=subject_id, created_at=now(), type=type_, message=message, data=data, level=level
-    )
-    session.add(event)
-    return event
+def events_in(table: type[Any], subject: str, **fixed: str) -> RecordEvent:
+    """The event recorder writing rows of `table` (JobEvent, WorkEvent), naming their row in its column
+    `subject`, with `fixed` values (a WorkEvent's kind)."""
+
+    def record(
+        session: Session,
+        subject_id: str,
+        type_: str,
+        message: str,
+        *,
+        data: dict[str, Any] | None = None,
+        level: str = "info",
+    ) -> Any:
+        event = table(
+            **{subject: subject_id}, **fixed, created_at=now(), type=type_, message=message, data=data, level=level
+        )
+        session.add(event)
+        return event
+
+    return record
 
 
 def work_events_of(kind: str) -> RecordEvent:
     """The event recorder of a kind that keeps its events in `work_events`."""
-    return partial(record_work_event, kind=kind)
+    return events_in(WorkEvent, "subject_id", kind=kind)
 
 
 def transition(
