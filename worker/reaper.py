@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from app import queue
 from app.db import now, session_scope
-from app.jobs.lifecycle import JobStatus
+from app.jobs.lifecycle import JOBS, JobStatus
 from app.queue import Broker, prune_processed_messages
 from app.settings import Settings
 from app.work.dispatch import send_committed
@@ -30,7 +30,7 @@ PROCESSED_MESSAGE_MAX_AGE_S = 24 * 3600
 def _recover(session: Session, kind: Lifecycle, row: Any, settings: Settings) -> str:
     """Requeue, fail or (a job whose cancel was asked for) cancel a locked row whose lease expired;
     returns its new status."""
-    if getattr(row, "cancel_requested", False):  # only jobs can be cancelled while running
+    if kind is JOBS and row.cancel_requested:  # only a job can be cancelled while it runs
         transition(session, kind, row, JobStatus.CANCELLED, message="Worker lost; job cancelled as requested")
     elif row.attempts >= settings.max_attempts:
         message = f"the worker was lost during each of {row.attempts} attempts"
