@@ -23,9 +23,14 @@ SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0
 
 
 class Broker(Protocol):
-    """What the API needs from the queue; this module satisfies it, tests pass a fake."""
+    """What the API and the reaper need from the queue (one send per kind of leased work, and a ping);
+    this module satisfies it, tests pass a fake."""
 
     def enqueue_job(self, *, settings: Settings, job_id: str) -> None: ...
+
+    def enqueue_evaluation(self, *, settings: Settings, evaluation_id: str) -> None: ...
+
+    def enqueue_model_creation(self, *, settings: Settings, model_uid: str) -> None: ...
 
     def enqueue_completion(self, *, settings: Settings, completion_id: str) -> None: ...
 

@@ -11,13 +11,13 @@ from sqlalchemy import select
 
 from app.db import new_id, now, session_scope
 from app.jobs.keys import checkpoint_key
-from app.jobs.lifecycle import JobStatus, record_event
+from app.jobs.lifecycle import JOBS, JobStatus, record_event
 from app.jobs.models import Checkpoint, Job
 from app.settings import Settings
 from app.storage import ObjectStorage, put_file_retrying
 from worker.archive import pack
 from worker.engine.spec import Progress, TrainHooks
-from worker.lease import Heartbeat, lock_held
+from worker.lease import Heartbeat, lock
 
 # Progress is written at most this often, unless the job has few steps: then every step is shown.
 PROGRESS_INTERVAL_S = 2.0
@@ -58,7 +58,7 @@ class JobHooks:
             return
         self._last_progress = time.monotonic()
         with session_scope(self.settings.database_url) as session:
-            job = lock_held(session, self.job_id, self.holder)
+            job = lock(session, JOBS, self.job_id, self.holder)
             if job is None:
                 self.heartbeat.lost.set()
                 return
@@ -91,7 +91,7 @@ class JobHooks:
             archive = pack(folder, Path(tmp) / "checkpoint.tar.gz")
             put_file_retrying(self.storage, key, archive, retry_seconds=self.settings.storage_retry_seconds)
         with session_scope(self.settings.database_url) as session:
-            if lock_held(session, self.job_id, self.holder) is None:
+            if lock(session, JOBS, self.job_id, self.holder) is None:
                 self.heartbeat.lost.set()
                 return
             # The object is complete before its row exists, so a resume never finds a partial one.
@@ -104,7 +104,7 @@ class JobHooks:
 
     def on_message(self, message: str) -> None:
         with session_scope(self.settings.database_url) as session:
-            if lock_held(session, self.job_id, self.holder) is not None:
+            if lock(session, JOBS, self.job_id, self.holder) is not None:
                 record_event(session, self.job_id, "message", message)
 
     def should_stop(self) -> bool:

@@ -1,17 +1,15 @@
 """GET /v1/models: the base models jobs can fine-tune; POST /v1/models: a new one from an architecture."""
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.base_models import service
 from app.base_models.schemas import ModelCreate
 from app.base_models.service import BaseModelInfo
-from app.deps import DbDep, RequestContext
+from app.deps import BrokerDep, DbDep, RequestContext
 from app.pagination import ListObject
-from app.queue import enqueue_model_creation
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -45,14 +43,6 @@ class ModelObject(BaseModel):
         )
 
 
-async def get_model_enqueuer() -> Callable[..., None]:
-    # A dependency, so tests can override it.
-    return enqueue_model_creation
-
-
-EnqueueModelDep = Annotated[Callable[..., None], Depends(get_model_enqueuer)]
-
-
 # Shared models live in the models folder: `db.run` reads it on its thread, beside the caller's rows.
 @router.get("")
 async def list_models(db: DbDep) -> ListObject[ModelObject]:
@@ -74,12 +64,12 @@ async def get_model(model_id: str, db: DbDep) -> ModelObject:
 
 
 @router.post("")
-async def create_model(request: ModelCreate, db: DbDep, enqueue: EnqueueModelDep) -> ModelObject:
+async def create_model(request: ModelCreate, db: DbDep, broker: BrokerDep) -> ModelObject:
     """A randomly initialized model; `status` is "creating" until a worker has written its weights."""
     return await db.run(
         lambda ctx: ModelObject.of(
             service.create_model(
-                session=ctx.session, settings=ctx.settings, owner=ctx.owner, request=request, enqueue=enqueue
+                session=ctx.session, settings=ctx.settings, broker=broker, owner=ctx.owner, request=request
             )
         )
     )

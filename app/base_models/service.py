@@ -10,7 +10,7 @@ depends on them.
 import json
 import math
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,15 @@ from app.base_models.architectures import (
     VARIANT_FIELD,
     VARIANTS,
 )
-from app.base_models.models import CreatedModel, ModelStatus, created_model
+from app.base_models.lifecycle import MODELS
+from app.base_models.models import CREATING, CreatedModel, ModelStatus, created_model
 from app.base_models.parameters import BYTE_VOCAB_SIZE, EXPAND, MAMBA2_HEAD_DIM, parameter_count
 from app.base_models.schemas import ModelCreate
 from app.db import new_id, now
-from app.errors import ApiError, broker_unavailable, conflict, invalid_request, not_found
+from app.errors import ApiError, conflict, invalid_request, not_found
+from app.queue import Broker
 from app.settings import Settings
+from app.work.dispatch import commit_then_send, require_broker
 
 # A safetensors header is a few KB to a few MB; anything larger is not one we should parse.
 MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
@@ -112,7 +115,7 @@ def _created_info(row: CreatedModel) -> BaseModelInfo:
         created=row.created_at,
         owned_by=row.owner,
         parameters=row.parameters,
-        status=row.status,
+        status=row.public_status,
         variant=row.variant,
         error=row.error,
         vocab_size=row.architecture["vocab_size"],
@@ -164,10 +167,10 @@ def _read_local(model_id: str, folder: Path) -> BaseModelInfo | None:
 
 
 def create_model(
-    *, session: Session, settings: Settings, owner: str, request: ModelCreate, enqueue: Callable[..., None]
+    *, session: Session, settings: Settings, broker: Broker, owner: str, request: ModelCreate
 ) -> BaseModelInfo:
-    """Check an architecture request, record it as the owner's model (status creating) and ask a worker
-    to build it; the caller's transaction commits the row."""
+    """Check an architecture request, record it as the owner's model (status creating: its build queued),
+    commit it and ask a worker to build it."""
     variant = _variant(request)
     if request.family == "mamba2" and EXPAND * request.d_model % MAMBA2_HEAD_DIM:
         raise invalid_request(
@@ -199,6 +202,7 @@ def create_model(
         VARIANT_FIELD[request.family]: variant,
         "vocab_size": vocab_size,
     }
+    require_broker(broker=broker, settings=settings)
     row = CreatedModel(
         uid=new_id("model"),
         owner=owner,
@@ -207,7 +211,7 @@ def create_model(
         variant=variant,
         architecture=architecture,
         parameters=parameters,
-        status=ModelStatus.CREATING,
+        status=ModelStatus.QUEUED,
         created_at=now(),
     )
     session.add(row)
@@ -215,11 +219,7 @@ def create_model(
         session.flush()
     except IntegrityError:  # the same owner's concurrent create of this id committed first
         raise duplicate from None
-    # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
-    try:
-        enqueue(settings=settings, model_uid=row.uid)
-    except Exception:  # whatever the broker client raises means "not queued"
-        raise broker_unavailable() from None
+    commit_then_send(session=session, broker=broker, settings=settings, lifecycle=MODELS, row_id=row.uid)
     return _created_info(row)
 
 
@@ -262,7 +262,7 @@ def _tokenizer_vocab(*, session: Session, settings: Settings, owner: str, tokeni
 
 def require_ready(model: BaseModelInfo) -> None:
     """Jobs and evaluations need a model's weights: a created model still building or failed has none."""
-    if model.status == ModelStatus.CREATING:
+    if model.status == CREATING:
         raise conflict("model_not_ready", f"The model {model.id!r} is still being created", param="model")
     if model.status == ModelStatus.FAILED:
         raise conflict("model_not_ready", f"The model {model.id!r} failed to be created", param="model")

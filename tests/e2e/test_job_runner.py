@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -67,7 +68,7 @@ class WorkerDied(BaseException):
 
 
 def test_retry_after_lost_worker_resumes_from_checkpoint_and_publishes(
-    settings: Settings, storage: ObjectStorage
+    settings: Settings, storage: ObjectStorage, broker: Any
 ) -> None:
     job_id = make_job(settings, storage)
 
@@ -84,9 +85,8 @@ def test_retry_after_lost_worker_resumes_from_checkpoint_and_publishes(
 
     with session_scope(settings.database_url) as session:  # the dead worker's lease runs out
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
-    sent: list[str] = []
-    assert reap(settings=settings, enqueue=lambda *, settings, job_id: sent.append(job_id)) == [job_id]
-    assert sent == [job_id]
+    assert reap(settings=settings, broker=broker) == [job_id]
+    assert broker.enqueued == [job_id]
     assert job_row(settings, job_id).status == JobStatus.QUEUED
 
     run_job(settings=settings, job_id=job_id)
@@ -217,7 +217,7 @@ def test_training_exception_fails_job_with_error_object(settings: Settings, stor
 
 
 def test_database_error_mid_training_leaves_the_job_to_the_reaper_instead_of_failing_it(
-    settings: Settings, storage: ObjectStorage
+    settings: Settings, storage: ObjectStorage, broker: Any
 ) -> None:
     job_id = make_job(settings, storage)
 
@@ -231,7 +231,7 @@ def test_database_error_mid_training_leaves_the_job_to_the_reaper_instead_of_fai
     assert (job.status, job.error) == (JobStatus.RUNNING, None)  # not failed: its lease will run out
     with session_scope(settings.database_url) as session:
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
-    reap(settings=settings, enqueue=lambda **_: None)
+    reap(settings=settings, broker=broker)
     assert job_row(settings, job_id).status == JobStatus.QUEUED
 
 
@@ -433,7 +433,7 @@ def assert_refused_for_memory(settings: Settings, job_id: str) -> dict:
         assert field in job.error["message"], job.error["message"]
     with session_scope(settings.database_url) as session:  # a lost lease would not retry it either
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
-    reap(settings=settings, enqueue=lambda **_: None)
+    reap(settings=settings)
     assert job_row(settings, job_id).status == JobStatus.FAILED
     return job.error
 
@@ -508,7 +508,7 @@ run_job(settings=Settings(), job_id=sys.argv[1], train=hog)
 
 
 def test_a_worker_outgrowing_its_memory_budget_fails_the_job_itself_instead_of_being_oom_killed(
-    settings: Settings, storage: ObjectStorage
+    settings: Settings, storage: ObjectStorage, broker: Any
 ) -> None:
     job_id = make_job(settings, storage)
     env = {
@@ -527,7 +527,7 @@ def test_a_worker_outgrowing_its_memory_budget_fails_the_job_itself_instead_of_b
     assert "past the 0.5 GiB it has for a job" in job.error["message"], job.error["message"]
     with session_scope(settings.database_url) as session:  # the reaper leaves it failed: no retry
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=now() - 1))
-    assert reap(settings=settings, enqueue=lambda **_: None) == []
+    assert reap(settings=settings, broker=broker) == []
     assert job_row(settings, job_id).status == JobStatus.FAILED and job_row(settings, job_id).attempts == 1
 
 

@@ -11,8 +11,6 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from api.factories import job_body, update_job
-from app.base_models.routes import get_model_enqueuer
-from app.evaluations.routes import get_enqueue
 from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 
@@ -75,7 +73,6 @@ def fill(path: str, ids: dict[str, str]) -> str:
 def alice(app: FastAPI, settings: Settings, client: TestClient, training_file: str) -> Tenant:
     """Alice with one of each object: a file, a succeeded job (and its fine-tuned model), an evaluation of
     that job."""
-    app.dependency_overrides[get_enqueue] = lambda: lambda *, settings, evaluation_id: None
     job = client.post("/v1/fine_tuning/jobs", json=job_body(training_file)).json()["id"]
     fine_tuned = f"mamba-tiny:ft-:{job}"
     update_job(
@@ -176,7 +173,6 @@ def test_no_create_can_reference_another_tenants_objects(alice: Tenant, bob: Tes
 
 def test_models_a_tenant_creates_are_invisible_to_other_tenants(app: FastAPI, alice: Tenant, bob: TestClient):
     client = alice.client
-    app.dependency_overrides[get_model_enqueuer] = lambda: lambda **_: None
     body = {"id": "alices-mamba", "family": "mamba", "d_model": 64, "n_layer": 2, "d_state": 8}
     created = client.post("/v1/models", json=body)
     assert created.status_code == 200, created.text
@@ -192,7 +188,6 @@ def test_models_a_tenant_creates_are_invisible_to_other_tenants(app: FastAPI, al
 def test_a_model_id_another_tenant_created_is_free_and_answers_as_if_it_did_not_exist(
     app: FastAPI, alice: Tenant, bob: TestClient
 ) -> None:
-    app.dependency_overrides[get_model_enqueuer] = lambda: lambda **_: None
     body = {"id": "alice-secret-model", "family": "mamba", "d_model": 64, "n_layer": 2, "d_state": 8}
     assert alice.client.post("/v1/models", json=body).status_code == 200
     bobs_file = bob.post(

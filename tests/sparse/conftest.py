@@ -1,18 +1,11 @@
 """Fixtures of the Sparse Mamba API tests: model creation requests recorded instead of sent to Celery."""
 
-import pytest
-from fastapi import FastAPI
+from typing import Any
 
-from app.base_models.routes import get_model_enqueuer
+import pytest
 
 
 @pytest.fixture
-def model_requests(app: FastAPI) -> list[str]:
-    """Uids of the models POST /v1/models asked a worker to build."""
-    sent: list[str] = []
-
-    def enqueue(*, settings: object, model_uid: str) -> None:
-        sent.append(model_uid)
-
-    app.dependency_overrides[get_model_enqueuer] = lambda: enqueue
-    return sent
+def model_requests(broker: Any) -> list[str]:
+    """Uids of the models POST /v1/models asked a worker to build (the conftest's FakeBroker records them)."""
+    return broker.models

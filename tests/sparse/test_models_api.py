@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.base_models.parameters import parameter_count
-from app.evaluations.routes import get_enqueue
 from app.settings import Settings
 from worker import model_creation
 from worker.model_creation import create_model
@@ -226,7 +225,6 @@ def test_the_owner_evaluates_her_created_model(
     settings: Settings,
     model_requests: list[str],
 ) -> None:
-    app.dependency_overrides[get_enqueue] = lambda: lambda *, settings, evaluation_id: None
     body = {"model": "sc-tiny", "tasks": ["lookup"], "shots": [0]}
     assert client.post("/v1/models", json=SC).status_code == 200
 

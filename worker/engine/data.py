@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from app.files.jsonl import read_jsonl
+from worker.engine.spec import InvalidDataFile
 
 IGNORE = -100  # target id that carries no loss (cross_entropy's ignore_index)
 
@@ -137,20 +138,23 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_seq_len: int, pad_id:
 
 
 def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
-    """The file's examples, packed; raises ValueError naming the file (and line) when it cannot train."""
+    """The file's examples, packed; raises InvalidDataFile naming the file (and line) when it cannot train."""
     examples = []
-    for lineno, record in read_jsonl(path):
-        try:
-            if not isinstance(record, dict):
-                raise ValueError("expected a JSON object")
-            examples.append(tokenize_record(record, tokenizer))
-        except ValueError as e:
-            raise ValueError(f"{path}: line {lineno}: {e}") from None
+    try:
+        for lineno, record in read_jsonl(path):
+            try:
+                if not isinstance(record, dict):
+                    raise ValueError("expected a JSON object")
+                examples.append(tokenize_record(record, tokenizer))
+            except ValueError as e:
+                raise ValueError(f"{path}: line {lineno}: {e}") from None
+    except ValueError as e:  # ours above, or the reader's (which names the file and line too)
+        raise InvalidDataFile(str(e)) from None
     blocks = pack(examples, max_seq_len, tokenizer.pad_token_id)
     # Uploads refuse lines with nothing to train, but a file stored without that check, or a tokenizer that
     # maps a text to no tokens, still gets here; it would train nothing and "succeed" with a loss of 0.
     if not (blocks.targets != IGNORE).any():
-        raise ValueError(
+        raise InvalidDataFile(
             f"{path}: zero trainable tokens in its {len(examples)} example(s) at max_seq_len {max_seq_len}:"
             " no completion, text or assistant message has a token to train on"
         )

@@ -101,9 +101,24 @@ class TrainingStopped(Exception):
 
 
 class EngineFailure(Exception):
-    """A job the engine refuses or gives up on for a reason of its own; `code` is what the client sees."""
+    """A job the engine refuses or gives up on for a reason of its own; `code` is what the client sees.
+
+    Every failure the worker can name is one of these (the worker's own too); any other exception is
+    reported under one generic code per kind of work."""
 
     code = "training_failed"
+
+
+class ModelLoadFailed(EngineFailure):
+    """The base model or its tokenizer could not be loaded (missing, unsupported, unreadable)."""
+
+    code = "model_load_failed"
+
+
+class InvalidDataFile(EngineFailure, ValueError):
+    """A training-format file the engine cannot use: a line it cannot read, or nothing to train on."""
+
+    code = "invalid_training_file"
 
 
 class InsufficientMemory(EngineFailure):
