@@ -19,8 +19,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from worker.engine.kernels import fused_kernels_available
 from worker.engine.lora_fold import attach_lora
-from worker.engine.mamba_forward import fused_kernels_available, install_forwards
+from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import LoraSpec
 
 DEV = "cuda"

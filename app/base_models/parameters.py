@@ -8,7 +8,7 @@ count of built models.
 
 import math
 
-from app.base_models.architectures import COMPANION_STRUCTURES
+from app.base_models.families import COMPANION_STRUCTURES
 
 # The worker's values (worker/engine/model_builder.py, tiny_model.byte_tokenizer), which the engine
 # keeps free of app imports; the test that compares counts fails if they part.

@@ -19,13 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.base_models.architectures import (
+from app.base_models.families import (
     COMPANION_STRUCTURES,
-    LORA_TARGETS,
+    FAMILIES,
     MAX_COMPANION_STATE,
     SUPPORTED_MODEL_TYPES,
-    VARIANT_FIELD,
-    VARIANTS,
+    VARIANT_FIELDS,
 )
 from app.base_models.models import CreatedModel, ModelStatus, created_model
 from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
@@ -56,7 +55,12 @@ class BaseModelInfo:
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
-        return LORA_TARGETS[self.family] if self.family else ()
+        return FAMILIES[self.family].lora_targets if self.family else ()
+
+    @property
+    def variant_field(self) -> str | None:
+        """The config field `variant` is the value of (None for a hub id)."""
+        return FAMILIES[self.family].variant_field if self.family else None
 
 
 def list_models(*, session: Session, settings: Settings, owner: str) -> list[BaseModelInfo]:
@@ -81,9 +85,11 @@ def get_model(*, session: Session, settings: Settings, owner: str, model_id: str
 def hub_family(model_id: str) -> str | None:
     """Guess a hub model's family from its name; the worker checks the real config when it loads it."""
     name = model_id.lower()
-    if "mamba2" in name or "mamba-2" in name:
-        return "mamba2"
-    return "mamba" if "mamba" in name else None
+    # The longest mark found names the family: "mamba-2" is a Mamba-2 model, though it contains "mamba".
+    marks = [
+        (len(mark), family.model_type) for family in FAMILIES.values() for mark in family.hub_marks if mark in name
+    ]
+    return max(marks)[1] if marks else None
 
 
 def _shared_models(settings: Settings) -> list[BaseModelInfo]:
@@ -158,7 +164,7 @@ def _read_local(model_id: str, folder: Path) -> BaseModelInfo | None:
         created=int(config_path.stat().st_mtime),
         owned_by="local",
         parameters=_count_parameters(folder),
-        variant=config.get(VARIANT_FIELD[model_type]) or VARIANTS[model_type][0],
+        variant=config.get(FAMILIES[model_type].variant_field) or FAMILIES[model_type].variants[0],
         vocab_size=vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None,
     )
 
@@ -189,8 +195,8 @@ def create_model(
     if any(info.id == request.id for info in _shared_models(settings)) or created_model(session, owner, request.id):
         raise duplicate
     architecture = {
-        **request.model_dump(exclude=set(VARIANT_FIELD.values())),
-        VARIANT_FIELD[request.family]: variant,
+        **request.model_dump(exclude=set(VARIANT_FIELDS)),
+        FAMILIES[request.family].variant_field: variant,
         "vocab_size": vocab_size,
     }
     row = CreatedModel(
@@ -218,14 +224,14 @@ def create_model(
 
 
 def _variant(request: ModelCreate) -> str:
-    family = request.family
-    field = VARIANT_FIELD[family]
-    for other in VARIANT_FIELD.values():
+    family = FAMILIES[request.family]
+    field = family.variant_field
+    for other in VARIANT_FIELDS:
         if other != field and getattr(request, other) is not None:
-            raise invalid_request(f"{other} is not an option of {family} models; use {field}", param=other)
-    variant = getattr(request, field) or VARIANTS[family][0]
-    if variant not in VARIANTS[family]:
-        raise invalid_request(f"{field} must be one of {', '.join(VARIANTS[family])}", param=field)
+            raise invalid_request(f"{other} is not an option of {family.model_type} models; use {field}", param=other)
+    variant = getattr(request, field) or family.variants[0]
+    if variant not in family.variants:
+        raise invalid_request(f"{field} must be one of {', '.join(family.variants)}", param=field)
     if variant in COMPANION_STRUCTURES and (request.d_state % 2 or request.d_state > MAX_COMPANION_STATE):
         raise invalid_request(
             f"an {variant} model needs an even d_state of at most {MAX_COMPANION_STATE} (its roots come in"

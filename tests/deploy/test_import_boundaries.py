@@ -102,7 +102,7 @@ def test_no_module_of_app_or_worker_imports_itself_through_others() -> None:
 # What the engine may take from app: modules of the standard library only, so the engine runs bare on a
 # GPU box. The JSONL reader, so the worker reads a file as the upload check did; the job contract (and the
 # architecture catalog its defaults come from), so the engine runs exactly the settings the API stored.
-ENGINE_MAY_IMPORT = {"app.files.jsonl", "app.jobs.contract", "app.base_models.architectures"}
+ENGINE_MAY_IMPORT = {"app.files.jsonl", "app.jobs.contract", "app.base_models.families"}
 
 
 def test_the_engine_takes_from_app_only_standard_library_modules_it_shares() -> None:
