@@ -21,7 +21,7 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    family: str | None  # a model_type of app/base_models/families.py; None for a hub id only the worker can tell
+    family: str | None  # a model_type of app/families/; None for a hub id only the worker can tell
     parameters: int | None
     lora_targets: list[str]
     status: Literal["ready", "creating", "failed"]

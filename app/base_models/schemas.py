@@ -4,9 +4,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.base_models.families import MAX_STATE, SUPPORTED_MODEL_TYPES
+from app.families import SUPPORTED_MODEL_TYPES
 from app.jobs.schemas import STRICT
 
+MAX_STATE = 256
 ModelId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 

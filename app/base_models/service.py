@@ -19,18 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.base_models.families import (
-    COMPANION_STRUCTURES,
-    FAMILIES,
-    MAX_COMPANION_STATE,
-    SUPPORTED_MODEL_TYPES,
-    VARIANT_FIELDS,
-)
 from app.base_models.models import CreatedModel, ModelStatus, created_model
 from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
 from app.base_models.schemas import ModelCreate
 from app.db import new_id, now
 from app.errors import ApiError, broker_unavailable, conflict, invalid_request, not_found
+from app.families import FAMILIES, SUPPORTED_MODEL_TYPES, VARIANT_FIELDS, hub_family
+from app.families.mamba import COMPANION_STRUCTURES, MAX_COMPANION_STATE
 from app.settings import Settings
 
 # A safetensors header is a few KB to a few MB; anything larger is not one we should parse.
@@ -80,16 +75,6 @@ def get_model(*, session: Session, settings: Settings, owner: str, model_id: str
         if info.id == model_id:
             return info
     raise not_found("model_not_found", f"The model {model_id!r} does not exist", param="model")
-
-
-def hub_family(model_id: str) -> str | None:
-    """Guess a hub model's family from its name; the worker checks the real config when it loads it."""
-    name = model_id.lower()
-    # The longest mark found names the family: "mamba-2" is a Mamba-2 model, though it contains "mamba".
-    marks = [
-        (len(mark), family.model_type) for family in FAMILIES.values() for mark in family.hub_marks if mark in name
-    ]
-    return max(marks)[1] if marks else None
 
 
 def _shared_models(settings: Settings) -> list[BaseModelInfo]:

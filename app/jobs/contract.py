@@ -9,7 +9,8 @@ one definition and one set of defaults without torch or the HTTP stack.
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
-from app.base_models.families import MAMBA, default_lora_targets
+from app.families import default_lora_targets
+from app.families.mamba import MAMBA
 
 
 class _Stored:

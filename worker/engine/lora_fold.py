@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from app.base_models.families import FAMILIES
+from app.families import FAMILIES
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import LoraSpec
 

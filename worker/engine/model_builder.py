@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PretrainedConfig
 
-from app.base_models.families import FAMILIES
-from worker.engine.families import ModelShape, family_engine
+from app.families import FAMILIES
+from app.families.family import ModelShape
+from worker.engine.families import family_engine
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.tiny_model import byte_tokenizer, family_config
 

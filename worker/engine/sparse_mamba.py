@@ -25,7 +25,9 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from app.base_models.families import FAMILIES, MAMBA, MAMBA2
+from app.families import FAMILIES
+from app.families.mamba import MAMBA
+from app.families.mamba2 import MAMBA2
 from worker.engine.companion_scan import (
     companion,
     companion_scan_fast,

@@ -11,7 +11,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
-from worker.engine.families import FamilyEngine, ModelShape, family_engine
+from app.families.family import ModelShape, padded_vocab
+from worker.engine.families import FamilyEngine, family_engine
 
 EOS = "<|endoftext|>"
 
@@ -34,12 +35,12 @@ TINY = ModelShape(d_model=128, n_layer=4, d_state=16)
 
 def family_config(engine: FamilyEngine, shape: ModelShape, vocab_size: int, eos_id: int) -> PretrainedConfig:
     """`engine`'s config of `shape` for a tokenizer of `vocab_size` tokens whose EOS is also BOS and padding."""
-    # Vocab rounded up to a multiple of 8 so embedding and lm_head shapes stay kernel-friendly.
-    vocab = -(-vocab_size // 8) * 8
-    return engine.build_config(shape, vocab, {"eos_token_id": eos_id, "pad_token_id": eos_id, "bos_token_id": eos_id})
+    return engine.build_config(
+        shape, padded_vocab(vocab_size), {"eos_token_id": eos_id, "pad_token_id": eos_id, "bos_token_id": eos_id}
+    )
 
 
-def create_tiny_model(folder: Path, family: str = "mamba", seed: int = 0) -> Path:
+def create_tiny_model(folder: Path, family: str, seed: int = 0) -> Path:
     """Write a random-init tiny model and its tokenizer into `folder` (HF format, safetensors)."""
     tokenizer = byte_tokenizer()
     engine = family_engine(family)

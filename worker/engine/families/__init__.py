@@ -1,19 +1,18 @@
 """The torch side of each model family, one module each, registered by the `model_type` its catalog entry
-(app/base_models/families.py) has: a family is that entry and its module here."""
+(app/families/) has: a family is that entry and its module here."""
 
 from typing import Any
 
 from torch import nn
 
 from worker.engine.families import mamba, mamba2
-from worker.engine.families.family import FamilyEngine, ModelShape
+from worker.engine.families.family import FamilyEngine
 
 ENGINES: dict[str, FamilyEngine] = {engine.model_type: engine for engine in (mamba.ENGINE, mamba2.ENGINE)}
 
 __all__ = [
     "ENGINES",
     "FamilyEngine",
-    "ModelShape",
     "backbone_engine",
     "engine_of",
     "family_engine",

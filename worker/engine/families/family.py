@@ -1,4 +1,4 @@
-"""What the engine needs of a model family beyond its catalog entry (app/base_models/families.py): its
+"""What the engine needs of a model family beyond its catalog entry (app/families/): its
 torch classes, the mixer forward `install_forwards` gives it, where its backbone and norms are, and how to
 build a random-init config of it. Each family fills one `FamilyEngine` in its own module of this package."""
 
@@ -9,20 +9,11 @@ from typing import Any
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from app.base_models.families import FAMILIES, Family
+from app.families import FAMILIES
+from app.families.family import Family, ModelShape
 
 # (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, **kwargs) -> (b, l, d_model)
 MixerForward = Callable[..., Tensor]
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """A random-init model's size, as POST /v1/models asks for it; `variant` None leaves the config's default."""
-
-    d_model: int
-    n_layer: int
-    d_state: int
-    variant: str | None = None
 
 
 @dataclass(frozen=True)

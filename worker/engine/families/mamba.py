@@ -9,8 +9,9 @@ from torch import Tensor, nn
 from transformers import MambaConfig, MambaForCausalLM
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, MambaOutput
 
+from app.families.family import EXPAND, ModelShape
 from worker.engine import kernels
-from worker.engine.families.family import FamilyEngine, ModelShape
+from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
 from worker.engine.scan import selective_scan_chunked, selective_scan_reference
@@ -104,7 +105,7 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Mam
         hidden_size=shape.d_model,
         num_hidden_layers=shape.n_layer,
         state_size=shape.d_state,
-        expand=2,
+        expand=EXPAND,
         **ids,
         **variant,
     )

@@ -11,12 +11,12 @@ from torch import Tensor, nn
 from transformers import Mamba2Config, Mamba2ForCausalLM
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer, Mamba2Model, Mamba2Output
 
+from app.families.family import EXPAND, ModelShape
+from app.families.mamba2 import HEAD_DIM
 from worker.engine import kernels
-from worker.engine.families.family import FamilyEngine, ModelShape
+from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight
 from worker.engine.mixer_parts import ForwardPath, has_cache, mask_padding
-
-HEAD_DIM = 32
 
 
 def mixer_forward(
@@ -77,13 +77,13 @@ def delta(mixer: Mamba2Mixer, hidden: Tensor) -> Tensor:
 
 def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Mamba2Config:
     variant = {} if shape.variant is None else {"a_constraint": shape.variant}
-    d_inner = 2 * shape.d_model
+    d_inner = EXPAND * shape.d_model
     return Mamba2Config(
         vocab_size=vocab_size,
         hidden_size=shape.d_model,
         num_hidden_layers=shape.n_layer,
         state_size=shape.d_state,
-        expand=2,
+        expand=EXPAND,
         num_heads=d_inner // HEAD_DIM,
         head_dim=HEAD_DIM,
         n_groups=1,
