@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.auth.service import create_api_key
+from app.base_models.routes import get_model_enqueuer
 from app.db import get_engine, session_scope
 from app.deps import get_broker
 from app.main import create_app
@@ -187,6 +188,18 @@ def make_client(app: FastAPI, settings: Settings) -> Iterator[Callable[..., Test
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client("alice")
+
+
+@pytest.fixture
+def model_requests(app: FastAPI) -> list[str]:
+    """Uids of the models POST /v1/models asked a worker to build."""
+    sent: list[str] = []
+
+    def enqueue(*, settings: object, model_uid: str) -> None:
+        sent.append(model_uid)
+
+    app.dependency_overrides[get_model_enqueuer] = lambda: enqueue
+    return sent
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,12 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine.families import mamba, mamba2
+from worker.engine.families import falcon_mamba, mamba, mamba2
 from worker.engine.families.family import FamilyEngine
 
-ENGINES: dict[str, FamilyEngine] = {engine.model_type: engine for engine in (mamba.ENGINE, mamba2.ENGINE)}
+ENGINES: dict[str, FamilyEngine] = {
+    engine.model_type: engine for engine in (mamba.ENGINE, mamba2.ENGINE, falcon_mamba.ENGINE)
+}
 
 __all__ = [
     "ENGINES",

@@ -23,8 +23,10 @@ def mixer_forward(
     attention_mask: Tensor | None = None,
     *,
     path: ForwardPath = "auto",
+    bcdt_norms: bool = False,
     **kwargs,
 ) -> Tensor:
+    """`bcdt_norms`: normalise dt, B and C with the mixer's weightless RMSNorms first (Falcon-Mamba)."""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
@@ -41,6 +43,10 @@ def mixer_forward(
     out_bias = base_layer(mixer.out_proj).bias
 
     if fused:
+        norms = {}
+        if bcdt_norms:  # only mamba-ssm versions that know Falcon-Mamba take these
+            norms = {f"{n}_rms_weight": getattr(mixer, f"{n}_layernorm").weight for n in ("b", "c", "dt")}
+            norms["b_c_dt_rms_eps"] = mixer.rms_eps
         return kernels.mamba_inner_fn(
             xz,
             mixer.conv1d.weight,
@@ -55,10 +61,13 @@ def mixer_forward(
             mixer.D.float(),
             delta_bias=dt_bias,
             delta_softplus=True,
+            **norms,
         )
 
     x, z = conv_and_gate(mixer, xz, attention_mask)
     dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
+    if bcdt_norms:
+        dt, B, C = mixer.dt_layernorm(dt), mixer.b_layernorm(B), mixer.c_layernorm(C)
     delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)
     scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
@@ -85,8 +94,9 @@ def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
     return xz.view(-1, b, length).permute(1, 0, 2)
 
 
-def delta(mixer: MambaMixer, hidden: Tensor) -> Tensor:
-    """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner)."""
+def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False) -> Tensor:
+    """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner);
+    `bcdt_norms`: with the mixer's RMSNorm on dt (Falcon-Mamba)."""
     seq_len = hidden.shape[1]
     x, _ = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l)
     x = F.conv1d(
@@ -94,6 +104,8 @@ def delta(mixer: MambaMixer, hidden: Tensor) -> Tensor:
     )[..., :seq_len]
     x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
     dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
+    if bcdt_norms:
+        dt = mixer.dt_layernorm(dt)
     delta = F.linear(dt, effective_weight(mixer.dt_proj)) + base_layer(mixer.dt_proj).bias  # (b, l, d_inner)
     return F.softplus(delta.float())
 

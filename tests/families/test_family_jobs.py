@@ -1,0 +1,111 @@
+"""Each family added beyond Mamba and Mamba-2, end to end on the embedded default: POST /v1/models creates a
+tiny random-init model, a LoRA job with the family's default targets trains every LoRA tensor and lowers the
+validation loss, and the published adapter reloads to the trained model's logits."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load_file
+
+from api.factories import upload
+from app.db import session_scope
+from app.families import FAMILIES
+from app.jobs.lifecycle import JobStatus
+from app.jobs.models import Job
+from app.settings import Settings
+from app.storage import storage_from_settings
+from e2e.factories import demo_slice
+from worker.archive import unpack
+from worker.engine import trainer
+from worker.evaluation.model import load_for_eval
+from worker.job_runner import run_job
+from worker.model_creation import create_model
+from worker.model_store import model_source
+
+ADDED = ["falcon_mamba"]
+SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
+
+
+def _file(client: TestClient, name: str, lines: int) -> str:
+    response = upload(client, demo_slice(name, lines), filename=name)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def _lora_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA matrices by the names the adapter file stores them under."""
+    return {name.replace(".default", ""): p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+@pytest.mark.parametrize("model_type", ADDED)
+def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_reloads(
+    model_type: str,
+    client: TestClient,
+    settings: Settings,
+    model_requests: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    family = FAMILIES[model_type]
+    created = client.post("/v1/models", json={"id": "tiny", "family": model_type, **SHAPE})
+    assert created.status_code == 200, created.text
+    create_model(settings=settings, model_uid=model_requests[0])  # what the Celery task runs
+    listed = client.get("/v1/models/tiny").json()
+    assert (listed["status"], listed["family"], listed["lora_targets"]) == ("ready", model_type, [*family.lora_targets])
+
+    body = {
+        "model": "tiny",
+        "training_file": _file(client, "train.jsonl", 120),
+        "validation_file": _file(client, "valid.jsonl", 16),
+        "precision": "fp32",
+        "seed": 0,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": 64},
+    }
+    job = client.post("/v1/fine_tuning/jobs", json=body)
+    assert job.status_code == 200, job.text
+
+    # The LoRA tensors as attached (before any step), and the final in-memory model the trainer validates last.
+    initial: dict[str, torch.Tensor] = {}
+    finals: list[torch.nn.Module] = []
+    real_attach, real_evaluate = trainer.attach_lora, trainer.evaluate
+
+    def attach(*args: Any) -> torch.nn.Module:
+        model = real_attach(*args)
+        initial.update(_lora_tensors(model))
+        return model
+
+    def evaluate(model: torch.nn.Module, *args: Any) -> float:
+        finals.append(model)
+        return real_evaluate(model, *args)
+
+    monkeypatch.setattr(trainer, "attach_lora", attach)
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
+    run_job(settings=settings, job_id=job.json()["id"])
+
+    with session_scope(settings.database_url) as session:
+        row = session.get(Job, job.json()["id"])
+        assert row is not None
+        status, error, adapter_key, metrics = row.status, row.error, row.adapter_key, row.metrics
+    assert status == JobStatus.SUCCEEDED, error
+    assert metrics["validation_loss"] < metrics["base_validation_loss"]
+
+    storage = storage_from_settings(settings)
+    storage.get_file(adapter_key, tmp_path / "adapter.tar.gz")
+    adapter = unpack(tmp_path / "adapter.tar.gz", tmp_path / "adapter")
+    trained = load_file(str(adapter / "adapter_model.safetensors"))
+    targets = {name.split(".lora_")[0].rpartition(".")[2] for name in trained}
+    assert targets == set(family.default_targets)
+    # AdamW without weight decay moves a tensor only where it got a nonzero gradient.
+    assert initial and len(trained) == len(initial)
+    unchanged = [name for name, value in initial.items() if torch.equal(trained[name], value)]
+    assert unchanged == []
+
+    base = model_source(settings=settings, storage=storage, owner="alice", model_id="tiny")
+    reloaded, _, _ = load_for_eval(str(base), adapter=adapter, device="cpu")
+    ids = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = finals[-1].eval()(ids).logits, reloaded(ids).logits
+    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (got - expected).abs().max()

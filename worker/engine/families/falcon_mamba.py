@@ -1,0 +1,63 @@
+"""Falcon-Mamba (`model_type` "falcon_mamba"): Mamba's mixer forward with the mixer's weightless RMSNorm on dt,
+B and C. The model's own forward reads dt_proj's raw weight on the CPU path too, which would skip a LoRA
+adapter there: ours folds it into every weight the scan reads, on every path."""
+
+from typing import Any
+
+from torch import Tensor
+from transformers import FalconMambaConfig, FalconMambaForCausalLM
+from transformers.models.falcon_mamba.modeling_falcon_mamba import (
+    FalconMambaMixer,
+    FalconMambaModel,
+    FalconMambaOutput,
+)
+
+from app.families.family import EXPAND, ModelShape
+from worker.engine.families import mamba
+from worker.engine.families.family import FamilyEngine
+from worker.engine.mixer_parts import ForwardPath
+
+
+def mixer_forward(
+    mixer: FalconMambaMixer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    **kwargs: Any,
+) -> Tensor:
+    return mamba.mixer_forward(mixer, hidden_states, attention_mask, path=path, bcdt_norms=True, **kwargs)
+
+
+def delta(mixer: FalconMambaMixer, hidden: Tensor) -> Tensor:
+    return mamba.delta(mixer, hidden, bcdt_norms=True)
+
+
+def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> FalconMambaConfig:
+    variant = {} if shape.variant is None else {"ssm_structure": shape.variant}
+    return FalconMambaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        num_hidden_layers=shape.n_layer,
+        state_size=shape.d_state,
+        expand=EXPAND,
+        **ids,
+        **variant,
+    )
+
+
+ENGINE = FamilyEngine(
+    model_type="falcon_mamba",
+    causal_lm=FalconMambaForCausalLM,
+    mixers=(FalconMambaMixer,),
+    mixer_forward=mixer_forward,
+    fused_backbone=FalconMambaModel,
+    backbone_output=FalconMambaOutput,
+    backbone=lambda lm: lm.backbone,
+    final_norm=lambda backbone: backbone.norm_f,
+    norm_weights=mamba.ENGINE.norm_weights,
+    delta=delta,
+    d_inner=lambda config: config.intermediate_size,
+    scan_copies=mamba.ENGINE.scan_copies,  # the same chunked scan
+    build_config=build_config,
+)
