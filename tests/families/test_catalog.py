@@ -73,3 +73,14 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
 )
 def test_a_hub_id_names_the_family_whose_longest_mark_it_holds(model_id: str, family: str | None) -> None:
     assert hub_family(model_id) == family
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+@pytest.mark.parametrize("path", ["torch", "reference"])
+def test_the_forwards_installed_compute_the_models_own_function(model_type: str, path: str, tmp_path: Path) -> None:
+    folder = create_tiny_model(tmp_path, model_type)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(folder).eval()(ids, use_cache=False).logits
+        ours = install_forwards(AutoModelForCausalLM.from_pretrained(folder), path).eval()(ids).logits
+    assert torch.allclose(ours, expected, rtol=0, atol=1e-4), (ours - expected).abs().max()

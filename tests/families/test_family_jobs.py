@@ -58,11 +58,11 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
 
     body = {
         "model": "tiny",
-        "training_file": _file(client, "train.jsonl", 120),
-        "validation_file": _file(client, "valid.jsonl", 16),
+        "training_file": _file(client, "train.jsonl", 48),
+        "validation_file": _file(client, "valid.jsonl", 8),
         "precision": "fp32",
         "seed": 0,
-        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 3e-3, "max_seq_len": 64},
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "max_seq_len": 48},
     }
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
