@@ -11,17 +11,15 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 from api.factories import upload
-from app.db import session_scope
 from app.families import FAMILIES
 from app.jobs.lifecycle import JobStatus
-from app.jobs.models import Job
 from app.settings import Settings
 from app.storage import storage_from_settings
 from e2e.factories import demo_slice
+from sparse.factories import assert_same_logits, run_keeping_final_model
 from worker.archive import unpack
 from worker.engine import trainer
 from worker.evaluation.model import load_for_eval
-from worker.job_runner import run_job
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
@@ -67,33 +65,22 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
 
-    # The LoRA tensors as attached (before any step), and the final in-memory model the trainer validates last.
+    # The LoRA tensors as attached, before any step.
     initial: dict[str, torch.Tensor] = {}
-    finals: list[torch.nn.Module] = []
-    real_attach, real_evaluate = trainer.attach_lora, trainer.evaluate
+    real_attach = trainer.attach_lora
 
     def attach(*args: Any) -> torch.nn.Module:
         model = real_attach(*args)
         initial.update(_lora_tensors(model))
         return model
 
-    def evaluate(model: torch.nn.Module, *args: Any) -> float:
-        finals.append(model)
-        return real_evaluate(model, *args)
-
     monkeypatch.setattr(trainer, "attach_lora", attach)
-    monkeypatch.setattr(trainer, "evaluate", evaluate)
-    run_job(settings=settings, job_id=job.json()["id"])
-
-    with session_scope(settings.database_url) as session:
-        row = session.get(Job, job.json()["id"])
-        assert row is not None
-        status, error, adapter_key, metrics = row.status, row.error, row.adapter_key, row.metrics
-    assert status == JobStatus.SUCCEEDED, error
-    assert metrics["validation_loss"] < metrics["base_validation_loss"]
+    outcome, final = run_keeping_final_model(settings, job.json()["id"], monkeypatch)
+    assert outcome["status"] == JobStatus.SUCCEEDED, outcome["error"]
+    assert outcome["metrics"]["validation_loss"] < outcome["metrics"]["base_validation_loss"]
 
     storage = storage_from_settings(settings)
-    storage.get_file(adapter_key, tmp_path / "adapter.tar.gz")
+    storage.get_file(outcome["adapter_key"], tmp_path / "adapter.tar.gz")
     adapter = unpack(tmp_path / "adapter.tar.gz", tmp_path / "adapter")
     trained = load_file(str(adapter / "adapter_model.safetensors"))
     targets = {name.split(".lora_")[0].rpartition(".")[2] for name in trained}
@@ -105,7 +92,5 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
 
     base = model_source(settings=settings, storage=storage, owner="alice", model_id="tiny")
     reloaded, _, _ = load_for_eval(str(base), adapter=adapter, device="cpu")
-    ids = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected, got = finals[-1].eval()(ids).logits, reloaded(ids).logits
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (got - expected).abs().max()
+    assert final is not None
+    assert_same_logits(final, reloaded)

@@ -2,6 +2,7 @@
 B and C. The model's own forward reads dt_proj's raw weight on the CPU path too, which would skip a LoRA
 adapter there: ours folds it into every weight the scan reads, on every path."""
 
+from functools import partial
 from typing import Any
 
 from torch import Tensor
@@ -12,7 +13,6 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import (
     FalconMambaOutput,
 )
 
-from app.families.family import EXPAND, ModelShape
 from worker.engine.families import mamba
 from worker.engine.families.family import FamilyEngine
 from worker.engine.mixer_parts import ForwardPath
@@ -33,19 +33,6 @@ def delta(mixer: FalconMambaMixer, hidden: Tensor) -> Tensor:
     return mamba.delta(mixer, hidden, bcdt_norms=True)
 
 
-def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> FalconMambaConfig:
-    variant = {} if shape.variant is None else {"ssm_structure": shape.variant}
-    return FalconMambaConfig(
-        vocab_size=vocab_size,
-        hidden_size=shape.d_model,
-        num_hidden_layers=shape.n_layer,
-        state_size=shape.d_state,
-        expand=EXPAND,
-        **ids,
-        **variant,
-    )
-
-
 ENGINE = FamilyEngine(
     model_type="falcon_mamba",
     causal_lm=FalconMambaForCausalLM,
@@ -59,5 +46,5 @@ ENGINE = FamilyEngine(
     delta=delta,
     d_inner=lambda config: config.intermediate_size,
     scan_copies=mamba.ENGINE.scan_copies,  # the same chunked scan
-    build_config=build_config,
+    build_config=partial(mamba.build_config, config_class=FalconMambaConfig),
 )

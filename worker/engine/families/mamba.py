@@ -110,9 +110,12 @@ def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False) -> Ten
     return F.softplus(delta.float())
 
 
-def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> MambaConfig:
+def build_config(
+    shape: ModelShape, vocab_size: int, ids: dict[str, Any], config_class: type[MambaConfig] = MambaConfig
+) -> MambaConfig:
+    """`config_class`: a family whose config takes Mamba's arguments (Falcon-Mamba)."""
     variant = {} if shape.variant is None else {"ssm_structure": shape.variant}
-    return MambaConfig(
+    return config_class(
         vocab_size=vocab_size,
         hidden_size=shape.d_model,
         num_hidden_layers=shape.n_layer,
