@@ -13,6 +13,7 @@ from app.families.family import EXPAND, ModelShape
 from worker.engine import kernels
 from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
+from worker.engine.mamba_inner import mamba_inner_lora
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
 from worker.engine.scan import selective_scan_chunked, selective_scan_reference
 
@@ -38,22 +39,19 @@ def mixer_forward(
     A = -torch.exp(mixer.A_log.float())  # (d_inner, n)
     x_proj_w = effective_weight(mixer.x_proj)  # (dt_rank + 2n, d_inner)
     dt_proj_w = effective_weight(mixer.dt_proj)  # (d_inner, dt_rank)
-    out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
     dt_bias = base_layer(mixer.dt_proj).bias.float()
     out_bias = base_layer(mixer.out_proj).bias
 
-    if fused:
-        norms = {}
-        if bcdt_norms:  # only mamba-ssm versions that know Falcon-Mamba take these
-            norms = {f"{n}_rms_weight": getattr(mixer, f"{n}_layernorm").weight for n in ("b", "c", "dt")}
-            norms["b_c_dt_rms_eps"] = mixer.rms_eps
+    if fused and bcdt_norms:
+        # mamba-ssm's own fused mixer normalises dt, B and C; out_proj's adapter is folded in there.
+        norms = {f"{n}_rms_weight": getattr(mixer, f"{n}_layernorm").weight for n in ("b", "c", "dt")}
         return kernels.mamba_inner_fn(
             xz,
             mixer.conv1d.weight,
             mixer.conv1d.bias,
             x_proj_w,
             dt_proj_w,
-            out_proj_w,
+            effective_weight(mixer.out_proj),
             out_bias,
             A,
             None,
@@ -61,8 +59,25 @@ def mixer_forward(
             mixer.D.float(),
             delta_bias=dt_bias,
             delta_softplus=True,
+            b_c_dt_rms_eps=mixer.rms_eps,
             **norms,
         )
+    if fused:
+        return mamba_inner_lora(
+            xz,
+            mixer.conv1d.weight,
+            mixer.conv1d.bias,
+            x_proj_w,
+            dt_proj_w,
+            base_layer(mixer.out_proj).weight,
+            out_bias,
+            lora_factors(mixer.out_proj),
+            A,
+            mixer.D.float(),
+            dt_bias,
+        )
+
+    out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
 
     x, z = conv_and_gate(mixer, xz, attention_mask)
     dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
