@@ -13,8 +13,11 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import (
     FalconMambaOutput,
 )
 
-from worker.engine.families import mamba
 from worker.engine.families.family import FamilyEngine
+from worker.engine.families.mamba import ENGINE as MAMBA
+from worker.engine.families.mamba import build_config as mamba_config
+from worker.engine.families.mamba import delta as mamba_delta
+from worker.engine.families.mamba import mixer_forward as mamba_mixer_forward
 from worker.engine.mixer_parts import ForwardPath
 
 
@@ -26,11 +29,11 @@ def mixer_forward(
     path: ForwardPath = "auto",
     **kwargs: Any,
 ) -> Tensor:
-    return mamba.mixer_forward(mixer, hidden_states, attention_mask, path=path, bcdt_norms=True, **kwargs)
+    return mamba_mixer_forward(mixer, hidden_states, attention_mask, path=path, bcdt_norms=True, **kwargs)
 
 
 def delta(mixer: FalconMambaMixer, hidden: Tensor) -> Tensor:
-    return mamba.delta(mixer, hidden, bcdt_norms=True)
+    return mamba_delta(mixer, hidden, bcdt_norms=True)
 
 
 ENGINE = FamilyEngine(
@@ -42,9 +45,9 @@ ENGINE = FamilyEngine(
     backbone_output=FalconMambaOutput,
     backbone=lambda lm: lm.backbone,
     final_norm=lambda backbone: backbone.norm_f,
-    norm_weights=mamba.ENGINE.norm_weights,
+    norm_weights=MAMBA.norm_weights,
     delta=delta,
     d_inner=lambda config: config.intermediate_size,
-    scan_copies=mamba.ENGINE.scan_copies,  # the same chunked scan
-    build_config=partial(mamba.build_config, config_class=FalconMambaConfig),
+    scan_copies=MAMBA.scan_copies,  # the same chunked scan
+    build_config=partial(mamba_config, config_class=FalconMambaConfig),
 )
