@@ -1,7 +1,7 @@
 """Turn a job request's training settings into the resolved ones a worker runs with (app/jobs/contract.py)."""
 
-from app.base_models.architectures import kernel_read_targets, lora_targets
 from app.errors import invalid_request
+from app.families import kernel_read_targets, lora_targets
 from app.jobs.contract import HyperparameterSpec, LoraSpec
 from app.jobs.schemas import JobCreate, LoraRequest
 

@@ -77,7 +77,7 @@ class LoraRequest(BaseModel):
     # The adapter's update is scaled by alpha / r; beyond a few thousand it only overflows the activations.
     alpha: float = Field(LoraSpec.alpha, gt=0, le=MAX_LORA_ALPHA)
     dropout: float = Field(LoraSpec.dropout, ge=0, lt=1)
-    # None: the defaults of the model's family (app/base_models/architectures.py).
+    # None: the defaults of the model's family (app/families/).
     target_modules: list[Name] | None = Field(None, min_length=1, max_length=16)
     train_ssm_params: bool = LoraSpec.train_ssm_params
     export_merged: bool = LoraSpec.export_merged

@@ -14,9 +14,6 @@ from app.jobs.contract import HyperparameterSpec, LoraSpec
 
 Precision = Literal["fp32", "fp16", "bf16"]
 
-# Trained in full when LoraSpec.train_ssm_params is set (names relative to each mixer).
-SSM_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias", "A_root_log_decay", "A_root_log_freq")  # roots: SC/SO
-
 
 @dataclass(frozen=True)
 class TrainSpec:

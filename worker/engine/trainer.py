@@ -33,10 +33,11 @@ from worker.engine.data import (
     steps_per_epoch,
 )
 from worker.engine.divergence import DivergenceCheck
+from worker.engine.kernels import fused_kernels_available
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
 from worker.engine.loss import next_token_loss
-from worker.engine.mamba_forward import fused_kernels_available, set_activation_recompute
+from worker.engine.mamba_forward import set_activation_recompute
 from worker.engine.memory import LOWER, ModelSize, StepShape, check_fits, device_budget, is_out_of_memory
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.sparse_mamba import graph_capturable
