@@ -4,6 +4,7 @@ import gc
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from app import health
 from app.base_models import routes as models_routes
@@ -14,6 +15,8 @@ from app.files.validation import file_too_large
 from app.guards import BodyLimit, LimitFor, RejectNulInUrl
 from app.jobs import routes as jobs_routes
 from app.limits import RateLimiter
+from app.metrics import routes as metrics_routes
+from app.metrics.http import RequestLatency, request_histogram
 from app.settings import Settings, get_settings
 
 UPLOAD_PATH = "/v1/files"
@@ -50,7 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(RejectNulInUrl)
+    # This process's request metrics (GET /metrics sums them over processes when there are several).
+    app.state.metrics_registry = CollectorRegistry()
+    # Outermost, so requests the guards refuse are timed and counted too.
+    app.add_middleware(RequestLatency, histogram=request_histogram(app.state.metrics_registry))
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     for router in (files_routes.router, jobs_routes.router, models_routes.router, evaluations_routes.router):
         app.include_router(router, prefix="/v1")
     return app

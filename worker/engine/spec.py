@@ -56,6 +56,7 @@ class Progress:
     trained_tokens: int
     skipped_steps: int = 0  # fp16 overflow steps skipped by the loss scaler
     peak_memory_bytes: int | None = None
+    steps_per_second: float = 0.0
 
 
 @dataclass(frozen=True)

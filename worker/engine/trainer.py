@@ -207,6 +207,7 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
                 trained_tokens=state["trained_tokens"],
                 skipped_steps=precision.skipped_steps,
                 peak_memory_bytes=peak_memory(device),
+                steps_per_second=1 / seconds_per_step,
             )
         )
         divergence.observe(step, loss_value, grad_norm)
