@@ -14,6 +14,7 @@ from app.settings import Settings
 from .factories import MAMBAFT
 
 START_TIMEOUT_S = 180
+DESCENDANT_GRACE_S = 5
 
 
 @dataclass
@@ -58,6 +59,11 @@ class Service:
             process.terminate()
         for process in self.processes:
             process.wait(timeout=150)
+        # A moment's grace: multiprocessing's helper processes (uvicorn's workers' resource tracker) exit
+        # once they see their parent's pipe close, just after it.
+        deadline = time.monotonic() + DESCENDANT_GRACE_S
+        while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for pid in descendants:
             assert not alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
 
