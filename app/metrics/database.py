@@ -51,7 +51,7 @@ class DatabaseCollector(Collector):
 
     def _read(self, session: Session) -> Iterator[Metric]:
         stamp = now()
-        counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+        counts: dict[str, int] = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         jobs = GaugeMetricFamily("mambaft_jobs", "Fine-tuning jobs by state", labels=["state"])
         for state in JobStatus:
             jobs.add_metric([state.value], counts.get(state.value, 0))
