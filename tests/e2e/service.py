@@ -14,6 +14,7 @@ from app.settings import Settings
 from .factories import MAMBAFT
 
 START_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 300
 DESCENDANT_GRACE_S = 5
 
 
@@ -50,6 +51,16 @@ class Service:
                 pass
             time.sleep(0.5)
         pytest.fail(f"service not ready after {START_TIMEOUT_S}s\n{self.log_tail()}")
+
+    def wait_terminal(self, client: httpx.Client, job_id: str) -> dict:
+        """The job as GET returns it once it has succeeded, failed or been cancelled."""
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
+        pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s\n{self.log_tail()}")
 
     def stop(self) -> None:
         """SIGTERM each process we started, as an operator (or Ctrl-C) would, and check that everything

@@ -3,7 +3,6 @@ run folder read back) and MLflow (a local file store, its run read back through 
 tracker that is missing or cannot start costs the job nothing."""
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from . import wandb_log
 from .factories import clean_env, demo_slice, free_port, job_row, make_job
 from .service import Service
 
-JOB_TIMEOUT_S = 300
 WANDB = {"type": "wandb", "wandb": {"project": "mamba-runs", "name": "tiny-lora", "tags": ["e2e"]}}
 MLFLOW = {"type": "mlflow", "mlflow": {"experiment_name": "mamba-e2e"}}
 
@@ -50,16 +48,6 @@ def embedded(tmp_path: Path) -> Iterator[Service]:
     service.stop()
 
 
-def _wait_terminal(client: httpx.Client, job_id: str, service: Service) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s\n{service.log_tail()}")
-
-
 def test_a_job_logs_its_hyperparameters_and_every_step_to_wandb_and_mlflow(embedded: Service) -> None:
     embedded.wait_ready()
     with httpx.Client(base_url=embedded.url, timeout=30) as client:
@@ -78,7 +66,7 @@ def test_a_job_logs_its_hyperparameters_and_every_step_to_wandb_and_mlflow(embed
         }
         created = client.post("/v1/fine_tuning/jobs", json=body)
         assert created.status_code == 200, created.text
-        job = _wait_terminal(client, created.json()["id"], embedded)
+        job = embedded.wait_terminal(client, created.json()["id"])
         scrape = client.get("/metrics")
     assert job["status"] == "succeeded", f"{job['error']}\n{embedded.log_tail()}"
     steps = job["progress"]["total_steps"]
