@@ -48,7 +48,9 @@ def embedded(tmp_path: Path) -> Iterator[Service]:
     service.stop()
 
 
-def test_a_job_logs_its_hyperparameters_and_every_step_to_wandb_and_mlflow(embedded: Service) -> None:
+def test_a_job_logs_its_hyperparameters_and_every_step_to_wandb_and_mlflow(
+    embedded: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded.wait_ready()
     with httpx.Client(base_url=embedded.url, timeout=30) as client:
         upload = client.post(
@@ -72,6 +74,7 @@ def test_a_job_logs_its_hyperparameters_and_every_step_to_wandb_and_mlflow(embed
     steps = job["progress"]["total_steps"]
     assert steps >= 2
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this process reads the store back too
     mlflow = MlflowClient(tracking_uri=embedded.settings.mlflow_tracking_uri)
     experiment = mlflow.get_experiment_by_name("mamba-e2e")
     assert experiment is not None
@@ -93,6 +96,7 @@ def test_a_job_logs_its_hyperparameters_and_every_step_to_wandb_and_mlflow(embed
     history = wandb_log.history(log)
     assert sorted(history) == list(range(1, steps + 1))
     assert all(history[step]["loss"] > 0 and history[step]["learning_rate"] > 0 for step in range(1, steps))
+    assert all(history[step]["steps_per_second"] > 0 for step in range(1, steps + 1))
     assert history[steps]["train_loss"] == pytest.approx(job["metrics"]["train_loss"])
     assert wandb_log.exit_code(log) == 0
 
