@@ -25,6 +25,7 @@ PUBLIC = {
     ("GET", "/redoc"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),  # totals across tenants, no ids
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id:path}"),
 }
