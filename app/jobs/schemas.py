@@ -184,9 +184,9 @@ class JobObject(BaseModel):
     metrics: dict[str, Any]
     progress: Progress
     integrations: list[dict[str, Any]] | None
-    # OpenAI clients expect these two; a tenant is our organization, and results come as the adapter.
+    # OpenAI's: a tenant is our organization; the results are the metrics CSV and the loss curve (files).
     organization_id: str
-    result_files: list[str] = []
+    result_files: list[str]
 
     @classmethod
     def of(cls, job: Job) -> "JobObject":
@@ -213,6 +213,7 @@ class JobObject(BaseModel):
             progress=Progress(step=job.current_step or 0, total_steps=job.total_steps),
             integrations=job.integrations,
             organization_id=job.owner,
+            result_files=job.result_files or [],
         )
 
 

@@ -58,6 +58,16 @@ class Progress:
     peak_memory_bytes: int | None = None
     steps_per_second: float = 0.0
 
+    def row(self) -> dict[str, Any]:
+        """The step's line of the job's metrics: a row of its results CSV, a checkpoint's metrics."""
+        return {
+            "step": self.step,
+            "train_loss": self.loss,
+            "learning_rate": self.learning_rate,
+            "tokens_per_second": self.tokens_per_second,
+            "peak_memory_bytes": self.peak_memory_bytes,
+        }
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -66,6 +76,8 @@ class TrainResult:
     steps: int
     metrics: dict[str, Any]
     merged_dir: Path | None = None  # base weights with the adapter merged in, when asked for
+    # Every step's `Progress.row()`, oldest first, across resumes.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

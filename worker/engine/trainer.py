@@ -132,12 +132,14 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
 
     # --- resume, or measure the base model -----------------------------------------------------------
     step, start = 0, DataPosition()
-    # Carried across resumes in the checkpoint: recent losses, token and time counters, base loss.
-    state: dict[str, Any] = {"losses": [], "trained_tokens": 0, "train_seconds": 0.0}
+    # Carried across resumes in the checkpoint: recent losses, token and time counters, every step's
+    # metrics (the job's results file), base loss.
+    state: dict[str, Any] = {"losses": [], "trained_tokens": 0, "train_seconds": 0.0, "history": []}
     if spec.resume_from is not None:
         step, start, state = load_checkpoint(
             spec.resume_from, model=model, optimizer=optimizer, scheduler=scheduler, precision=precision
         )
+        state.setdefault("history", [])  # a checkpoint written before steps' metrics were kept
         hooks.on_message(f"resumed at step {step}/{total_steps}")
     elif valid_blocks is not None:
         # With LoRA attached its B is zero, so this is the base model's loss, at the job's precision.
@@ -195,21 +197,21 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         state["train_seconds"] += time.perf_counter() - t0  # excludes checkpoints and hooks
 
         seconds_per_step = state["train_seconds"] / step
-        hooks.on_progress(
-            Progress(
-                step=step,
-                total_steps=total_steps,
-                epoch=position.epoch,
-                loss=state["losses"][-1],
-                learning_rate=lr,
-                tokens_per_second=state["trained_tokens"] / state["train_seconds"],
-                eta_seconds=seconds_per_step * (total_steps - step),
-                trained_tokens=state["trained_tokens"],
-                skipped_steps=precision.skipped_steps,
-                peak_memory_bytes=peak_memory(device),
-                steps_per_second=1 / seconds_per_step,
-            )
+        progress = Progress(
+            step=step,
+            total_steps=total_steps,
+            epoch=position.epoch,
+            loss=state["losses"][-1],
+            learning_rate=lr,
+            tokens_per_second=state["trained_tokens"] / state["train_seconds"],
+            eta_seconds=seconds_per_step * (total_steps - step),
+            trained_tokens=state["trained_tokens"],
+            skipped_steps=precision.skipped_steps,
+            peak_memory_bytes=peak_memory(device),
+            steps_per_second=1 / seconds_per_step,
         )
+        state["history"].append(progress.row())
+        hooks.on_progress(progress)
         divergence.observe(step, loss_value, grad_norm)
         if spec.checkpoint_every > 0 and step % spec.checkpoint_every == 0 and step < total_steps:
             last_checkpoint = checkpoint(next_position(position, per_epoch))
@@ -246,5 +248,10 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         tokenizer.save_pretrained(out)
     (spec.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return TrainResult(
-        adapter_dir=out, trained_tokens=state["trained_tokens"], steps=step, metrics=metrics, merged_dir=merged_dir
+        adapter_dir=out,
+        trained_tokens=state["trained_tokens"],
+        steps=step,
+        metrics=metrics,
+        merged_dir=merged_dir,
+        history=state["history"],
     )

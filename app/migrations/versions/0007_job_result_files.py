@@ -1,4 +1,4 @@
-"""Jobs' experiment trackers (`integrations`: W&B, MLflow).
+"""A job's result files: the ids of its metrics CSV and loss curve (files of purpose fine-tune-results).
 
 Revision ID: 0007
 Revises: 0006
@@ -17,8 +17,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("jobs", sa.Column("integrations", sa.JSON(), nullable=True))
+    op.add_column("jobs", sa.Column("result_files", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    op.drop_column("jobs", "integrations")
+    op.drop_column("jobs", "result_files")
