@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q '$(TORCH_PIN)'
-	$(BIN)/python -m pip install -q -e '.[worker,test]'
+	$(BIN)/python -m pip install -q -e '.[worker,test,trackers]'
 	touch $(STAMP)
 
 run: setup

@@ -53,6 +53,7 @@ class Progress:
     trained_tokens: int
     skipped_steps: int = 0  # fp16 overflow steps skipped by the loss scaler
     peak_memory_bytes: int | None = None
+    steps_per_second: float = 0.0
 
     def row(self) -> dict[str, Any]:
         """The step's line of the job's metrics: a row of its results CSV, a checkpoint's metrics."""

@@ -217,6 +217,7 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
             state["steady_seconds"] += seconds
 
         rate = throughput(state)
+        steps_per_second = rate * step / state["trained_tokens"]  # at the steady pace, tokens per step averaged
         progress = Progress(
             step=step,
             total_steps=total_steps,
@@ -224,10 +225,11 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
             loss=state["losses"][-1],
             learning_rate=lr,
             tokens_per_second=rate,
-            eta_seconds=(total_steps - step) * state["trained_tokens"] / step / rate,
+            eta_seconds=(total_steps - step) / steps_per_second,
             trained_tokens=state["trained_tokens"],
             skipped_steps=precision.skipped_steps,
             peak_memory_bytes=peak_memory(device),
+            steps_per_second=steps_per_second,
         )
         state["history"].append(progress.row())
         hooks.on_progress(progress)
