@@ -7,7 +7,6 @@ and the tiny base models in /models.)
 """
 
 import sys
-import tarfile
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -16,14 +15,16 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from worker.archive import unpack
+
 job_id, key = sys.argv[1:]
 request = urllib.request.Request(
     f"http://api:8000/v1/fine_tuning/jobs/{job_id}/adapter", headers={"Authorization": f"Bearer {key}"}
 )
 with tempfile.TemporaryDirectory() as folder, urllib.request.urlopen(request, timeout=60) as response:
-    adapter = Path(folder)
-    with tarfile.open(fileobj=response, mode="r|gz") as archive:
-        archive.extractall(adapter, filter="data")
+    archive = Path(folder, "adapter.tar.gz")
+    archive.write_bytes(response.read())
+    adapter = unpack(archive, Path(folder, "adapter"))
     tokenizer = AutoTokenizer.from_pretrained(adapter)  # shipped in the archive beside the adapter
     prompt = tokenizer("reverse: abc =", return_tensors="pt").input_ids
     base = AutoModelForCausalLM.from_pretrained("/models/mamba-tiny")
