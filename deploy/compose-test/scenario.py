@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,16 +111,21 @@ def main(url: str, run_sh: str) -> None:
         return done.stdout.decode()
 
     anonymous = Api(url)
-    assert anonymous.get("/healthz")
+    wait_until("/healthz", lambda: anonymous.get("/healthz"), bool, 180)
     ready = wait_until(
         "/readyz to see the worker", lambda: anonymous.get("/readyz"), lambda r: r["status"] == "ok", 180
     )
     say(f"/healthz answers, /readyz: {ready}")
 
-    key = re.search(r"mft-[\w-]+", compose("exec", "-T", "api", "mambaft", "create-key", "--owner", "ci"))
+    with ThreadPoolExecutor() as pool:  # two slow starts of Python in the containers, side by side
+        created = pool.submit(compose, "exec", "-T", "api", "mambaft", "create-key", "--owner", "ci")
+        models = pool.submit(
+            compose, "exec", "-T", "worker-cpu", "python", "-m", "worker.bootstrap", "--models-dir", "/models"
+        )
+    models.result()
+    key = re.search(r"mft-[\w-]+", created.result())
     assert key, "create-key printed no key"
     api = Api(url, key.group())
-    compose("exec", "-T", "worker-cpu", "python", "-m", "worker.bootstrap", "--models-dir", "/models")
     examples = api.upload(DEMO / "valid.jsonl")
     say(f"key created, tiny models in the models volume, demo data uploaded ({examples})")
 
@@ -157,6 +163,17 @@ def main(url: str, run_sh: str) -> None:
 
     job = succeeded(api, full, 600)
     say(f"full fine-tuning of {CREATED_MODEL['id']} ({full}) succeeded: {job['metrics']}")
+
+    # The images' own healthchecks (the worker's first runs a minute after its restart).
+    health = wait_until(
+        "the API's and the worker's healthchecks",
+        lambda: dict(
+            line.partition(" ")[::2] for line in compose("ps", "--format", "{{.Service}} {{.Health}}").splitlines()
+        ),
+        lambda services: services.get("api") == services.get("worker-cpu") == "healthy",
+        180,
+    )
+    say(f"healthchecks: {health}")
 
 
 if __name__ == "__main__":
