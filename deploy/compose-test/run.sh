@@ -35,7 +35,7 @@ compose() {
 engine() {  # Debian's Docker engine and debootstrap, unless installed
   command -v dockerd >/dev/null && command -v debootstrap >/dev/null && return
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io iptables debootstrap
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io iptables debootstrap >/dev/null
 }
 
 rootfs() {  # SUITE: a minimal Debian with python3, trusting this machine's CAs (HTTPS egress may be re-signed)
