@@ -158,7 +158,8 @@ elif [ $# -gt 0 ]; then
 fi
 [ "$(id -u)" = 0 ] || { echo "compose-test needs root (apt, debootstrap, dockerd)" >&2; exit 1; }
 trap 'status=$?; if [ $status != 0 ] && [ -f "$RUN_DIR/override.yml" ]; then
-        compose ps -a; compose logs --tail 60; fi >&2 2>/dev/null; step 300 down; say "exit $status"' EXIT
+        compose ps -a; compose logs --tail 60; fi >&2 2>/dev/null; step 300 down || status=1; say "exit $status"
+      exit $status' EXIT
 rm -rf "$RUN_DIR"
 step 300 engine
 step 900 roots
