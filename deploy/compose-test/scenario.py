@@ -23,8 +23,8 @@ from typing import Any
 DEMO = Path(__file__).resolve().parents[2] / "demo"
 LOAD_ADAPTER = Path(__file__).with_name("load_adapter.py")
 CREATED_MODEL = {"id": "compose-mamba", "family": "mamba", "d_model": 32, "n_layer": 2, "d_state": 8}
-# On the demo's 200 examples: quick on a busy CPU, and long enough (about 40 steps) to restart the worker
-# in the middle.
+# On the demo's 200 examples: about 40 quick steps an epoch. The LoRA job trains two epochs, so that even on
+# an idle CPU it is still running when the worker is restarted.
 HYPERPARAMETERS = {"n_epochs": 1, "batch_size": 4, "max_seq_len": 32, "learning_rate": 0.01}
 FINISHED = ("succeeded", "failed", "cancelled")
 START = time.monotonic()
@@ -79,7 +79,7 @@ class Api:
 
 
 def wait_until(what: str, fetch: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float) -> Any:
-    """fetch()'s first answer that done() accepts, asked every 2 s for up to timeout_s."""
+    """fetch()'s first answer that done() accepts, asked every second for up to timeout_s."""
     deadline = time.monotonic() + timeout_s
     answer = None
     while True:
@@ -94,7 +94,7 @@ def wait_until(what: str, fetch: Callable[[], Any], done: Callable[[Any], bool],
                 raise
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:.0f} s; last answer: {answer}")
-        time.sleep(2)
+        time.sleep(1)
 
 
 def succeeded(api: Api, job_id: str, timeout_s: float) -> dict[str, Any]:
@@ -142,7 +142,8 @@ def main(url: str, run_sh: str) -> None:
 
     lora = api.post("/v1/fine_tuning/jobs", {
         "model": "mamba-tiny", "training_file": examples, "precision": "fp32",
-        "lora": {"r": 8, "alpha": 16, "target_modules": ["in_proj", "x_proj"]}, "hyperparameters": HYPERPARAMETERS,
+        "lora": {"r": 8, "alpha": 16, "target_modules": ["in_proj", "x_proj"]},
+        "hyperparameters": HYPERPARAMETERS | {"n_epochs": 2},
     })["id"]  # fmt: skip
     full = api.post("/v1/fine_tuning/jobs", {
         "model": CREATED_MODEL["id"], "training_file": examples, "precision": "fp32", "lora": None,
