@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 
+from app.queue import BrokerUnavailable
 from app.storage import UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,10 @@ async def _storage_error(request: Request, error: Exception) -> JSONResponse:
     return render(unavailable("storage_unavailable", "Object storage is unreachable; retry shortly"))
 
 
+async def _broker_error(_request: Request, error: Exception) -> JSONResponse:
+    return render(broker_unavailable())
+
+
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return render(ApiError(500, "internal_error", "The server failed to handle the request", type_="server_error"))
@@ -155,6 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(BrokerUnavailable, _broker_error)
     for unreachable in UNREACHABLE:
         app.add_exception_handler(unreachable, _storage_error)
     app.add_exception_handler(Exception, _unexpected)

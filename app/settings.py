@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     # the default admits the largest public Mamba (2.8B).
     max_model_parameters: int = Field(default=3_000_000_000, ge=1)
 
+    # Completions (POST /v1/completions, /v1/chat/completions): the most tokens one may generate, the
+    # longest prompt in tokens, requests of one owner in flight at once (0 = no limit), the loaded models a
+    # worker keeps (least recently used goes first), how long the API waits for a worker to take a request
+    # (then 503) and for the whole answer (then 504).
+    max_completion_tokens: int = Field(default=512, ge=1)
+    max_prompt_tokens: int = Field(default=2048, ge=1)
+    max_concurrent_completions: int = Field(default=4, ge=0)
+    completion_models_cached: int = Field(default=2, ge=1)
+    completion_start_timeout_seconds: float = Field(default=30, gt=0)
+    completion_timeout_seconds: float = Field(default=300, gt=0)
+
     # A running job whose worker stops renewing its lease for this long is requeued by the reaper.
     lease_seconds: int = 60
     heartbeat_seconds: int = 10
@@ -44,6 +55,20 @@ class Settings(BaseSettings):
     # Bytes a job may use on the worker's device (GPU memory, or RAM on the CPU). Unset: 95% of the GPU's
     # free memory, or 80% of the host's free RAM (MemAvailable or the cgroup's limit, whichever is closer).
     worker_memory_bytes: int | None = Field(default=None, gt=0)
+
+    # GET /metrics asks for an API key (any tenant's) when set. Off by default: Prometheus scrapes carry no
+    # key, and the figures are totals across tenants (no ids, no names).
+    metrics_require_key: bool = False
+    # Where the API processes of `mambaft api --workers N` pool their request metrics (prometheus_client's
+    # multiprocess mode reads the same variable); `mambaft api` sets and empties it itself. Unset: one process.
+    prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
+
+    # Experiment trackers a job may log to (its `integrations`). MLflow runs go to this tracking server
+    # (empty: a SQLite store in data_dir); a job may name its own only when mlflow_allow_job_tracking_uri.
+    mlflow_tracking_uri: str = ""
+    mlflow_allow_job_tracking_uri: bool = False
+    # W&B writes its run folders here; WANDB_API_KEY / WANDB_MODE (e.g. offline) are W&B's own settings.
+    wandb_dir: Path | None = None
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
@@ -57,6 +82,10 @@ class Settings(BaseSettings):
             self.storage_url = f"file://{data / 'objects'}"
         if self.models_dir is None:
             self.models_dir = data / "models"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{data / 'mlflow.db'}"
+        if self.wandb_dir is None:
+            self.wandb_dir = data / "wandb"
         return self
 
     @property

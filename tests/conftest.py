@@ -9,7 +9,7 @@
   both: `@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)`.
 - `settings`: `make_settings(database_url=database_url)`; parametrize it indirectly with a dict of
   overrides to change a setting: `@pytest.mark.parametrize("settings", [{"max_attempts": 1}], indirect=True)`.
-- `broker`: a `FakeBroker` recording enqueued job ids; set `broker.reachable = False` to fail it.
+- `broker`: a `FakeBroker` recording the ids sent per kind; set `broker.reachable = False` to fail it.
 - `app`: `create_app(settings)` with `broker` in place of the real queue.
 - `make_client(owner="alice")`: a TestClient for `app` authenticated with a new API key of `owner`.
 - `client`: `make_client("alice")`.
@@ -137,14 +137,34 @@ def settings(request: pytest.FixtureRequest, make_settings: Callable[..., Settin
 
 @dataclass
 class FakeBroker:
-    """Stands in for app.queue: records what would have been sent."""
+    """Stands in for app.queue: records the ids it was sent, per kind of work. `reachable = False` fails
+    pings and sends alike; `loses_messages = True` answers pings but fails every send (a broker that went
+    down between the check and the send)."""
 
-    enqueued: list[str] = field(default_factory=list)
+    enqueued: list[str] = field(default_factory=list)  # jobs
+    evaluations: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # uids of models to build
     reachable: bool = True
+    loses_messages: bool = False
 
     def enqueue_job(self, *, settings: Settings, job_id: str) -> None:
+        self._send(self.enqueued, job_id)
+
+    def enqueue_evaluation(self, *, settings: Settings, evaluation_id: str) -> None:
+        self._send(self.evaluations, evaluation_id)
+
+    def enqueue_model_creation(self, *, settings: Settings, model_uid: str) -> None:
+        self._send(self.models, model_uid)
+
+    def _send(self, sent: list[str], object_id: str) -> None:
         self._check()
-        self.enqueued.append(job_id)
+        if self.loses_messages:
+            raise ConnectionError("broker lost the message (FakeBroker)")
+        sent.append(object_id)
+
+    def enqueue_completion(self, *, settings: Settings, completion_id: str) -> None:
+        self._check()
+        self.enqueued.append(completion_id)
 
     def ping_broker(self, *, settings: Settings) -> None:
         self._check()
@@ -187,6 +207,12 @@ def make_client(app: FastAPI, settings: Settings) -> Iterator[Callable[..., Test
 @pytest.fixture
 def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client("alice")
+
+
+@pytest.fixture
+def model_requests(broker: FakeBroker) -> list[str]:
+    """Uids of the models POST /v1/models asked a worker to build (the FakeBroker records them)."""
+    return broker.models
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ outcome is written only while the lease is held, and the reaper requeues it if t
 
 import logging
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.evaluations.lifecycle import transition
+from app.evaluations.lifecycle import EVALUATIONS
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.evaluations.shipped_tasks import shipped_task
 from app.files.models import File
@@ -25,42 +24,21 @@ from app.jobs.models import Job
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
 from worker.archive import unpack
+from worker.engine.spec import EngineFailure
 from worker.evaluation.run import EvalSpec, evaluate
-from worker.job_runner import ERROR_CODES_BY_MODULE
-from worker.lease import Heartbeat, lock, new_holder_id, take
+from worker.failures import failure_body
+from worker.lease import Heartbeat, claim, finish, new_holder_id
 from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
 
-# The API sends the task before its transaction commits; the row shows up within this long.
-ROW_WAIT_S = 10.0
-ERROR_CODES = {
-    **ERROR_CODES_BY_MODULE,
-    "worker.evaluation.multiple_choice": "invalid_task_file",
-    "worker.engine.data": "invalid_validation_file",
-}
-
 EvaluateFn = Callable[[EvalSpec, dict[str, Any] | None], dict[str, Any]]
 
 
-class InputMissing(Exception):
+class InputMissing(EngineFailure):
     """An input named by the evaluation is gone (deleted file, job without adapter)."""
 
-
-def _claim(settings: Settings, evaluation_id: str, holder: str) -> Evaluation | None:
-    """Lease the evaluation to `holder` and move it to running; None when it is not queued (a duplicate
-    delivery)."""
-    deadline = time.monotonic() + ROW_WAIT_S
-    while True:
-        with session_scope(settings.database_url) as session:
-            evaluation = take(session, Evaluation, evaluation_id, holder, lease_seconds=settings.lease_seconds)
-            if evaluation is not None:
-                transition(evaluation, EvaluationStatus.RUNNING)
-                return evaluation
-            exists = session.get(Evaluation, evaluation_id) is not None
-        if exists or time.monotonic() > deadline:
-            return None
-        time.sleep(0.5)
+    code = "input_missing"
 
 
 def _fetch(storage: ObjectStorage, key: str, path: Path) -> Path:
@@ -107,47 +85,24 @@ def _reference_results(settings: Settings, evaluation: Evaluation) -> dict[str, 
         return reference.results if reference is not None else None
 
 
-def _finish(settings: Settings, evaluation_id: str, holder: str, target: EvaluationStatus, **values: Any) -> None:
-    """Record the outcome, only while `holder` still holds the lease."""
-    with session_scope(settings.database_url) as session:
-        evaluation = lock(session, Evaluation, evaluation_id, holder)
-        if evaluation is None:  # the reaper gave it to another attempt: touch nothing
-            log.warning("evaluation %s: lease lost; leaving it to its new holder", evaluation_id)
-            return
-        transition(evaluation, target, **values)
-
-
 def run_evaluation(*, settings: Settings, evaluation_id: str, score: EvaluateFn = evaluate) -> None:
     """Run one delivery of `mambaft.run_evaluation`; a delivery for an evaluation not queued does nothing."""
     holder = new_holder_id()
-    evaluation = _claim(settings, evaluation_id, holder)
+    with session_scope(settings.database_url) as session:
+        evaluation = claim(session, EVALUATIONS, evaluation_id, holder, lease_seconds=settings.lease_seconds)
     if evaluation is None:
         log.info("evaluation %s is not queued; ignoring this delivery", evaluation_id)
         return
     with (
         tempfile.TemporaryDirectory(prefix=f"mambaft-{evaluation_id}-") as tmp,
-        Heartbeat(settings, evaluation_id, holder, Evaluation),
+        Heartbeat(settings, EVALUATIONS, evaluation_id, holder),
     ):
         try:
             spec = _inputs(settings, storage_from_settings(settings), evaluation, Path(tmp))
             results = score(spec, _reference_results(settings, evaluation))
         except Exception as error:
             log.exception("evaluation %s failed", evaluation_id)
-            # Paths of this run's scratch folder mean nothing to the client.
-            message = (str(error) or type(error).__name__).replace(f"{tmp}/", "")[:2000]
-            failure = {"code": _error_code(error), "message": message}
-            _finish(settings, evaluation_id, holder, EvaluationStatus.FAILED, error=failure)
+            failure = failure_body(error, generic="evaluation_failed", scratch=Path(tmp))
+            finish(settings, EVALUATIONS, evaluation_id, holder, EvaluationStatus.FAILED, error=failure)
             return
-    _finish(settings, evaluation_id, holder, EvaluationStatus.SUCCEEDED, results=results)
-
-
-def _error_code(error: BaseException) -> str:
-    """The code of the innermost module on the traceback that has one (as the job runner does)."""
-    if isinstance(error, InputMissing):
-        return "input_missing"
-    code = "evaluation_failed"
-    tb = error.__traceback__
-    while tb is not None:
-        code = ERROR_CODES.get(tb.tb_frame.f_globals.get("__name__", ""), code)
-        tb = tb.tb_next
-    return code
+    finish(settings, EVALUATIONS, evaluation_id, holder, EvaluationStatus.SUCCEEDED, results=results)

@@ -11,13 +11,13 @@ from sqlalchemy import select
 
 from app.db import new_id, now, session_scope
 from app.jobs.keys import checkpoint_key
-from app.jobs.lifecycle import JobStatus, record_event
+from app.jobs.lifecycle import JOBS, JobStatus, record_event
 from app.jobs.models import Checkpoint, Job
 from app.settings import Settings
 from app.storage import ObjectStorage, put_file_retrying
 from worker.archive import pack
 from worker.engine.spec import Progress, TrainHooks
-from worker.lease import Heartbeat, lock_held
+from worker.lease import Heartbeat, lock
 
 # Progress is written at most this often, unless the job has few steps: then every step is shown.
 PROGRESS_INTERVAL_S = 2.0
@@ -35,6 +35,7 @@ class JobHooks:
     heartbeat: Heartbeat
     shutdown: threading.Event
     cancel_requested: bool = False
+    latest: Progress | None = None  # the last step's, which the next checkpoint carries as its metrics
     _last_poll: float = field(default=float("-inf"))
     _last_progress: float = field(default=float("-inf"))
 
@@ -51,12 +52,13 @@ class JobHooks:
         return self.heartbeat.lost.is_set()
 
     def on_progress(self, progress: Progress) -> None:
+        self.latest = progress
         due = time.monotonic() - self._last_progress >= PROGRESS_INTERVAL_S
         if not (due or progress.total_steps <= FEW_STEPS or progress.step == progress.total_steps):
             return
         self._last_progress = time.monotonic()
         with session_scope(self.settings.database_url) as session:
-            job = lock_held(session, self.job_id, self.holder)
+            job = lock(session, JOBS, self.job_id, self.holder)
             if job is None:
                 self.heartbeat.lost.set()
                 return
@@ -74,6 +76,7 @@ class JobHooks:
                     "loss": progress.loss,
                     "learning_rate": progress.learning_rate,
                     "tokens_per_second": progress.tokens_per_second,
+                    "steps_per_second": progress.steps_per_second,
                     "eta_seconds": progress.eta_seconds,
                     "trained_tokens": progress.trained_tokens,
                     "skipped_steps": progress.skipped_steps,
@@ -89,17 +92,20 @@ class JobHooks:
             archive = pack(folder, Path(tmp) / "checkpoint.tar.gz")
             put_file_retrying(self.storage, key, archive, retry_seconds=self.settings.storage_retry_seconds)
         with session_scope(self.settings.database_url) as session:
-            if lock_held(session, self.job_id, self.holder) is None:
+            if lock(session, JOBS, self.job_id, self.holder) is None:
                 self.heartbeat.lost.set()
                 return
             # The object is complete before its row exists, so a resume never finds a partial one.
-            row = Checkpoint(id=new_id("ftckpt"), job_id=self.job_id, step=step, created_at=now(), storage_key=key)
+            metrics = self.latest.row() if self.latest is not None and self.latest.step == step else {"step": step}
+            row = Checkpoint(
+                id=new_id("ftckpt"), job_id=self.job_id, step=step, created_at=now(), storage_key=key, metrics=metrics
+            )
             session.add(row)
             record_event(session, self.job_id, "checkpoint", f"Checkpoint saved at step {step}", data={"step": step})
 
     def on_message(self, message: str) -> None:
         with session_scope(self.settings.database_url) as session:
-            if lock_held(session, self.job_id, self.holder) is not None:
+            if lock(session, JOBS, self.job_id, self.holder) is not None:
                 record_event(session, self.job_id, "message", message)
 
     def should_stop(self) -> bool:

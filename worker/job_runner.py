@@ -12,21 +12,21 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from types import TracebackType
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from app import queue
 from app.db import session_scope
 from app.files.models import File
 from app.jobs.contract import HyperparameterSpec, LoraSpec
 from app.jobs.keys import adapter_key, merged_key
-from app.jobs.lifecycle import JobStatus, record_event, transition
+from app.jobs.lifecycle import JOBS, JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
-from app.queue import BrokerUnavailable, enqueue_job
 from app.settings import Settings
-from app.storage import ObjectNotFound, ObjectStorage, StorageUnavailable, put_file_retrying, storage_from_settings
+from app.storage import ObjectNotFound, ObjectStorage, put_file_retrying, storage_from_settings
+from app.work.dispatch import send_committed
 from worker.archive import pack, unpack
 from worker.engine.loading import pick_device
 from worker.engine.memory import LOWER, GiB, device_budget
@@ -39,11 +39,14 @@ from worker.engine.spec import (
     TrainSpec,
 )
 from worker.engine.trainer import train as engine_train
+from worker.failures import failure_body
 from worker.job_hooks import JobHooks
+from worker.job_results import store_results
 from worker.job_stability import store_stability_report
-from worker.lease import Heartbeat, claim, lock_held, new_holder_id
+from worker.lease import Heartbeat, claim, lock, new_holder_id
 from worker.memory_watchdog import MemoryWatchdog
 from worker.model_store import model_source
+from worker.trackers.session import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +63,12 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
 )
-# The engine module an exception came from tells what went wrong, without the engine knowing our codes.
-ERROR_CODES_BY_MODULE = {
-    "worker.engine.loading": "model_load_failed",
-    "worker.engine.data": "invalid_training_file",
-    "worker.model_store": "model_load_failed",
-}
-MAX_ERROR_MESSAGE = 2000
 ADAPTER_CONFIG = "adapter_config.json"  # peft's name for it
 
 
-class JobFailed(Exception):
+class JobFailed(EngineFailure):
+    """A job the worker gives up on before training (an input gone); `code` says which."""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -92,21 +90,6 @@ def name_base_model(adapter_dir: Path, model_id: str) -> None:
     config = json.loads(config_path.read_text())
     config["base_model_name_or_path"] = model_id
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def error_code(error: BaseException) -> str:
-    """Our own or the engine's failure's code, else the code of the innermost engine module on the
-    traceback, else training_failed."""
-    if isinstance(error, JobFailed | EngineFailure):
-        return error.code
-    if isinstance(error, StorageUnavailable):
-        return "storage_unavailable"
-    code = "training_failed"
-    tb: TracebackType | None = error.__traceback__
-    while tb is not None:
-        code = ERROR_CODES_BY_MODULE.get(tb.tb_frame.f_globals.get("__name__", ""), code)
-        tb = tb.tb_next
-    return code
 
 
 def build_spec(
@@ -146,7 +129,7 @@ class JobAttempt:
     def _owned(self, write: Callable[[Session, Job], None]) -> bool:
         """Run `write(session, job)` in one transaction if the lease is still ours."""
         with session_scope(self.settings.database_url) as session:
-            job = lock_held(session, self.job.id, self.holder)
+            job = lock(session, JOBS, self.job.id, self.holder)
             if job is None:
                 return False
             write(session, job)
@@ -190,9 +173,9 @@ class JobAttempt:
         return folder
 
     def publish(self, spec: TrainSpec, result: TrainResult, source: Path | str) -> None:
-        """Upload the adapter (with the tokenizer of the base model at `source`) and make the stability
-        report, then point the job at them: a half-written adapter is never served, and a succeeded job
-        has everything it promises."""
+        """Upload the adapter (with the tokenizer of the base model at `source`), make the stability report
+        and the result files, then point the job at them: a half-written adapter is never served, and a
+        succeeded job has everything it promises."""
         name_base_model(result.adapter_dir, self.job.model)
         extras = [source / name for name in TOKENIZER_FILES if isinstance(source, Path) and (source / name).is_file()]
         extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
@@ -201,6 +184,7 @@ class JobAttempt:
         if result.merged_dir is not None:
             self._upload(merged_key(self.job.id), pack(result.merged_dir, self.workdir / "merged.tar.gz"))
         stability = store_stability_report(storage=self.storage, job_id=self.job.id, spec=spec, result=result)
+        results = store_results(job_id=self.job.id, result=result, workdir=self.workdir, upload=self._upload)
 
         def succeed(session: Session, job: Job) -> None:
             if job.cancel_requested:
@@ -211,6 +195,8 @@ class JobAttempt:
             job.trained_tokens = result.trained_tokens
             job.current_step = result.steps
             job.fine_tuned_model = fine_tuned_model_id(job)
+            session.add_all([file.row(job.owner) for file in results])
+            job.result_files = [file.id for file in results]
             record_event(session, job.id, "metrics", "Training finished", data=result.metrics)
             record_event(session, job.id, "message", stability.message, data=stability.summary, level=stability.level)
             transition(session, job, JobStatus.SUCCEEDED, message="The job has successfully completed")
@@ -228,14 +214,12 @@ class JobAttempt:
         elif hooks.cancel_requested:
             self._owned(lambda s, j: transition(s, j, JobStatus.CANCELLED, message="Job cancelled"))
         elif self._owned(lambda s, j: _hand_back(s, j, stop.step)):
-            _enqueue(self.settings, self.job.id)
+            send_committed(broker=queue, settings=self.settings, lifecycle=JOBS, row_id=self.job.id)
 
     def fail(self, error: Exception) -> None:
-        message = str(error) or type(error).__name__
-        # Paths of this attempt's scratch folder mean nothing to the client.
-        message = message.replace(f"{self.workdir}/", "")[:MAX_ERROR_MESSAGE]
-        failure = {"code": error_code(error), "message": message}
-        self._owned(lambda s, j: transition(s, j, JobStatus.FAILED, message=f"Job failed: {message}", error=failure))
+        failure = failure_body(error, generic="training_failed", scratch=self.workdir)
+        message = f"Job failed: {failure['message']}"
+        self._owned(lambda s, j: transition(s, j, JobStatus.FAILED, message=message, error=failure))
 
 
 def _outgrew(grown: int, budget: int) -> InsufficientMemory:
@@ -251,27 +235,20 @@ def _hand_back(session: Session, job: Job, step: int) -> None:
     transition(session, job, JobStatus.QUEUED, message=message, data={"step": step})
 
 
-def _enqueue(settings: Settings, job_id: str) -> None:
-    try:
-        enqueue_job(settings=settings, job_id=job_id)
-    except BrokerUnavailable:  # the job stays queued; the reaper sends it again
-        log.exception("job %s: could not re-enqueue", job_id)
-
-
 def run_job(
     *, settings: Settings, job_id: str, shutdown: threading.Event | None = None, train: TrainFn = engine_train
 ) -> None:
     """Run one delivery of `mambaft.run_job`; a delivery for a job that is not queued does nothing."""
     holder = new_holder_id()
     with session_scope(settings.database_url) as session:
-        job = claim(session, job_id, holder, lease_seconds=settings.lease_seconds)
+        job = claim(session, JOBS, job_id, holder, lease_seconds=settings.lease_seconds)
     if job is None:
         log.info("job %s is not queued; ignoring this delivery", job_id)
         return
     storage = storage_from_settings(settings)
     with (
         tempfile.TemporaryDirectory(prefix=f"mambaft-{job_id}-") as tmp,
-        Heartbeat(settings, job_id, holder) as heartbeat,
+        Heartbeat(settings, JOBS, job_id, holder) as heartbeat,
     ):
         attempt = JobAttempt(settings, storage, job, holder, Path(tmp))
         hooks = JobHooks(settings, storage, job_id, holder, heartbeat, shutdown or threading.Event())
@@ -292,8 +269,12 @@ def run_job(
             # the engine's default; on a GPU worker the setting counts GPU memory, so the RAM's default.
             on_cpu = pick_device(None).type == "cpu"
             host_budget = (settings.worker_memory_bytes if on_cpu else None) or device_budget(pick_device("cpu"))
-            with MemoryWatchdog(host_budget, lambda grown: attempt.fail(_outgrew(grown, host_budget))):
-                result = train(spec, hooks.as_train_hooks())
+            with (
+                Trackers(job, settings=settings, note=hooks.on_message) as trackers,
+                MemoryWatchdog(host_budget, lambda grown: attempt.fail(_outgrew(grown, host_budget))),
+            ):
+                result = train(spec, trackers.watching(hooks.as_train_hooks()))
+                trackers.log_result(result)
             attempt.publish(spec, result, model)
         except TrainingStopped as stop:
             attempt.stopped(hooks, stop)

@@ -11,24 +11,30 @@ from pathlib import Path
 from app.base_models.models import ModelStatus, created_model
 from app.db import session_scope
 from app.settings import Settings
-from app.storage import ObjectStorage
+from app.storage import ObjectStorage, StorageUnavailable
 from worker.archive import unpack
+from worker.engine.spec import ModelLoadFailed
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(ModelLoadFailed):
     """The owner's created model has no stored weights (still creating, or its creation failed)."""
 
 
 def model_source(*, settings: Settings, storage: ObjectStorage, owner: str, model_id: str) -> Path | str:
     with session_scope(settings.database_url) as session:
         row = created_model(session, owner, model_id)
-        found = None if row is None else (row.uid, row.status, row.storage_key)
+        found = None if row is None else (row.uid, row.status, row.public_status, row.storage_key)
     if found is None:
         return shared_model_source(settings, model_id)
-    uid, status, key = found
+    uid, status, shown, key = found
     if status != ModelStatus.READY or key is None:
-        raise ModelUnavailable(f"the model {model_id!r} is {status}; it has no weights to load")
-    return _cached(settings, storage, uid, key)
+        raise ModelUnavailable(f"the model {model_id!r} is {shown}; it has no weights to load")
+    try:
+        return cached_archive(settings, storage, uid, key)
+    except StorageUnavailable:
+        raise  # an outage, not a broken model
+    except Exception as error:
+        raise ModelLoadFailed(f"the stored model {model_id!r} could not be fetched: {error}") from error
 
 
 def shared_model_source(settings: Settings, model_id: str) -> Path | str:
@@ -39,9 +45,10 @@ def shared_model_source(settings: Settings, model_id: str) -> Path | str:
     return folder if folder.is_relative_to(root) and folder != root and folder.is_dir() else model_id
 
 
-def _cached(settings: Settings, storage: ObjectStorage, uid: str, key: str) -> Path:
-    """The unpacked model, fetched on first use. A created model never changes, so a cached folder is
-    never stale; it appears by one rename, so a reader never sees it half-unpacked."""
+def cached_archive(settings: Settings, storage: ObjectStorage, uid: str, key: str) -> Path:
+    """The stored archive `key` unpacked into `model_cache_dir/<uid>`, fetched on first use. Archives cached
+    here (a created model's weights, a succeeded job's adapter) never change, so a cached folder is never
+    stale; it appears by one rename, so a reader never sees it half-unpacked."""
     cache = settings.model_cache_dir
     folder = cache / uid
     if folder.is_dir():

@@ -1,4 +1,5 @@
-"""Recovers jobs and evaluations whose worker vanished, and those whose queue message was lost.
+"""Recovers leased work (jobs, evaluations, model builds) whose worker vanished, and queued work whose
+message was lost.
 
 Runs in every worker (a daemon thread), so it is written to be run concurrently: each row is changed
 only under a guarded UPDATE that re-checks the condition and locks the row.
@@ -6,132 +7,73 @@ only under a guarded UPDATE that re-checks the condition and locks the row.
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import queue
 from app.db import now, session_scope
-from app.evaluations import lifecycle as evaluation_lifecycle
-from app.evaluations.models import Evaluation, EvaluationStatus
-from app.jobs.lifecycle import JobStatus, record_event, transition
-from app.jobs.models import Job, JobEvent
-from app.queue import BrokerUnavailable, enqueue_evaluation, enqueue_job, prune_processed_messages
+from app.jobs.lifecycle import JOBS, JobStatus
+from app.queue import Broker, prune_processed_messages
 from app.settings import Settings
-from worker.lease import QUEUED, RUNNING, lock_if
+from app.work.dispatch import send_committed
+from app.work.lifecycle import Lifecycle, mark_resent, resend_due, transition
+from app.work.models import LeaseStatus
+from worker.lease import LEASED, lock_if
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[..., None]
-# A queued row nobody took is sent again after lease_seconds, then after twice that, and so on: a
-# backlog behind one long job costs a few duplicate (no-op) messages, not one a minute.
-MAX_RESEND_DOUBLINGS = 6
-RESEND_REASON = "resent"
 PROCESSED_MESSAGE_MAX_AGE_S = 24 * 3600
 
 
-@dataclass(frozen=True)
-class Kind:
-    """What the reaper needs to know about one kind of leased row."""
-
-    model: type[Job] | type[Evaluation]
-    # Requeue, fail or cancel a locked row whose lease expired; returns its new status.
-    recover: Callable[[Session, Any, Settings], str]
-    # When the queued row was last sent to the queue, and how many resends since it was (re)queued.
-    resend_clock: Callable[[Session, Any], tuple[int, int]]
-    mark_resent: Callable[[Session, Any, int], None]
-
-
-def _lost_every_attempt(attempts: int) -> dict[str, str]:
-    return {"code": "max_attempts_exceeded", "message": f"the worker was lost during each of {attempts} attempts"}
-
-
-def _recover_job(session: Session, job: Job, settings: Settings) -> str:
-    if job.cancel_requested:
-        transition(session, job, JobStatus.CANCELLED, message="Worker lost; job cancelled as requested")
-    elif job.attempts >= settings.max_attempts:
-        error = _lost_every_attempt(job.attempts)
-        transition(session, job, JobStatus.FAILED, message=f"Job failed: {error['message']}", error=error)
+def _recover(session: Session, kind: Lifecycle, row: Any, settings: Settings) -> str:
+    """Requeue, fail or (a job whose cancel was asked for) cancel a locked row whose lease expired;
+    returns its new status."""
+    if kind is JOBS and row.cancel_requested:  # only a job can be cancelled while it runs
+        transition(session, kind, row, JobStatus.CANCELLED, message="Worker lost; job cancelled as requested")
+    elif row.attempts >= settings.max_attempts:
+        message = f"the worker was lost during each of {row.attempts} attempts"
+        error = {"code": "max_attempts_exceeded", "message": message}
+        transition(session, kind, row, kind.failed, message=f"{kind.noun} failed: {message}", error=error)
     else:
         transition(
             session,
-            job,
-            JobStatus.QUEUED,
-            message=f"Worker lost; requeued (attempt {job.attempts + 1} of {settings.max_attempts})",
-            data={"attempt": job.attempts + 1},
+            kind,
+            row,
+            LeaseStatus.QUEUED,
+            message=f"Worker lost; requeued (attempt {row.attempts + 1} of {settings.max_attempts})",
+            data={"attempt": row.attempts + 1},
         )
-    return job.status
+    return row.status
 
 
-def _job_resend_clock(session: Session, job: Job) -> tuple[int, int]:
-    recent = session.scalars(
-        select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc()).limit(MAX_RESEND_DOUBLINGS + 1)
-    ).all()
-    resends = 0
-    for event in recent:
-        if (event.data or {}).get("reason") != RESEND_REASON:
-            break
-        resends += 1
-    return (recent[0].created_at if recent else job.created_at), resends
-
-
-def _mark_job_resent(session: Session, job: Job, stamp: int) -> None:
-    record_event(
-        session,
-        job.id,
-        "message",
-        "No worker has taken the job yet; sent it to the queue again",
-        data={"reason": RESEND_REASON},
-    )
-
-
-def _recover_evaluation(session: Session, evaluation: Evaluation, settings: Settings) -> str:
-    if evaluation.attempts >= settings.max_attempts:
-        error = _lost_every_attempt(evaluation.attempts)
-        evaluation_lifecycle.transition(evaluation, EvaluationStatus.FAILED, error=error)
-    else:
-        evaluation_lifecycle.transition(evaluation, EvaluationStatus.QUEUED)
-    return evaluation.status
-
-
-def _mark_evaluation_resent(session: Session, evaluation: Evaluation, stamp: int) -> None:
-    evaluation.queued_at = stamp
-    evaluation.resends += 1
-
-
-JOBS = Kind(Job, _recover_job, _job_resend_clock, _mark_job_resent)
-EVALUATIONS = Kind(
-    Evaluation, _recover_evaluation, lambda session, e: (e.queued_at, e.resends), _mark_evaluation_resent
-)
-
-
-def _recover_expired(session: Session, kind: Kind, row_id: str, stamp: int, settings: Settings) -> str | None:
+def _recover_expired(session: Session, kind: Lifecycle, row_id: str, stamp: int, settings: Settings) -> str | None:
     """The new status of a running row whose lease expired; None when its lease turned out not to be
     expired (renewed, or another reaper got there first)."""
-    row = lock_if(session, kind.model, row_id, kind.model.status == RUNNING, kind.model.lease_expires_at < stamp)
-    return None if row is None else kind.recover(session, row, settings)
+    table = kind.table
+    row = lock_if(session, kind, row_id, table.status == LeaseStatus.RUNNING, table.lease_expires_at < stamp)
+    return None if row is None else _recover(session, kind, row, settings)
 
 
-def _resend_if_stale(session: Session, kind: Kind, row_id: str, stamp: int, settings: Settings) -> bool:
-    """Record a resend of a queued row that waited long enough since it was queued (or last re-sent)."""
-    row = lock_if(session, kind.model, row_id, kind.model.status == QUEUED)
-    if row is None:
+def _resend_if_stale(session: Session, kind: Lifecycle, row_id: str, stamp: int, settings: Settings) -> bool:
+    """Restart the resend clock of a queued row that waited long enough since it was queued (or last
+    re-sent); True when it is to be sent again."""
+    row = lock_if(session, kind, row_id, kind.table.status == LeaseStatus.QUEUED)
+    if row is None or not resend_due(row, stamp, settings.lease_seconds):
         return False
-    last_sent, resends = kind.resend_clock(session, row)
-    if stamp - last_sent < settings.lease_seconds * 2 ** min(resends, MAX_RESEND_DOUBLINGS):
-        return False
-    kind.mark_resent(session, row, stamp)
+    mark_resent(session, kind, row, stamp)
     return True
 
 
-def _reap_kind(kind: Kind, stamp: int, settings: Settings, send: Callable[[str], None]) -> list[str]:
+def _reap_kind(kind: Lifecycle, stamp: int, settings: Settings, broker: Broker) -> list[str]:
     """One pass over one kind: returns the ids it changed (requeued, failed, cancelled or re-sent)."""
-    model = kind.model
+    table = kind.table
     with session_scope(settings.database_url) as session:
-        expired = session.scalars(select(model.id).where(model.status == RUNNING, model.lease_expires_at < stamp)).all()
-        queued = session.scalars(select(model.id).where(model.status == QUEUED)).all()
+        expired = session.scalars(
+            select(kind.key).where(table.status == LeaseStatus.RUNNING, table.lease_expires_at < stamp)
+        ).all()
+        queued = session.scalars(select(kind.key).where(table.status == LeaseStatus.QUEUED)).all()
     touched: list[str] = []
     to_send: list[str] = []
     for row_id in expired:
@@ -139,31 +81,23 @@ def _reap_kind(kind: Kind, stamp: int, settings: Settings, send: Callable[[str],
             status = _recover_expired(session, kind, row_id, stamp, settings)
         if status is not None:
             touched.append(row_id)
-        if status == QUEUED:
+        if status == LeaseStatus.QUEUED:
             to_send.append(row_id)
     for row_id in queued:
         with session_scope(settings.database_url) as session:
             if _resend_if_stale(session, kind, row_id, stamp, settings):
                 touched.append(row_id)
                 to_send.append(row_id)
-    for row_id in to_send:  # after commit, so the worker that takes the message finds the row queued
-        try:
-            send(row_id)
-        except BrokerUnavailable:
-            log.exception("%s: could not enqueue; will retry on the next pass", row_id)
+    for row_id in to_send:  # committed above, so the worker that takes the message finds the row queued
+        send_committed(broker=broker, settings=settings, lifecycle=kind, row_id=row_id)
     return touched
 
 
-def reap(
-    *, settings: Settings, enqueue: Enqueue = enqueue_job, enqueue_evaluation: Enqueue = enqueue_evaluation
-) -> list[str]:
-    """One pass: returns the ids of the jobs and evaluations it changed (requeued, failed, cancelled or
-    re-sent)."""
+def reap(*, settings: Settings, broker: Broker = queue) -> list[str]:
+    """One pass over every kind of leased work: returns the ids it changed (requeued, failed, cancelled
+    or re-sent)."""
     stamp = now()
-    touched = _reap_kind(JOBS, stamp, settings, lambda job_id: enqueue(settings=settings, job_id=job_id))
-    touched += _reap_kind(
-        EVALUATIONS, stamp, settings, lambda eval_id: enqueue_evaluation(settings=settings, evaluation_id=eval_id)
-    )
+    touched = [row_id for kind in LEASED for row_id in _reap_kind(kind, stamp, settings, broker)]
     prune_processed_messages(settings=settings, older_than_seconds=PROCESSED_MESSAGE_MAX_AGE_S)
     return touched
 

@@ -12,16 +12,22 @@ from sqlalchemy import JSON, BigInteger, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.db import Base
+from app.work.models import LeasedColumns, LeaseStatus
 
 
 class ModelStatus(StrEnum):
-    # creating -> ready | failed; only a worker moves a model past creating.
-    CREATING = "creating"
+    # Built as leased work (lifecycle.py): queued -> running -> ready | failed.
+    QUEUED = LeaseStatus.QUEUED.value
+    RUNNING = LeaseStatus.RUNNING.value
     READY = "ready"
     FAILED = "failed"
 
 
-class CreatedModel(Base):
+# What the API calls a model that is queued or running: it has no weights yet.
+CREATING = "creating"
+
+
+class CreatedModel(LeasedColumns, Base):
     __tablename__ = "models"
     __table_args__ = (UniqueConstraint("owner", "id"),)
 
@@ -38,6 +44,11 @@ class CreatedModel(Base):
     # Set with status ready, once the packed weights are stored.
     storage_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+    @property
+    def public_status(self) -> str:
+        """The status the API shows: creating until the build ends."""
+        return self.status if self.status in (ModelStatus.READY, ModelStatus.FAILED) else CREATING
 
 
 def created_model(session: Session, owner: str, model_id: str) -> CreatedModel | None:

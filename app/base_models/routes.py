@@ -1,17 +1,15 @@
 """GET /v1/models: the base models jobs can fine-tune; POST /v1/models: a new one from an architecture."""
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel
 
 from app.base_models import service
 from app.base_models.schemas import ModelCreate
 from app.base_models.service import BaseModelInfo
-from app.deps import DbDep, RequestContext
+from app.deps import BrokerDep, DbDep, RequestContext
 from app.pagination import ListObject
-from app.queue import enqueue_model_creation
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -21,7 +19,7 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    family: str | None  # "mamba" | "mamba2"; None for a hub id whose family only the worker can tell
+    family: str | None  # a model_type of app/families/; None for a hub id only the worker can tell
     parameters: int | None
     lora_targets: list[str]
     status: Literal["ready", "creating", "failed"]
@@ -40,17 +38,9 @@ class ModelObject(BaseModel):
             lora_targets=list(info.lora_targets),
             status=info.status,
             error=info.error,
-            ssm_structure=info.variant if info.family == "mamba" else None,
-            a_constraint=info.variant if info.family == "mamba2" else None,
+            ssm_structure=info.variant if info.variant_field == "ssm_structure" else None,
+            a_constraint=info.variant if info.variant_field == "a_constraint" else None,
         )
-
-
-async def get_model_enqueuer() -> Callable[..., None]:
-    # A dependency, so tests can override it.
-    return enqueue_model_creation
-
-
-EnqueueModelDep = Annotated[Callable[..., None], Depends(get_model_enqueuer)]
 
 
 # Shared models live in the models folder: `db.run` reads it on its thread, beside the caller's rows.
@@ -74,12 +64,12 @@ async def get_model(model_id: str, db: DbDep) -> ModelObject:
 
 
 @router.post("")
-async def create_model(request: ModelCreate, db: DbDep, enqueue: EnqueueModelDep) -> ModelObject:
+async def create_model(request: ModelCreate, db: DbDep, broker: BrokerDep) -> ModelObject:
     """A randomly initialized model; `status` is "creating" until a worker has written its weights."""
     return await db.run(
         lambda ctx: ModelObject.of(
             service.create_model(
-                session=ctx.session, settings=ctx.settings, owner=ctx.owner, request=request, enqueue=enqueue
+                session=ctx.session, settings=ctx.settings, broker=broker, owner=ctx.owner, request=request
             )
         )
     )

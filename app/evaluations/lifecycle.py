@@ -1,28 +1,22 @@
-"""The evaluation state changes made after creation; everything that changes `Evaluation.status` calls
-`transition`."""
+"""The evaluation state machine: allowed transitions and the event each writes (in `work_events`).
 
-from typing import Any
+Everything that changes `Evaluation.status` calls `app.work.lifecycle.transition` with EVALUATIONS;
+only workers and the reaper move an evaluation past queued.
+"""
 
-from app.db import now
 from app.evaluations.models import Evaluation, EvaluationStatus
+from app.work import lifecycle as work
 
-TERMINAL = frozenset({EvaluationStatus.SUCCEEDED, EvaluationStatus.FAILED})
-
-
-def transition(evaluation: Evaluation, target: EvaluationStatus, **values: Any) -> None:
-    """Move `evaluation` to `target` (with `values`, e.g. results or error), releasing its lease unless
-    it is now running; the caller holds the row lock and commits."""
-    stamp = now()
-    evaluation.status = target
-    if target == EvaluationStatus.RUNNING and evaluation.started_at is None:
-        evaluation.started_at = stamp
-    if target != EvaluationStatus.RUNNING:
-        evaluation.lease_owner = None
-        evaluation.lease_expires_at = None
-    if target in TERMINAL:
-        evaluation.finished_at = stamp
-    if target == EvaluationStatus.QUEUED:  # sent again: the resend clock starts over
-        evaluation.queued_at = stamp
-        evaluation.resends = 0
-    for name, value in values.items():
-        setattr(evaluation, name, value)
+EVALUATIONS = work.Lifecycle(
+    name="evaluation",
+    noun="Evaluation",
+    table=Evaluation,
+    key=Evaluation.id,
+    allowed=work.run_once_table(done=EvaluationStatus.SUCCEEDED, failed=EvaluationStatus.FAILED),
+    failed=EvaluationStatus.FAILED,
+    record_event=work.work_events_of("evaluation"),
+    send=lambda broker, settings, evaluation_id: broker.enqueue_evaluation(
+        settings=settings, evaluation_id=evaluation_id
+    ),
+)
+TERMINAL = EVALUATIONS.terminal

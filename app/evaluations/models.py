@@ -6,19 +6,20 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, now
+from app.db import Base
+from app.work.models import LeasedColumns, LeaseStatus
 
 
 class EvaluationStatus(StrEnum):
     # queued -> running -> succeeded | failed; running -> queued when the worker was lost (lease expired).
     # Only workers and the reaper move an evaluation past queued.
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = LeaseStatus.QUEUED.value
+    RUNNING = LeaseStatus.RUNNING.value
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
 
-class Evaluation(Base):
+class Evaluation(LeasedColumns, Base):
     __tablename__ = "evaluations"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -35,18 +36,5 @@ class Evaluation(Base):
 
     status: Mapped[str] = mapped_column(String(32), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
-    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-
-    # Worker lease, as on jobs (`lease_owner` is the lease holder, not the tenant): a running evaluation
-    # whose lease expired is requeued by the reaper.
-    lease_owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
-    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # The reaper's resend clock (jobs keep it in their events): when the evaluation was last sent to the
-    # queue (first by the API, at insert), and how many times since then it was re-sent because nobody
-    # took it.
-    queued_at: Mapped[int] = mapped_column(BigInteger, default=now)
-    resends: Mapped[int] = mapped_column(Integer, default=0)

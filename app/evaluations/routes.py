@@ -1,29 +1,18 @@
 """/v1/evaluations (create, list, read) and each fine-tuning job's stability report (JSON and plot)."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from app.deps import Db, DbDep, RequestContext, StorageDep
+from app.deps import BrokerDep, Db, DbDep, RequestContext, StorageDep
 from app.errors import not_found
 from app.evaluations import service
 from app.evaluations.models import Evaluation
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
 from app.jobs.routes import owned_job
 from app.pagination import AfterQuery, LimitQuery, ListObject
-from app.queue import enqueue_evaluation
 from app.storage import ObjectStorage
 
 router = APIRouter(tags=["evaluations"])
-
-
-async def get_enqueue() -> service.Enqueue:
-    # A dependency, so tests can override it.
-    return enqueue_evaluation
-
-
-EnqueueDep = Annotated[service.Enqueue, Depends(get_enqueue)]
 
 
 def owned_evaluation(ctx: RequestContext, evaluation_id: str) -> Evaluation:
@@ -35,10 +24,10 @@ def owned_evaluation(ctx: RequestContext, evaluation_id: str) -> Evaluation:
 
 
 @router.post("/evaluations")
-async def create_evaluation(body: EvaluationCreate, db: DbDep, enqueue: EnqueueDep) -> EvaluationObject:
+async def create_evaluation(body: EvaluationCreate, db: DbDep, broker: BrokerDep) -> EvaluationObject:
     return await db.run(
         lambda ctx: service.create_evaluation(
-            session=ctx.session, settings=ctx.settings, enqueue=enqueue, owner=ctx.owner, request=body
+            session=ctx.session, settings=ctx.settings, broker=broker, owner=ctx.owner, request=body
         )
     )
 

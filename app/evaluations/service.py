@@ -1,7 +1,7 @@
 """Evaluations: validate and queue, read; and the stability report a worker stores for each trained job."""
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 from app.base_models.service import get_model, require_ready
 from app.db import new_id, now
 from app.downloads import open_object
-from app.errors import ApiError, broker_unavailable, conflict, not_found
+from app.errors import ApiError, conflict, not_found
+from app.evaluations.lifecycle import EVALUATIONS
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.evaluations.schemas import EvaluationCreate, EvaluationObject
 from app.evaluations.shipped_tasks import shipped_task
@@ -19,16 +20,16 @@ from app.jobs.lifecycle import JobStatus
 from app.jobs.models import Job
 from app.jobs.service import get_job
 from app.pagination import Page, newest_first
+from app.queue import Broker
 from app.settings import Settings
 from app.storage import ObjectNotFound, ObjectStorage
-
-Enqueue = Callable[..., None]  # app.queue.enqueue_evaluation(settings=, evaluation_id=)
+from app.work.dispatch import commit_then_send, require_broker
 
 
 def create_evaluation(
-    *, session: Session, settings: Settings, enqueue: Enqueue, owner: str, request: EvaluationCreate
+    *, session: Session, settings: Settings, broker: Broker, owner: str, request: EvaluationCreate
 ) -> EvaluationObject:
-    """Validate the request, store the evaluation as queued and send it to the workers."""
+    """Validate the request, commit the evaluation as queued, then send it to the workers."""
     model = request.model
     if request.fine_tuning_job is not None:
         job = _succeeded_job(session=session, owner=owner, job_id=request.fine_tuning_job)
@@ -47,6 +48,7 @@ def create_evaluation(
         raise not_found("file_not_found", f"No file with id {request.validation_file!r}", param="validation_file")
     if request.reference_evaluation is not None:
         _succeeded_reference(session=session, owner=owner, evaluation_id=request.reference_evaluation)
+    require_broker(broker=broker, settings=settings)
     evaluation = Evaluation(
         id=new_id("eval"),
         owner=owner,
@@ -63,12 +65,7 @@ def create_evaluation(
         created_at=now(),
     )
     session.add(evaluation)
-    session.flush()
-    # Sent before the commit: the worker waits for the row, and a failed send rolls the request back.
-    try:
-        enqueue(settings=settings, evaluation_id=evaluation.id)
-    except Exception:  # whatever the broker client raises means "not queued"
-        raise broker_unavailable() from None
+    commit_then_send(session=session, broker=broker, settings=settings, lifecycle=EVALUATIONS, row_id=evaluation.id)
     return EvaluationObject.of(evaluation)
 
 

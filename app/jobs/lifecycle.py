@@ -1,4 +1,5 @@
-"""The job state machine: states, allowed transitions, and the event every transition writes.
+"""The job state machine: states, allowed transitions, and the event every transition writes (in the job's
+own events, which the API pages and streams).
 
 Everything that changes `Job.status` calls `transition`; nothing else assigns it.
 """
@@ -8,22 +9,21 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.db import now
 from app.jobs.models import Job, JobEvent
+from app.work import lifecycle as work
+from app.work.models import LeaseStatus
 
 
 class JobStatus(StrEnum):
     VALIDATING_FILES = "validating_files"
-    QUEUED = "queued"
-    RUNNING = "running"
+    QUEUED = LeaseStatus.QUEUED.value
+    RUNNING = LeaseStatus.RUNNING.value
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+ALLOWED: dict[str, frozenset[str]] = {
     JobStatus.VALIDATING_FILES: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
     # running -> queued: the worker died (lease expired) or handed the job back on shutdown.
@@ -34,15 +34,19 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class InvalidTransition(Exception):
-    def __init__(self, job_id: str, current: str, target: str) -> None:
-        super().__init__(f"job {job_id} cannot go from {current} to {target}")
-        self.current = current
-        self.target = target
-
-
-def can_transition(current: str, target: JobStatus) -> bool:
-    return target in ALLOWED[JobStatus(current)]
+# record_event(session, job_id, type_, message, *, data=None, level="info"): a job's own event.
+record_event = work.events_in(JobEvent, "job_id")
+JOBS = work.Lifecycle(
+    name="job",
+    noun="Job",
+    table=Job,
+    key=Job.id,
+    allowed=ALLOWED,
+    failed=JobStatus.FAILED,
+    record_event=record_event,
+    send=lambda broker, settings, job_id: broker.enqueue_job(settings=settings, job_id=job_id),
+)
+TERMINAL = JOBS.terminal
 
 
 def transition(
@@ -55,41 +59,4 @@ def transition(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Move `job` to `target`, stamp its timestamps and record a `state` event (caller commits)."""
-    if not can_transition(job.status, target):
-        raise InvalidTransition(job.id, job.status, target)
-    previous = job.status
-    job.status = target
-    stamp = now()
-    if target == JobStatus.RUNNING and job.started_at is None:
-        job.started_at = stamp
-    if target in TERMINAL:
-        job.finished_at = stamp
-        job.lease_owner = None
-        job.lease_expires_at = None
-    if target == JobStatus.QUEUED:
-        job.lease_owner = None
-        job.lease_expires_at = None
-    if error is not None:
-        job.error = error
-    record_event(
-        session,
-        job.id,
-        "state",
-        message or f"Job moved from {previous} to {target}",
-        data={"from": previous, "to": str(target), **(data or {})},
-        level="error" if target == JobStatus.FAILED else "info",
-    )
-
-
-def record_event(
-    session: Session,
-    job_id: str,
-    type_: str,
-    message: str,
-    *,
-    data: dict[str, Any] | None = None,
-    level: str = "info",
-) -> JobEvent:
-    event = JobEvent(job_id=job_id, created_at=now(), type=type_, message=message, data=data, level=level)
-    session.add(event)
-    return event
+    work.transition(session, JOBS, job, target, message=message, error=error, data=data)

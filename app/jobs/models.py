@@ -6,9 +6,10 @@ from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, T
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
+from app.work.models import LeasedColumns
 
 
-class Job(Base):
+class Job(LeasedColumns, Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -22,11 +23,11 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    # Experiment trackers to log to (app/jobs/schemas.py Integration, as given, settings left unset omitted).
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     status: Mapped[str] = mapped_column(String(32), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)
-    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
@@ -36,14 +37,11 @@ class Job(Base):
     current_step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
-    # Worker lease: a running job whose lease expired is requeued by the reaper. `lease_owner` holds the
-    # lease holder (the worker attempt's id, `holder` in worker/lease.py), not the tenant (`owner`).
-    lease_owner: Mapped[str | None] = mapped_column(String(256), nullable=True)
-    lease_expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # Storage key of the finished adapter archive; set only after the upload completed.
     adapter_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # Ids of the files (purpose fine-tune-results) a succeeded job produced: metrics CSV, loss curve.
+    result_files: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):

@@ -1,6 +1,5 @@
 """Fine-tuning jobs: create and queue, read, cancel, and hand out checkpoints and the adapter."""
 
-import logging
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -11,12 +10,12 @@ from sqlalchemy.orm import Session
 from app.base_models.service import check_variant, get_model, require_ready
 from app.db import new_id, now
 from app.downloads import open_object
-from app.errors import broker_unavailable, conflict, invalid_request, not_found
+from app.errors import conflict, invalid_request, not_found
 from app.files.service import FINE_TUNE, get_file
 from app.idempotency import claim_for, run_once
-from app.jobs.config import resolve_hyperparameters, resolve_lora
+from app.jobs.config import resolve_hyperparameters, resolve_integrations, resolve_lora
 from app.jobs.keys import merged_key
-from app.jobs.lifecycle import TERMINAL, JobStatus, record_event, transition
+from app.jobs.lifecycle import JOBS, TERMINAL, JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
 from app.jobs.schemas import JobCreate, JobObject
 from app.limits import check_job_slots
@@ -24,8 +23,7 @@ from app.pagination import Page, newest_first
 from app.queue import Broker
 from app.settings import Settings
 from app.storage import ObjectStorage
-
-log = logging.getLogger(__name__)
+from app.work.dispatch import require_broker, send_committed
 
 # Seeds drawn for jobs that give none: stored, so a job can be rerun exactly.
 MAX_RANDOM_SEED = 2**31
@@ -49,7 +47,7 @@ def create_job(
 
     def create() -> dict[str, Any]:
         # Before anything is written, so no write lock is held while the broker answers (or times out).
-        _require_broker(broker=broker, settings=settings)
+        require_broker(broker=broker, settings=settings)
         # Inside `create`, so a retry under the same Idempotency-Key replays its job instead of a 429.
         check_job_slots(session=session, owner=owner, limit=settings.max_concurrent_jobs)
         job = _insert_queued(session=session, settings=settings, owner=owner, request=request)
@@ -58,8 +56,8 @@ def create_job(
     claim = claim_for(owner=owner, key=idempotency_key, fingerprint=fingerprint)
     outcome = run_once(session=session, claim=claim, create=create)
     job = JobObject.model_validate(outcome.body)
-    if outcome.created:
-        _enqueue(broker=broker, settings=settings, job_id=job.id)
+    if outcome.created:  # run_once committed it
+        send_committed(broker=broker, settings=settings, lifecycle=JOBS, row_id=job.id)
     return job
 
 
@@ -69,6 +67,7 @@ def _insert_queued(*, session: Session, settings: Settings, owner: str, request:
     check_variant(model=model, requested=request.ssm_structure)
     lora = resolve_lora(request.lora, family=model.family)
     hyperparameters = resolve_hyperparameters(request)
+    integrations = resolve_integrations(request.integrations, settings=settings)
     # Checked before the job is added, so these lookups flush nothing and the job, its status change
     # and its events go to the database in one flush.
     _check_training_input(session=session, owner=owner, file_id=request.training_file, param="training_file")
@@ -86,6 +85,7 @@ def _insert_queued(*, session: Session, settings: Settings, owner: str, request:
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_RANDOM_SEED),
         suffix=request.suffix,
         user_metadata=request.metadata,
+        integrations=integrations,
         status=JobStatus.VALIDATING_FILES,
         created_at=now(),
         metrics={},
@@ -111,25 +111,6 @@ def _check_training_input(*, session: Session, owner: str, file_id: str, param: 
             param=param,
             code="invalid_file_purpose",
         )
-
-
-def _require_broker(*, broker: Broker, settings: Settings) -> None:
-    try:
-        broker.ping_broker(settings=settings)
-    except Exception as error:  # whatever the broker client raises means "cannot queue"
-        # The type only: a broker error's message can carry its URL, credentials included.
-        log.warning("broker unreachable; no job created: %s", type(error).__name__)
-        raise broker_unavailable() from None
-
-
-def _enqueue(*, broker: Broker, settings: Settings, job_id: str) -> None:
-    try:
-        broker.enqueue_job(settings=settings, job_id=job_id)
-    except Exception:
-        # The broker failed between the check and the send. The job is committed as queued: the reaper
-        # re-sends queued jobs and a worker's claim is idempotent, so this delays the job, and the 200
-        # the client gets stays true.
-        log.warning("could not enqueue job %s; the reaper will send it later", job_id, exc_info=True)
 
 
 def get_job(*, session: Session, owner: str, job_id: str) -> Job | None:

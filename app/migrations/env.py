@@ -9,10 +9,12 @@ from sqlalchemy import create_engine, pool
 # tests/api/test_migrations.py) will not see its tables.
 import app.auth.models
 import app.base_models.models
+import app.completions.models
 import app.evaluations.models
 import app.files.models
 import app.idempotency
 import app.jobs.models
+import app.work.models
 import app.workers.models  # noqa: F401
 from app.db import Base
 from app.settings import get_settings

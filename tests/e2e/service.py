@@ -11,9 +11,11 @@ import pytest
 
 from app.settings import Settings
 
-from .factories import MAMBAFT
+from .factories import MAMBAFT, clean_env, free_port
 
 START_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 300
+DESCENDANT_GRACE_S = 5
 # Quick, so a test sees the reaper act within seconds.
 REAPER_INTERVAL_S = "2"
 
@@ -52,6 +54,16 @@ class Service:
             time.sleep(0.5)
         pytest.fail(f"service not ready after {START_TIMEOUT_S}s\n{self.log_tail()}")
 
+    def wait_terminal(self, client: httpx.Client, job_id: str) -> dict:
+        """The job as GET returns it once it has succeeded, failed or been cancelled."""
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
+        pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s\n{self.log_tail()}")
+
     def stop(self) -> None:
         """SIGTERM each process we started, as an operator (or Ctrl-C) would, and check that everything
         it started is gone too."""
@@ -60,8 +72,33 @@ class Service:
             process.terminate()
         for process in self.processes:
             process.wait(timeout=150)
+        # A moment's grace: multiprocessing's helper processes (uvicorn's workers' resource tracker) exit
+        # once they see their parent's pipe close, just after it.
+        deadline = time.monotonic() + DESCENDANT_GRACE_S
+        while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for pid in descendants:
             assert not alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
+
+
+def serve_with_key(folder: Path, models_dir: Path, owner: str, **settings: str) -> Service:
+    """`mambaft serve` over a fresh data dir in `folder` holding one key of `owner` (so authentication is
+    on), up with its worker; the key is in `headers`. `settings`: more MAMBAFT_* variables for it."""
+    data_dir = folder / "var"
+    env = clean_env(MAMBAFT_MODELS_DIR=str(models_dir), **settings)
+    created = subprocess.run(
+        [MAMBAFT, "create-key", "--owner", owner, "--data-dir", str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    service = Service(f"http://127.0.0.1:{free_port()}", models_dir, Settings(data_dir=data_dir), logs=[])
+    service.headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    port = service.url.rsplit(":", 1)[1]
+    service.start(["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(data_dir)], env, folder)
+    service.wait_ready(worker=True)
+    return service
 
 
 def children(pid: int) -> list[int]:

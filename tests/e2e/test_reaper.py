@@ -15,13 +15,6 @@ from worker.reaper import reap
 from .factories import job_row, make_job
 
 
-class Sent(list):
-    """Records enqueue calls in place of the broker."""
-
-    def __call__(self, *, settings: Settings, job_id: str) -> None:
-        self.append(job_id)
-
-
 def running_job(settings: Settings, storage: ObjectStorage, *, lease_left: int, **fields: Any) -> str:
     return make_job(
         settings,
@@ -37,33 +30,36 @@ def running_job(settings: Settings, storage: ObjectStorage, *, lease_left: int, 
 def age_events(settings: Settings, job_id: str, seconds: int) -> None:
     """Pretend everything recorded about the job happened `seconds` earlier."""
     with session_scope(settings.database_url) as session:
-        session.execute(update(Job).where(Job.id == job_id).values(created_at=Job.created_at - seconds))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(created_at=Job.created_at - seconds, queued_at=Job.queued_at - seconds)
+        )
         session.execute(
             update(JobEvent).where(JobEvent.job_id == job_id).values(created_at=JobEvent.created_at - seconds)
         )
 
 
-def test_reaper_leaves_live_leases_alone(settings: Settings, storage: ObjectStorage) -> None:
+def test_reaper_leaves_live_leases_alone(settings: Settings, storage: ObjectStorage, broker: Any) -> None:
     job_id = running_job(settings, storage, lease_left=30)
-    sent = Sent()
-    assert reap(settings=settings, enqueue=sent) == []
-    assert job_row(settings, job_id).status == JobStatus.RUNNING and sent == []
+    assert reap(settings=settings, broker=broker) == []
+    assert job_row(settings, job_id).status == JobStatus.RUNNING and broker.enqueued == []
 
 
-def test_reaper_fails_job_after_max_attempts(settings: Settings, storage: ObjectStorage) -> None:
+def test_reaper_fails_job_after_max_attempts(settings: Settings, storage: ObjectStorage, broker: Any) -> None:
     job_id = running_job(settings, storage, lease_left=-1, attempts=settings.max_attempts)
-    sent = Sent()
-    assert reap(settings=settings, enqueue=sent) == [job_id]
+    assert reap(settings=settings, broker=broker) == [job_id]
     job = job_row(settings, job_id)
-    assert job.status == JobStatus.FAILED and sent == []
+    assert job.status == JobStatus.FAILED and broker.enqueued == []
     assert job.error["code"] == "max_attempts_exceeded"
 
 
-def test_reaper_cancels_lost_job_whose_cancel_was_requested(settings: Settings, storage: ObjectStorage) -> None:
+def test_reaper_cancels_lost_job_whose_cancel_was_requested(
+    settings: Settings, storage: ObjectStorage, broker: Any
+) -> None:
     job_id = running_job(settings, storage, lease_left=-1, cancel_requested=True)
-    sent = Sent()
-    assert reap(settings=settings, enqueue=sent) == [job_id]
-    assert job_row(settings, job_id).status == JobStatus.CANCELLED and sent == []
+    assert reap(settings=settings, broker=broker) == [job_id]
+    assert job_row(settings, job_id).status == JobStatus.CANCELLED and broker.enqueued == []
 
 
 def test_reaper_resends_a_queued_job_nobody_took_with_backoff(settings: Settings, storage: ObjectStorage) -> None:

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from worker.bootstrap import ensure_tiny_models
 from worker.engine.loading import load_base
+from worker.engine.spec import ModelLoadFailed
 from worker.engine.tiny_model import create_tiny_model
 
 
@@ -52,5 +53,5 @@ def test_load_base_reports_family_and_refuses_other_architectures(tmp_path, tiny
     _, tokenizer, family = load_base(str(tiny_mamba2), device=torch.device("cpu"))
     assert family == "mamba2" and tokenizer.pad_token_id is not None
     GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)  # a config with no weights
-    with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
+    with pytest.raises(ModelLoadFailed, match="model_type 'gpt2' is not supported"):
         load_base(str(tmp_path), device=torch.device("cpu"))

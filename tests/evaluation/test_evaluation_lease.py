@@ -1,6 +1,7 @@
 """Evaluations are leased like jobs (worker/lease.py, worker/reaper.py): a duplicate delivery is a no-op,
 the heartbeat keeps the lease alive, a lost worker's evaluation is requeued, re-sent and completed by the
-next delivery, and it fails once every attempt lost its worker. Scoring is stubbed: no model loads here."""
+next delivery, and it fails once every attempt lost its worker; one whose message the broker lost after
+the commit is sent again by the reaper. Scoring is stubbed: no model loads here."""
 
 import time
 from collections.abc import Callable
@@ -8,11 +9,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.db import new_id, now, session_scope
 from app.evaluations.models import Evaluation, EvaluationStatus
 from app.settings import Settings
+from app.work.models import WorkEvent
 from worker.evaluation.run import EvalSpec
 from worker.evaluation_runner import run_evaluation
 from worker.reaper import reap
@@ -27,14 +29,20 @@ class WorkerDied(BaseException):
 class Sent(list):
     """Records what the reaper sends to the queue, in place of the broker."""
 
-    def job(self, *, settings: Settings, job_id: str) -> None:
+    def enqueue_job(self, *, settings: Settings, job_id: str) -> None:
         self.append(job_id)
 
-    def evaluation(self, *, settings: Settings, evaluation_id: str) -> None:
+    def enqueue_evaluation(self, *, settings: Settings, evaluation_id: str) -> None:
         self.append(evaluation_id)
 
+    def enqueue_model_creation(self, *, settings: Settings, model_uid: str) -> None:
+        self.append(model_uid)
+
+    def ping_broker(self, *, settings: Settings) -> None:
+        pass
+
     def reap(self, settings: Settings) -> list[str]:
-        return reap(settings=settings, enqueue=self.job, enqueue_evaluation=self.evaluation)
+        return reap(settings=settings, broker=self)
 
 
 @pytest.fixture
@@ -203,3 +211,39 @@ def test_list_shows_only_the_callers_evaluations_newest_first(
     assert [e["id"] for e in rest["data"]] == [older] and not rest["has_more"]
     assert [e["id"] for e in make_client("bob").get("/v1/evaluations").json()["data"]] == [bobs]
     assert alice.get("/v1/evaluations", params={"after": bobs}).status_code == 400  # another owner's cursor
+
+
+def test_an_evaluation_whose_message_the_broker_lost_is_sent_by_the_reaper_and_runs(
+    client: TestClient, broker: Any, settings: Settings
+) -> None:
+    assert settings.models_dir is not None
+    (settings.models_dir / "mamba-tiny").mkdir(parents=True)
+    (settings.models_dir / "mamba-tiny" / "config.json").write_text('{"model_type": "mamba"}')
+    broker.loses_messages = True  # answers the check, then drops the message: down between the two
+    created = client.post("/v1/evaluations", json={"model": "mamba-tiny", "tasks": ["lookup"]})
+    assert created.status_code == 200, created.text
+    evaluation_id = created.json()["id"]
+    assert created.json()["status"] == "queued" and broker.evaluations == []
+
+    broker.loses_messages = False
+    assert reap(settings=settings, broker=broker) == []  # its message may still be on the way
+    shift(settings, evaluation_id, queued_at=Evaluation.queued_at - settings.lease_seconds)
+    assert reap(settings=settings, broker=broker) == [evaluation_id]
+    assert broker.evaluations == [evaluation_id]
+
+    run_evaluation(settings=settings, evaluation_id=broker.evaluations[-1], score=lambda spec, reference: RESULTS)
+    evaluation = client.get(f"/v1/evaluations/{evaluation_id}").json()
+    assert evaluation["status"] == "succeeded" and evaluation["results"] == RESULTS
+
+
+def test_every_state_change_of_an_evaluation_is_recorded_as_an_event(
+    settings: Settings, add_evaluation: Callable[..., str]
+) -> None:
+    evaluation_id = add_evaluation()
+    run_evaluation(settings=settings, evaluation_id=evaluation_id, score=lambda spec, reference: RESULTS)
+    with session_scope(settings.database_url) as session:
+        events = session.scalars(
+            select(WorkEvent).where(WorkEvent.kind == "evaluation", WorkEvent.subject_id == evaluation_id)
+        ).all()
+        moves = [(event.data["from"], event.data["to"]) for event in events if event.type == "state"]
+    assert moves == [("queued", "running"), ("running", "succeeded")]

@@ -5,10 +5,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.evaluations.routes import get_enqueue
 from app.settings import Settings
 from worker import job_stability
 from worker.bootstrap import ensure_tiny_models
@@ -18,10 +16,9 @@ from worker.job_runner import run_job
 
 
 @pytest.fixture
-def evaluate(client: TestClient, app: FastAPI, settings: Settings) -> Callable[..., dict[str, Any]]:
+def evaluate(client: TestClient, broker: Any, settings: Settings) -> Callable[..., dict[str, Any]]:
     """POST an evaluation, run the worker task it enqueued, return the evaluation as read back."""
-    sent: list[str] = []
-    app.dependency_overrides[get_enqueue] = lambda: lambda *, settings, evaluation_id: sent.append(evaluation_id)
+    sent: list[str] = broker.evaluations
 
     def run(**body: Any) -> dict[str, Any]:
         response = client.post("/v1/evaluations", json=body)

@@ -6,12 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.db import new_id, now, session_scope
 from app.evaluations.models import Evaluation, EvaluationStatus
-from app.evaluations.routes import get_enqueue
 from app.jobs.keys import stability_key
 from app.jobs.lifecycle import JobStatus
 from app.jobs.models import Job
@@ -20,17 +18,9 @@ from app.storage import storage_from_settings
 
 
 @pytest.fixture
-def enqueued(app: FastAPI) -> list[str]:
-    """Evaluation ids sent to the workers; `enqueued.append("down")` first makes the broker fail."""
-    sent: list[str] = []
-
-    def enqueue(*, settings: Settings, evaluation_id: str) -> None:
-        if "down" in sent:
-            raise ConnectionError("broker unreachable")
-        sent.append(evaluation_id)
-
-    app.dependency_overrides[get_enqueue] = lambda: enqueue
-    return sent
+def enqueued(broker: Any) -> list[str]:
+    """Evaluation ids sent to the workers (the conftest's FakeBroker records them)."""
+    return broker.evaluations
 
 
 @pytest.fixture
@@ -154,9 +144,9 @@ def test_jobs_and_references_must_have_succeeded_and_belong_to_the_caller(
 
 
 def test_a_broker_outage_fails_the_request_and_stores_nothing(
-    client: TestClient, model: str, enqueued: list[str], settings: Settings
+    client: TestClient, model: str, broker: Any, settings: Settings
 ) -> None:
-    enqueued.append("down")
+    broker.reachable = False
     response = client.post("/v1/evaluations", json={"model": model, "tasks": ["lookup"]})
     assert response.status_code == 503 and response.json()["error"]["code"] == "broker_unavailable"
     with session_scope(settings.database_url) as session:

@@ -11,8 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from app.evaluations.routes import get_enqueue
-
 DEFAULT_REQUESTS = 1_000
 SOAK_REQUESTS = 10_000
 ERROR_KEYS = {"code", "message", "param", "type"}
@@ -54,7 +52,6 @@ def fuzz(app: FastAPI, headers: dict[str, str], requests: int, *, derandomize: b
 @pytest.fixture
 def fuzz_target(app: FastAPI, client: TestClient, training_file: str) -> tuple[FastAPI, dict[str, str]]:
     """The app with one of Alice's files in it (so some ids resolve), and her auth header."""
-    app.dependency_overrides[get_enqueue] = lambda: lambda *, settings, evaluation_id: None
     return app, {"Authorization": client.headers["Authorization"]}
 
 

@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.base_models.parameters import parameter_count
-from app.evaluations.routes import get_enqueue
 from app.settings import Settings
 from worker import model_creation
 from worker.model_creation import create_model
@@ -45,6 +44,7 @@ def built(client: TestClient, settings: Settings, requests: list[str], body: dic
         ({"d_state": 18}, "d_state"),  # above the companion ceiling, though fine for stock Mamba
         ({"ssm_structure": "observable", "d_state": 0}, "d_state"),
         ({"d_model": 40}, "d_model"),
+        ({"family": "mamba2", "ssm_structure": None, "d_model": 48}, "d_model"),  # heads of 64 channels
         ({"tokenizer": "no-such-model"}, "tokenizer"),
         ({"id": "../escape"}, "id"),
         ({"d_model": "32"}, "d_model"),
@@ -225,7 +225,6 @@ def test_the_owner_evaluates_her_created_model(
     settings: Settings,
     model_requests: list[str],
 ) -> None:
-    app.dependency_overrides[get_enqueue] = lambda: lambda *, settings, evaluation_id: None
     body = {"model": "sc-tiny", "tasks": ["lookup"], "shots": [0]}
     assert client.post("/v1/models", json=SC).status_code == 200
 

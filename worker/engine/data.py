@@ -9,7 +9,7 @@ Three line formats:
   has a `chat_template`, that template renders the conversation. Otherwise this fixed template does:
       system/user turn:  "{role}: {content}\n"             (not trained)
       assistant turn:    "assistant: " + "{content}<eos>"  (only "{content}<eos>" trained)
-  so at inference a prompt ends with "assistant: " and generation stops at EOS.
+  so at inference a prompt ends with "assistant: " and generation stops at EOS (`chat_prompt`).
 Every example ends with EOS. Examples are concatenated into one stream and cut into blocks of
 `max_seq_len` inputs; each block's targets are the next tokens of the stream, so the loss mask stays
 aligned across example and block boundaries.
@@ -23,10 +23,12 @@ from typing import Any
 import torch
 
 from app.files.jsonl import read_jsonl
+from worker.engine.spec import InvalidDataFile
 
 IGNORE = -100  # target id that carries no loss (cross_entropy's ignore_index)
 
 Piece = tuple[list[int], bool]  # token ids, whether they are trained
+ASSISTANT_PREFIX = "assistant: "  # what opens an assistant turn in the fixed template
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,20 @@ def _chat_pieces(messages: list[dict[str, str]], tokenizer: Any) -> list[Piece]:
     pieces: list[Piece] = []
     for message in messages:
         if message["role"] == "assistant":
-            pieces.append((_encode(tokenizer, "assistant: "), False))
+            pieces.append((_encode(tokenizer, ASSISTANT_PREFIX), False))
             pieces.append(([*_encode(tokenizer, message["content"]), tokenizer.eos_token_id], True))
         else:
             pieces.append((_encode(tokenizer, f"{message['role']}: {message['content']}\n"), False))
     return pieces
+
+
+def chat_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    """A conversation to answer as token ids: rendered as training renders `messages`, then the opening of
+    an assistant turn, so a model tuned on chat data answers in kind (and ends its turn with EOS)."""
+    if getattr(tokenizer, "chat_template", None):
+        return _encode(tokenizer, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    pieces = _chat_pieces(messages, tokenizer)
+    return [i for piece, _ in pieces for i in piece] + _encode(tokenizer, ASSISTANT_PREFIX)
 
 
 def _check_messages(messages: Any) -> list[dict[str, str]]:
@@ -127,20 +138,23 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_seq_len: int, pad_id:
 
 
 def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
-    """The file's examples, packed; raises ValueError naming the file (and line) when it cannot train."""
+    """The file's examples, packed; raises InvalidDataFile naming the file (and line) when it cannot train."""
     examples = []
-    for lineno, record in read_jsonl(path):
-        try:
-            if not isinstance(record, dict):
-                raise ValueError("expected a JSON object")
-            examples.append(tokenize_record(record, tokenizer))
-        except ValueError as e:
-            raise ValueError(f"{path}: line {lineno}: {e}") from None
+    try:
+        for lineno, record in read_jsonl(path):
+            try:
+                if not isinstance(record, dict):
+                    raise ValueError("expected a JSON object")
+                examples.append(tokenize_record(record, tokenizer))
+            except ValueError as e:
+                raise ValueError(f"{path}: line {lineno}: {e}") from None
+    except ValueError as e:  # ours above, or the reader's (which names the file and line too)
+        raise InvalidDataFile(str(e)) from None
     blocks = pack(examples, max_seq_len, tokenizer.pad_token_id)
     # Uploads refuse lines with nothing to train, but a file stored without that check, or a tokenizer that
     # maps a text to no tokens, still gets here; it would train nothing and "succeed" with a loss of 0.
     if not (blocks.targets != IGNORE).any():
-        raise ValueError(
+        raise InvalidDataFile(
             f"{path}: zero trainable tokens in its {len(examples)} example(s) at max_seq_len {max_seq_len}:"
             " no completion, text or assistant message has a token to train on"
         )

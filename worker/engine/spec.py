@@ -14,9 +14,6 @@ from app.jobs.contract import HyperparameterSpec, LoraSpec
 
 Precision = Literal["fp32", "fp16", "bf16"]
 
-# Trained in full when LoraSpec.train_ssm_params is set (names relative to each mixer).
-SSM_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias", "A_root_log_decay", "A_root_log_freq")  # roots: SC/SO
-
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -56,6 +53,17 @@ class Progress:
     trained_tokens: int
     skipped_steps: int = 0  # fp16 overflow steps skipped by the loss scaler
     peak_memory_bytes: int | None = None
+    steps_per_second: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        """The step's line of the job's metrics: a row of its results CSV, a checkpoint's metrics."""
+        return {
+            "step": self.step,
+            "train_loss": self.loss,
+            "learning_rate": self.learning_rate,
+            "tokens_per_second": self.tokens_per_second,
+            "peak_memory_bytes": self.peak_memory_bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class TrainResult:
     steps: int
     metrics: dict[str, Any]
     merged_dir: Path | None = None  # base weights with the adapter merged in, when asked for
+    # Every step's `Progress.row()`, oldest first, across resumes.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -89,9 +99,24 @@ class TrainingStopped(Exception):
 
 
 class EngineFailure(Exception):
-    """A job the engine refuses or gives up on for a reason of its own; `code` is what the client sees."""
+    """A job the engine refuses or gives up on for a reason of its own; `code` is what the client sees.
+
+    Every failure the worker can name is one of these (the worker's own too); any other exception is
+    reported under one generic code per kind of work."""
 
     code = "training_failed"
+
+
+class ModelLoadFailed(EngineFailure):
+    """The base model or its tokenizer could not be loaded (missing, unsupported, unreadable)."""
+
+    code = "model_load_failed"
+
+
+class InvalidDataFile(EngineFailure, ValueError):
+    """A training-format file the engine cannot use: a line it cannot read, or nothing to train on."""
+
+    code = "invalid_training_file"
 
 
 class InsufficientMemory(EngineFailure):

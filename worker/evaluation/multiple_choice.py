@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from app.files.jsonl import read_jsonl
+from worker.engine.spec import EngineFailure
 from worker.evaluation.scoring import score_texts
 
 FEWSHOT_SEPARATOR = "\n\n"
@@ -55,8 +56,21 @@ class TaskScores:
         return out
 
 
+class InvalidTaskFile(EngineFailure, ValueError):
+    """A task file that is not multiple-choice lines, or has too few examples for the shots asked."""
+
+    code = "invalid_task_file"
+
+
 def read_task(path: Path) -> list[Example]:
-    """Parse and check a task file; errors name the line."""
+    """Parse and check a task file; errors (InvalidTaskFile) name the line."""
+    try:
+        return _read_task(path)
+    except ValueError as error:  # ours or the JSONL reader's, naming the file and line
+        raise InvalidTaskFile(str(error)) from None
+
+
+def _read_task(path: Path) -> list[Example]:
     examples = []
     for lineno, record in read_jsonl(path):
         try:
@@ -81,7 +95,7 @@ def fewshot_indices(n_examples: int, index: int, k: int, seed: int) -> list[int]
     """k distinct examples other than `index`, fixed by (seed, index); the k-shot set is a prefix of
     the (k+1)-shot set, so accuracies at different k differ by the added shots only."""
     if k > n_examples - 1:
-        raise ValueError(f"{k} shots need at least {k + 1} examples, the task has {n_examples}")
+        raise InvalidTaskFile(f"{k} shots need at least {k + 1} examples, the task has {n_examples}")
     rng = random.Random(seed * 1_000_003 + index)
     # Draw with rejection rather than rng.sample, whose algorithm (so its picks) changes with k.
     picked: list[int] = []

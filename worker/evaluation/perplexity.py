@@ -11,8 +11,12 @@ from torch import nn
 
 from worker.engine.data import IGNORE, load_blocks
 from worker.engine.precision import PrecisionPolicy
-from worker.engine.spec import Precision
+from worker.engine.spec import InvalidDataFile, Precision
 from worker.engine.trainer import evaluate
+
+
+class InvalidValidationFile(InvalidDataFile):
+    code = "invalid_validation_file"
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,10 @@ def file_loss(
     max_seq_len: int = 256,
     batch_size: int = 8,
 ) -> FileLoss:
-    blocks = load_blocks(path, tokenizer, max_seq_len)
+    try:
+        blocks = load_blocks(path, tokenizer, max_seq_len)
+    except InvalidDataFile as error:
+        raise InvalidValidationFile(str(error)) from None
     policy = PrecisionPolicy(precision, next(model.parameters()).device)
     loss = evaluate(model, blocks, batch_size, policy)
     return FileLoss(loss, math.exp(loss), int((blocks.targets != IGNORE).sum()))
