@@ -1,5 +1,6 @@
 """The README's walkthrough as a new user runs it: its shell block (curl and jq against `mambaft serve`),
-then its Python snippet, which must print the tuned model's right answer where the base model's is wrong.
+which ends asking the base and the tuned model over HTTP, then its Python snippet; both must show the
+tuned model's right answer where the base model's is wrong.
 
 The blocks are read from README.md (each follows a `<!-- walkthrough: shell|python ... -->` comment), so
 the README cannot drift from what works. They run as written but for two substitutions:
@@ -11,6 +12,7 @@ It trains a real job: about 2 minutes in all on an idle 2-core machine (start, j
 times that while the machine is busy with other work.
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -53,6 +55,9 @@ def test_the_readme_walkthrough_ends_with_the_tuned_model_answering_what_the_bas
 
     shell_output = run(["bash", "-euo", "pipefail", "-c", shell], tmp_path, embedded)
     assert '"status": "succeeded"' in shell_output, shell_output
+    # Step 6: the completions of the base model, then of the tuned one, as JSON strings.
+    base_answer, tuned_answer = (json.loads(line) for line in shell_output.splitlines()[-2:])
+    assert tuned_answer.strip() == ANSWER and base_answer.strip() != ANSWER, shell_output
 
     printed = run([sys.executable, "-c", walkthrough_block(readme, "python")], tmp_path, embedded).splitlines()
     assert f"tuned: '{ANSWER}'" in readme  # the README shows the answer this test expects
