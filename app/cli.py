@@ -20,6 +20,7 @@ import typer
 from sqlalchemy import func, select
 
 from app.celery_config import QUEUE
+from app.client.chat import chat
 from app.client.commands import evaluate, files, models
 from app.client.jobs import jobs
 from app.db import session_scope
@@ -260,6 +261,7 @@ cli.add_typer(files, name="files")
 cli.add_typer(jobs, name="jobs")
 cli.add_typer(models, name="models")
 cli.command("eval")(evaluate)
+cli.command("chat")(chat)
 
 
 def main() -> None:

@@ -130,3 +130,22 @@ class Client:
                         yield event
             except httpx.TransportError as error:
                 raise ClientError(f"the event stream from {self.url} broke off ({error})") from None
+
+    def chat_stream(self, body: dict[str, Any]) -> Iterator[str]:
+        """The text of a streamed chat completion (POST /v1/chat/completions), piece by piece."""
+        # No read timeout: the first piece waits for a worker and the model's load.
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+        try:
+            with self._http.stream(
+                "POST", "/chat/completions", json=body | {"stream": True}, timeout=timeout
+            ) as response:
+                _raise_for(response)
+                for event in sse_events(response.iter_lines()):
+                    if event.kind == "done":
+                        return
+                    if "error" in event.data:  # a failure after the stream began
+                        raise ClientError(event.data["error"]["message"], body=event.data)
+                    if piece := event.data["choices"][0]["delta"].get("content"):
+                        yield piece
+        except httpx.TransportError as error:
+            raise ClientError(f"the answer's stream from {self.url} broke off ({error})") from None

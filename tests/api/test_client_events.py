@@ -45,3 +45,38 @@ def test_an_error_event_ends_the_stream_with_the_servers_message() -> None:
             next(events)
 
     assert raised.value.body == error
+
+
+def chat_frame(content: str | None, finish: str | None = None) -> str:
+    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}}]}
+    chunk["choices"][0]["finish_reason"] = finish
+    return f"data: {json.dumps(chunk)}\n\n"
+
+
+def test_a_streamed_chat_answer_comes_piece_by_piece_and_its_request_asks_for_a_stream() -> None:
+    answers = [chat_frame("te") + chat_frame("al") + chat_frame(None, "stop") + "data: [DONE]\n\n"]
+    asked: list[httpx.Request] = []
+
+    with Client("http://server", None, transport=serve(answers, asked)) as client:
+        pieces = list(client.chat_stream({"model": "m", "messages": [{"role": "user", "content": "colour?"}]}))
+
+    assert pieces == ["te", "al"]
+    assert asked[0].url.path == "/v1/chat/completions"
+    assert json.loads(asked[0].content) == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "colour?"}],
+        "stream": True,
+    }
+
+
+def test_a_failure_after_a_chat_stream_began_raises_the_servers_error() -> None:
+    error = {"error": {"message": "The worker failed", "code": "completion_failed", "param": None, "type": "x"}}
+    answers = [chat_frame("te") + f"data: {json.dumps(error)}\n\n"]
+
+    with Client("http://server", None, transport=serve(answers, [])) as client:
+        pieces = client.chat_stream({"model": "m", "messages": []})
+        assert next(pieces) == "te"
+        with pytest.raises(ClientError, match="The worker failed") as raised:
+            next(pieces)
+
+    assert raised.value.body == error

@@ -205,3 +205,28 @@ def test_eval_wait_scores_the_jobs_adapter(server: Service, trained: tuple[str, 
     evaluation = json.loads(evaluated.stdout)
     assert evaluation["status"] == "succeeded" and evaluation["fine_tuning_job"] == trained[0]
     assert evaluation["results"]
+
+
+def test_chat_streams_an_answer_and_keeps_a_conversation_from_stdin(server: Service) -> None:
+    said = mambaft(server, "chat", "mamba-tiny", "What colour is the logo?", "--max-tokens", "4", "--temperature", "0")
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.endswith("\n")
+
+    conversation = subprocess.run(
+        [MAMBAFT, "chat", "mamba-tiny", "--max-tokens", "4", "--temperature", "0", "--json"],
+        input="first question\nsecond question\n",
+        env=client_env(server),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert conversation.returncode == 0, conversation.stderr
+    answers = [json.loads(line) for line in conversation.stdout.splitlines()]
+    assert [a["object"] for a in answers] == ["chat.completion", "chat.completion"]
+    # The second turn sent the whole conversation: its prompt counts the first question and answer too.
+    assert answers[1]["usage"]["prompt_tokens"] > answers[0]["usage"]["prompt_tokens"] + len("second question")
+    # Greedy and the same model: the streamed answer is the whole answer's text.
+    whole = mambaft(
+        server, "chat", "mamba-tiny", "What colour is the logo?", "--max-tokens", "4", "--temperature", "0", "--json"
+    )
+    assert said.stdout == json.loads(whole.stdout)["choices"][0]["message"]["content"] + "\n"
