@@ -15,6 +15,7 @@ from app.guards import BodyLimit, LimitFor, RejectNulInUrl
 from app.jobs import routes as jobs_routes
 from app.limits import RateLimiter
 from app.settings import Settings, get_settings
+from app.webhooks import routes as webhooks_routes
 
 UPLOAD_PATH = "/v1/files"
 # JSON bodies are small (a job request is a few hundred bytes); only uploads may be large.
@@ -51,7 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(RejectNulInUrl)
     app.include_router(health.router)
-    for router in (files_routes.router, jobs_routes.router, models_routes.router, evaluations_routes.router):
+    routers = (files_routes, jobs_routes, models_routes, evaluations_routes, webhooks_routes)
+    for router in (module.router for module in routers):
         app.include_router(router, prefix="/v1")
     return app
 
