@@ -7,7 +7,6 @@ died is due again then. A receiver may see an event twice (a sender that died af
 """
 
 import json
-import logging
 import threading
 from dataclasses import dataclass
 
@@ -19,8 +18,7 @@ from app.settings import Settings
 from app.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from app.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature
 from app.webhooks.targets import url_refusal
-
-log = logging.getLogger(__name__)
+from worker.background import start_periodic
 
 CLAIM_SECONDS = 60
 BATCH = 50
@@ -75,7 +73,6 @@ def _post(client: httpx.Client, settings: Settings, claimed: _Claimed) -> _Outco
         SIGNATURE_HEADER: signature(claimed.secret, now(), claimed.body),
     }
     try:
-        # No redirects: a public URL could otherwise send the post on to a private one.
         response = client.post(
             claimed.url, content=claimed.body, headers=headers, timeout=settings.webhook_timeout_seconds
         )
@@ -126,16 +123,9 @@ def deliver_due(*, settings: Settings, client: httpx.Client) -> list[str]:
 def start_webhook_sender(settings: Settings, stop: threading.Event) -> threading.Thread:
     """A daemon thread sending due deliveries every webhook_poll_seconds until `stop` is set."""
 
-    def loop() -> None:
+    def send() -> None:
+        # No redirects: a public URL could otherwise send the post on to a private one.
         with httpx.Client(follow_redirects=False) as client:
-            while True:
-                try:
-                    deliver_due(settings=settings, client=client)
-                except Exception:  # the database may be briefly unreachable; try again next poll
-                    log.exception("webhook pass failed")
-                if stop.wait(settings.webhook_poll_seconds):
-                    return
+            deliver_due(settings=settings, client=client)
 
-    thread = threading.Thread(target=loop, name="mambaft-webhooks", daemon=True)
-    thread.start()
-    return thread
+    return start_periodic("mambaft-webhooks", settings.webhook_poll_seconds, send, stop)
