@@ -15,6 +15,8 @@ QUEUE = "mambaft"
 RUN_JOB_TASK = "mambaft.run_job"
 RUN_EVALUATION_TASK = "mambaft.run_evaluation"
 CREATE_MODEL_TASK = "mambaft.create_model"
+RUN_COMPLETION_TASK = "mambaft.run_completion"
+TASKS = (RUN_JOB_TASK, RUN_EVALUATION_TASK, CREATE_MODEL_TASK, RUN_COMPLETION_TASK)
 # Redis hands an unacknowledged message to another consumer after this long. Jobs run for hours and
 # acknowledge late, so this stays far above any job; a worker that dies is detected by the DB lease
 # and the reaper, not by redelivery (a redelivered duplicate is a no-op: the claim fails).
@@ -54,7 +56,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
-        task_routes={task: {"queue": QUEUE} for task in (RUN_JOB_TASK, RUN_EVALUATION_TASK, CREATE_MODEL_TASK)},
+        task_routes={task: {"queue": QUEUE} for task in TASKS},
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,

@@ -1,11 +1,11 @@
-"""The `mambaft` command: run the service (embedded or as separate API / worker processes) and admin it.
+"""The `mambaft` command: run the service (embedded or as separate API / worker processes) and admin it;
+its client commands (files, jobs, models, eval: app/client/) use a running one over HTTP.
 
 The API process never imports torch: the tiny models are built and jobs are trained in subprocesses.
 Subcommands import the web stack, Alembic and the auth service on first use, so `create-key` and
 `worker` start without loading what they do not run.
 """
 
-import argparse
 import ipaddress
 import logging
 import os
@@ -13,11 +13,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
+import typer
 from sqlalchemy import func, select
 
 from app.celery_config import QUEUE
+from app.client.commands import evaluate, files, models
+from app.client.jobs import jobs
 from app.db import session_scope
 from app.settings import Settings, get_settings
 
@@ -111,13 +114,39 @@ def _raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+DataDir = Annotated[
+    Path | None,
+    typer.Option(help="Where the embedded database, objects and models live (MAMBAFT_DATA_DIR).", show_default=False),
+]
+Host = Annotated[str, typer.Option(help="The address to listen on.")]
+Port = Annotated[int, typer.Option(help="The port to listen on.")]
+
+cli = typer.Typer(
+    name="mambaft",
+    help="Run the mambaft service and admin it, or use a running one (files, jobs, models, eval).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    if data_dir is not None:
+        # Through the environment, so this process's settings and every child's agree.
+        os.environ["MAMBAFT_DATA_DIR"] = str(data_dir.resolve())
+        get_settings.cache_clear()
+    return get_settings()
+
+
+@cli.command()
+def serve(host: Host = "127.0.0.1", port: Port = 8000, data_dir: DataDir = None) -> None:
     """API and one worker on one machine: the embedded default (`make run`)."""
-    _check_auth(settings, args.host)
+    settings = _settings(data_dir)
+    _check_auth(settings, host)
     _migrate(settings)
     subprocess.run([sys.executable, "-m", "worker.bootstrap", "--models-dir", str(settings.models_dir)], check=True)
     if not _active_key_count(settings):
-        if "auth_disabled" not in settings.model_fields_set and is_loopback(args.host):
+        if "auth_disabled" not in settings.model_fields_set and is_loopback(host):
             # Zero configuration on one's own machine; a stored key turns auth on at the next start.
             settings = settings.model_copy(update={"auth_disabled": True})
             print("mambaft: authentication is off (loopback bind, no API keys yet).", flush=True)
@@ -129,7 +158,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from app.supervisor import WorkerSupervisor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn.Config(served_app(settings), host=args.host, port=args.port, **UVICORN_OPTIONS))
+    server = uvicorn.Server(uvicorn.Config(served_app(settings), host=host, port=port, **UVICORN_OPTIONS))
     supervisor = WorkerSupervisor(worker_command(), settings, on_give_up=lambda: setattr(server, "should_exit", True))
     _raise_on_sigterm()
     supervisor.start()
@@ -142,35 +171,53 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         raise SystemExit(1)
 
 
-def cmd_api(args: argparse.Namespace, settings: Settings) -> None:
+@cli.command()
+def api(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[int, typer.Option(help="API processes sharing the port (uvicorn workers).")] = 1,
+    data_dir: DataDir = None,
+) -> None:
     """The API alone (production: migrations run separately, workers run on GPU hosts)."""
-    _check_auth(settings, args.host)
-    _serve_api(settings, args.host, args.port, args.workers)
+    settings = _settings(data_dir)
+    _check_auth(settings, host)
+    _serve_api(settings, host, port, workers)
 
 
-def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> None:
+@cli.command()
+def worker(data_dir: DataDir = None) -> None:
     """One Celery worker (production: one per GPU); replaces this process so signals reach Celery."""
+    _settings(data_dir)
     command = worker_command()
     os.execv(command[0], command)
 
 
-def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> None:
-    _migrate(settings)
+@cli.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Apply database migrations."""
+    _migrate(_settings(data_dir))
     print("mambaft: database is up to date")
 
 
-def cmd_create_key(args: argparse.Namespace, settings: Settings) -> None:
+@cli.command("create-key")
+def create_key(
+    owner: Annotated[str, typer.Option(help="The tenant whose files and jobs the key reaches.")],
+    name: Annotated[str, typer.Option(help="A label to tell keys apart.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key and print it once."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from app.auth.service import create_api_key, validate_owner
     from app.errors import ApiError
 
+    settings = _settings(data_dir)
     try:
-        validate_owner(args.owner)
+        validate_owner(owner)
         # A new data dir (or database) gets its schema first, as `serve` would give it.
         _migrate(settings)
         with session_scope(settings.database_url) as session:
-            row, key = create_api_key(session=session, owner=args.owner, name=args.name)
+            row, key = create_api_key(session=session, owner=owner, name=name)
     except ApiError as error:
         _fail(error.message)
     except (SQLAlchemyError, OSError) as error:
@@ -179,50 +226,32 @@ def cmd_create_key(args: argparse.Namespace, settings: Settings) -> None:
     print(key)
 
 
-def cmd_revoke_key(args: argparse.Namespace, settings: Settings) -> None:
+@cli.command("revoke-key")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="The id create-key printed.")], data_dir: DataDir = None
+) -> None:
+    """Revoke an API key by id."""
     from app.auth.service import revoke_api_key
     from app.errors import ApiError
 
+    settings = _settings(data_dir)
     try:
         with session_scope(settings.database_url) as session:
-            revoke_api_key(session=session, key_id=args.key_id)
+            revoke_api_key(session=session, key_id=key_id)
     except ApiError as error:
         _fail(error.message)
-    print(f"Revoked API key {args.key_id}")
+    print(f"Revoked API key {key_id}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", type=Path, help="where the embedded database, objects and models live")
-    listen = argparse.ArgumentParser(add_help=False)
-    listen.add_argument("--host", default="127.0.0.1")
-    listen.add_argument("--port", type=int, default=8000)
-
-    parser = argparse.ArgumentParser(prog="mambaft", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", parents=[common, listen], help=cmd_serve.__doc__).set_defaults(run=cmd_serve)
-    api = commands.add_parser("api", parents=[common, listen], help=cmd_api.__doc__)
-    api.add_argument("--workers", type=int, default=1, help="API processes sharing the port (uvicorn workers)")
-    api.set_defaults(run=cmd_api)
-    commands.add_parser("worker", parents=[common], help=cmd_worker.__doc__).set_defaults(run=cmd_worker)
-    commands.add_parser("migrate", parents=[common], help="apply database migrations").set_defaults(run=cmd_migrate)
-    create = commands.add_parser("create-key", parents=[common], help="create an API key and print it once")
-    create.add_argument("--owner", required=True, help="the tenant whose files and jobs the key reaches")
-    create.add_argument("--name", default="", help="a label to tell keys apart")
-    create.set_defaults(run=cmd_create_key)
-    revoke = commands.add_parser("revoke-key", parents=[common], help="revoke an API key by id")
-    revoke.add_argument("key_id")
-    revoke.set_defaults(run=cmd_revoke_key)
-    return parser
+# The client: HTTP to a running server (MAMBAFT_URL, MAMBAFT_API_KEY), listed after the service's commands.
+cli.add_typer(files, name="files")
+cli.add_typer(jobs, name="jobs")
+cli.add_typer(models, name="models")
+cli.command("eval")(evaluate)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if args.data_dir is not None:
-        # Through the environment, so this process's settings and every child's agree.
-        os.environ["MAMBAFT_DATA_DIR"] = str(args.data_dir.resolve())
-        get_settings.cache_clear()
-    args.run(args, get_settings())
+def main() -> None:
+    cli()
 
 
 if __name__ == "__main__":

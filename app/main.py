@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from app import health
 from app.base_models import routes as models_routes
+from app.completions import routes as completions_routes
 from app.errors import ApiError, install_error_handlers
 from app.evaluations import routes as evaluations_routes
 from app.files import routes as files_routes
@@ -15,6 +16,7 @@ from app.guards import BodyLimit, LimitFor, RejectNulInUrl
 from app.jobs import routes as jobs_routes
 from app.limits import RateLimiter
 from app.settings import Settings, get_settings
+from app.ui import routes as ui_routes
 from app.webhooks import routes as webhooks_routes
 
 UPLOAD_PATH = "/v1/files"
@@ -52,9 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(RejectNulInUrl)
     app.include_router(health.router)
-    routers = (files_routes, jobs_routes, models_routes, evaluations_routes, webhooks_routes)
+    routers = (files_routes, jobs_routes, models_routes, evaluations_routes, completions_routes, webhooks_routes)
     for router in (module.router for module in routers):
         app.include_router(router, prefix="/v1")
+    app.include_router(ui_routes.router)
     return app
 
 

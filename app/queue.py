@@ -10,6 +10,7 @@ from kombu.exceptions import KombuError
 from app.celery_config import (
     CREATE_MODEL_TASK,
     QUEUE,
+    RUN_COMPLETION_TASK,
     RUN_EVALUATION_TASK,
     RUN_JOB_TASK,
     filesystem_folders,
@@ -30,6 +31,8 @@ class Broker(Protocol):
     def enqueue_evaluation(self, *, settings: Settings, evaluation_id: str) -> None: ...
 
     def enqueue_model_creation(self, *, settings: Settings, model_uid: str) -> None: ...
+
+    def enqueue_completion(self, *, settings: Settings, completion_id: str) -> None: ...
 
     def ping_broker(self, *, settings: Settings) -> None: ...
 
@@ -73,6 +76,11 @@ def enqueue_evaluation(*, settings: Settings, evaluation_id: str) -> None:
 def enqueue_model_creation(*, settings: Settings, model_uid: str) -> None:
     """Send `mambaft.create_model(model_uid)`; raises BrokerUnavailable like enqueue_job."""
     _send(settings, CREATE_MODEL_TASK, model_uid)
+
+
+def enqueue_completion(*, settings: Settings, completion_id: str) -> None:
+    """Send `mambaft.run_completion(completion_id)`; raises BrokerUnavailable like enqueue_job."""
+    _send(settings, RUN_COMPLETION_TASK, completion_id)
 
 
 def ping_broker(*, settings: Settings) -> None:

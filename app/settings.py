@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     # the default admits the largest public Mamba (2.8B).
     max_model_parameters: int = Field(default=3_000_000_000, ge=1)
 
+    # Completions (POST /v1/completions, /v1/chat/completions): the most tokens one may generate, the
+    # longest prompt in tokens, requests of one owner in flight at once (0 = no limit), the loaded models a
+    # worker keeps (least recently used goes first), how long the API waits for a worker to take a request
+    # (then 503) and for the whole answer (then 504).
+    max_completion_tokens: int = Field(default=512, ge=1)
+    max_prompt_tokens: int = Field(default=2048, ge=1)
+    max_concurrent_completions: int = Field(default=4, ge=0)
+    completion_models_cached: int = Field(default=2, ge=1)
+    completion_start_timeout_seconds: float = Field(default=30, gt=0)
+    completion_timeout_seconds: float = Field(default=300, gt=0)
+
     # A running job whose worker stops renewing its lease for this long is requeued by the reaper.
     lease_seconds: int = 60
     heartbeat_seconds: int = 10

@@ -7,15 +7,20 @@ frozen weights in the half precision, trainable fp32, autocast, fused AdamW):
         (GradScaler, as the trainer does); fp32 keeps every weight fp32 and runs no autocast.
 The largest batch x 1024 tokens one step fits in the GPU, per engine (stock included):
     python3 bench/step.py capacity [mamba|mamba2] [engine,engine...] [--precision ...]
-CPU (the embedded default: tiny model shape d_model 128 x 4 layers, batch 4 x 256):
-    python3 bench/step.py cpu
-Stock on the CPU is transformers' own pure-torch path (a Python loop over tokens).
+CPU (the embedded default: tiny model shape d_model 128 x 4 layers, batch 4 x 256, fp32):
+    taskset -c 0,1 python3 bench/step.py cpu [mamba|mamba2] [--runs 5] [--steps 3] [--threads N]
+    Stock on the CPU is transformers' own pure-torch path (a Python loop over tokens). Both models are
+    built and warmed up first; then each run times `steps` steps of stock and then of ours, so load from
+    elsewhere falls on both alike. It prints every run and the median with its spread; `cpu_s` is the
+    process's CPU time per step, which other load on the machine inflates less than the wall time.
 """
 
 import argparse
 import collections
 import gc
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -158,8 +163,9 @@ def measure(
     device: str,
     steps: int,
     precision: str = "bf16",
+    vocab: int | None = None,
 ) -> dict:
-    vocab = 50280 if device == "cuda" else 264
+    vocab = vocab or (50280 if device == "cuda" else 264)
     model = build(engine, family, d, layers, vocab, device, precision)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
@@ -243,6 +249,45 @@ def capacity(engine: str, family: str, d: int, layers: int, seq: int, precision:
     return result
 
 
+def cpu_compare(family: str, runs: int, steps: int) -> dict:
+    """Seconds per step of stock and ours on the tiny shape, runs interleaved; the median run and the spread."""
+    d, layers, batch, seq, vocab = 128, 4, 4, 256, 264
+    engines = ("stock", "ours")
+    step_of = {}
+    for engine in engines:
+        step_of[engine] = make_step(
+            engine, build(engine, family, d, layers, vocab, "cpu", "fp32"), "fp32", batch, seq, "cpu", False
+        )
+        step_of[engine]()  # warm-up: first-call allocations and lazy initialisation
+    seconds = {engine: [] for engine in engines}
+    cpu = {engine: [] for engine in engines}
+    for run in range(runs):
+        for engine in engines:
+            wall, used = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                step_of[engine]()
+            seconds[engine].append((time.perf_counter() - wall) / steps)
+            cpu[engine].append((time.process_time() - used) / steps)
+        ratio = seconds["stock"][-1] / seconds["ours"][-1]
+        print(
+            json.dumps(dict(run=run, **{f"{e}_s": round(seconds[e][-1], 3) for e in engines}, speedup=round(ratio, 1))),
+            flush=True,
+        )
+    ratios = [s / o for s, o in zip(seconds["stock"], seconds["ours"], strict=True)]
+    shape = dict(family=family, d=d, layers=layers, batch=batch, seq=seq, precision="fp32")
+    result = dict(shape, threads=torch.get_num_threads(), runs=runs, steps=steps)
+    for engine in engines:
+        result[engine] = dict(
+            step_s=round(statistics.median(seconds[engine]), 3),
+            spread_s=[round(min(seconds[engine]), 3), round(max(seconds[engine]), 3)],
+            cpu_s=round(statistics.median(cpu[engine]), 3),
+            tokens_per_s=round(batch * seq / statistics.median(seconds[engine])),
+        )
+    result["speedup"] = round(statistics.median(ratios), 1)
+    result["speedup_spread"] = [round(min(ratios), 1), round(max(ratios), 1)]
+    return result
+
+
 def compare(
     shapes: list[tuple[str, int, int, int, int]], device: str, steps: int, engines: list[str], precision: str
 ) -> None:
@@ -280,11 +325,14 @@ def main() -> None:
     parser.add_argument("engines", nargs="?", default="ours,ours_graph,ours_lean,ours_lean_graph")
     parser.add_argument("--precision", choices=list(HALF), default="bf16")
     parser.add_argument("--shapes", default="1.4b,130m", help=f"comma-separated, of {list(SHAPES)}")
+    parser.add_argument("--runs", type=int, default=5, help="cpu: timed runs of each engine, interleaved")
+    parser.add_argument("--steps", type=int, default=3, help="cpu: steps per timed run")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="cpu: torch threads")
     args = parser.parse_args()
     engines = args.engines.split(",")
     if args.mode == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        compare([("mamba", 128, 4, 4, 256)], "cpu", steps=2, engines=["ours"], precision="fp32")
+        torch.set_num_threads(args.threads)
+        print(json.dumps(cpu_compare(args.family, args.runs, args.steps)), flush=True)
         return
     print("torch", torch.__version__, torch.cuda.get_device_name(), args.precision, flush=True)
     shapes = [SHAPES[name] for name in args.shapes.split(",")]

@@ -162,6 +162,10 @@ class FakeBroker:
             raise ConnectionError("broker lost the message (FakeBroker)")
         sent.append(object_id)
 
+    def enqueue_completion(self, *, settings: Settings, completion_id: str) -> None:
+        self._check()
+        self.enqueued.append(completion_id)
+
     def ping_broker(self, *, settings: Settings) -> None:
         self._check()
 

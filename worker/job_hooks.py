@@ -35,6 +35,7 @@ class JobHooks:
     heartbeat: Heartbeat
     shutdown: threading.Event
     cancel_requested: bool = False
+    latest: Progress | None = None  # the last step's, which the next checkpoint carries as its metrics
     _last_poll: float = field(default=float("-inf"))
     _last_progress: float = field(default=float("-inf"))
 
@@ -51,6 +52,7 @@ class JobHooks:
         return self.heartbeat.lost.is_set()
 
     def on_progress(self, progress: Progress) -> None:
+        self.latest = progress
         due = time.monotonic() - self._last_progress >= PROGRESS_INTERVAL_S
         if not (due or progress.total_steps <= FEW_STEPS or progress.step == progress.total_steps):
             return
@@ -93,7 +95,10 @@ class JobHooks:
                 self.heartbeat.lost.set()
                 return
             # The object is complete before its row exists, so a resume never finds a partial one.
-            row = Checkpoint(id=new_id("ftckpt"), job_id=self.job_id, step=step, created_at=now(), storage_key=key)
+            metrics = self.latest.row() if self.latest is not None and self.latest.step == step else {"step": step}
+            row = Checkpoint(
+                id=new_id("ftckpt"), job_id=self.job_id, step=step, created_at=now(), storage_key=key, metrics=metrics
+            )
             session.add(row)
             record_event(session, self.job_id, "checkpoint", f"Checkpoint saved at step {step}", data={"step": step})
 

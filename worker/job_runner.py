@@ -41,6 +41,7 @@ from worker.engine.spec import (
 from worker.engine.trainer import train as engine_train
 from worker.failures import failure_body
 from worker.job_hooks import JobHooks
+from worker.job_results import store_results
 from worker.job_stability import store_stability_report
 from worker.lease import Heartbeat, claim, lock, new_holder_id
 from worker.memory_watchdog import MemoryWatchdog
@@ -171,9 +172,9 @@ class JobAttempt:
         return folder
 
     def publish(self, spec: TrainSpec, result: TrainResult, source: Path | str) -> None:
-        """Upload the adapter (with the tokenizer of the base model at `source`) and make the stability
-        report, then point the job at them: a half-written adapter is never served, and a succeeded job
-        has everything it promises."""
+        """Upload the adapter (with the tokenizer of the base model at `source`), make the stability report
+        and the result files, then point the job at them: a half-written adapter is never served, and a
+        succeeded job has everything it promises."""
         name_base_model(result.adapter_dir, self.job.model)
         extras = [source / name for name in TOKENIZER_FILES if isinstance(source, Path) and (source / name).is_file()]
         extras = [path for path in extras if not (result.adapter_dir / path.name).exists()]
@@ -182,6 +183,7 @@ class JobAttempt:
         if result.merged_dir is not None:
             self._upload(merged_key(self.job.id), pack(result.merged_dir, self.workdir / "merged.tar.gz"))
         stability = store_stability_report(storage=self.storage, job_id=self.job.id, spec=spec, result=result)
+        results = store_results(job_id=self.job.id, result=result, workdir=self.workdir, upload=self._upload)
 
         def succeed(session: Session, job: Job) -> None:
             if job.cancel_requested:
@@ -192,6 +194,8 @@ class JobAttempt:
             job.trained_tokens = result.trained_tokens
             job.current_step = result.steps
             job.fine_tuned_model = fine_tuned_model_id(job)
+            session.add_all([file.row(job.owner) for file in results])
+            job.result_files = [file.id for file in results]
             record_event(session, job.id, "metrics", "Training finished", data=result.metrics)
             record_event(session, job.id, "message", stability.message, data=stability.summary, level=stability.level)
             transition(session, job, JobStatus.SUCCEEDED, message="The job has successfully completed")

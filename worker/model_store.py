@@ -30,7 +30,7 @@ def model_source(*, settings: Settings, storage: ObjectStorage, owner: str, mode
     if status != ModelStatus.READY or key is None:
         raise ModelUnavailable(f"the model {model_id!r} is {shown}; it has no weights to load")
     try:
-        return _cached(settings, storage, uid, key)
+        return cached_archive(settings, storage, uid, key)
     except StorageUnavailable:
         raise  # an outage, not a broken model
     except Exception as error:
@@ -45,9 +45,10 @@ def shared_model_source(settings: Settings, model_id: str) -> Path | str:
     return folder if folder.is_relative_to(root) and folder != root and folder.is_dir() else model_id
 
 
-def _cached(settings: Settings, storage: ObjectStorage, uid: str, key: str) -> Path:
-    """The unpacked model, fetched on first use. A created model never changes, so a cached folder is
-    never stale; it appears by one rename, so a reader never sees it half-unpacked."""
+def cached_archive(settings: Settings, storage: ObjectStorage, uid: str, key: str) -> Path:
+    """The stored archive `key` unpacked into `model_cache_dir/<uid>`, fetched on first use. Archives cached
+    here (a created model's weights, a succeeded job's adapter) never change, so a cached folder is never
+    stale; it appears by one rename, so a reader never sees it half-unpacked."""
     cache = settings.model_cache_dir
     folder = cache / uid
     if folder.is_dir():

@@ -14,7 +14,7 @@ from app.base_models.architectures import COMPANION_STRUCTURES
 # keeps free of app imports; the test that compares counts fails if they part.
 EXPAND = 2
 CONV_KERNEL = 4
-MAMBA2_HEAD_DIM = 32
+MAMBA2_HEAD_DIM = 64
 BYTE_VOCAB_SIZE = 257  # 256 bytes + EOS
 
 

@@ -15,7 +15,7 @@ class ModelCreate(BaseModel):
 
     id: ModelId
     family: Literal["mamba", "mamba2"]
-    d_model: int = Field(ge=16, le=8192, multiple_of=16)  # Mamba-2 heads: 2·d_model / 32 per model
+    d_model: int = Field(ge=16, le=8192, multiple_of=16)  # Mamba-2 also a multiple of 32 (heads of 64)
     n_layer: int = Field(ge=1, le=128)
     d_state: int = Field(ge=1, le=MAX_STATE)
     tokenizer: str = Field("byte", min_length=1, max_length=512)  # "byte" or a ready model the caller sees

@@ -29,7 +29,7 @@ from app.base_models.architectures import (
 )
 from app.base_models.lifecycle import MODELS
 from app.base_models.models import CREATING, CreatedModel, ModelStatus, created_model
-from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
+from app.base_models.parameters import BYTE_VOCAB_SIZE, EXPAND, MAMBA2_HEAD_DIM, parameter_count
 from app.base_models.schemas import ModelCreate
 from app.db import new_id, now
 from app.errors import ApiError, conflict, invalid_request, not_found
@@ -172,6 +172,12 @@ def create_model(
     """Check an architecture request, record it as the owner's model (status creating: its build queued),
     commit it and ask a worker to build it."""
     variant = _variant(request)
+    if request.family == "mamba2" and EXPAND * request.d_model % MAMBA2_HEAD_DIM:
+        raise invalid_request(
+            f"a mamba2 model's d_model must be a multiple of {MAMBA2_HEAD_DIM // EXPAND}: its {EXPAND}·d_model"
+            f" channels form heads of {MAMBA2_HEAD_DIM}, as in the reference Mamba-2 checkpoints",
+            param="d_model",
+        )
     vocab_size = _tokenizer_vocab(session=session, settings=settings, owner=owner, tokenizer=request.tokenizer)
     parameters = parameter_count(
         family=request.family,

@@ -16,3 +16,8 @@ def checkpoint_key(job_id: str, step: int) -> str:
 def stability_key(job_id: str, suffix: str) -> str:
     """The stability report of a job: `json` or `png`."""
     return f"jobs/{job_id}/stability.{suffix}"
+
+
+def result_key(job_id: str, filename: str) -> str:
+    """One of a job's result files (`metrics.csv`, `loss_curve.png`)."""
+    return f"jobs/{job_id}/results/{filename}"

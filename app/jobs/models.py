@@ -38,6 +38,8 @@ class Job(LeasedColumns, Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # Storage key of the finished adapter archive; set only after the upload completed.
     adapter_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # Ids of the files (purpose fine-tune-results) a succeeded job produced: metrics CSV, loss curve.
+    result_files: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):

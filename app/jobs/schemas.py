@@ -142,9 +142,9 @@ class JobObject(BaseModel):
     fine_tuned_model: str | None
     metrics: dict[str, Any]
     progress: Progress
-    # OpenAI clients expect these two; a tenant is our organization, and results come as the adapter.
+    # OpenAI's: a tenant is our organization; the results are the metrics CSV and the loss curve (files).
     organization_id: str
-    result_files: list[str] = []
+    result_files: list[str]
 
     @classmethod
     def of(cls, job: Job) -> "JobObject":
@@ -170,6 +170,7 @@ class JobObject(BaseModel):
             metrics=job.metrics or {},
             progress=Progress(step=job.current_step or 0, total_steps=job.total_steps),
             organization_id=job.owner,
+            result_files=job.result_files or [],
         )
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, pool
 # tests/api/test_migrations.py) will not see its tables.
 import app.auth.models
 import app.base_models.models
+import app.completions.models
 import app.evaluations.models
 import app.files.models
 import app.idempotency

@@ -67,7 +67,7 @@ def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
     return venv
 
 
-def test_an_installed_wheel_migrates_a_new_database_and_finds_the_shipped_tasks(tmp_path: Path) -> None:
+def test_an_installed_wheel_migrates_a_new_database_and_finds_the_shipped_tasks_and_dashboard(tmp_path: Path) -> None:
     venv = fresh_venv(tmp_path, build_wheel(tmp_path))
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -82,7 +82,11 @@ def test_an_installed_wheel_migrates_a_new_database_and_finds_the_shipped_tasks(
     assert {"jobs", "files", "evaluations", "api_keys"} <= tables
     assert version == ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
-    lookup = "import app, app.evaluations.shipped_tasks as s; print(app.__file__); print(s.shipped_task('lookup'))"
-    package, task = run(venv / "bin" / "python", "-c", lookup, cwd=outside, env=env).splitlines()
+    lookup = (
+        "import app, app.evaluations.shipped_tasks as s, app.resources as r; print(app.__file__);"
+        " print(s.shipped_task('lookup')); print(r.shipped_path('ui', 'static', 'index.html'))"
+    )
+    package, task, dashboard = run(venv / "bin" / "python", "-c", lookup, cwd=outside, env=env).splitlines()
     assert Path(package).is_relative_to(venv)
     assert Path(task).is_relative_to(venv) and len(Path(task).read_text().splitlines()) >= 200
+    assert Path(dashboard).is_relative_to(venv) and 'src="app.js"' in Path(dashboard).read_text()

@@ -121,3 +121,25 @@ def adapter_logits_change(models_dir: Path, adapter: Path) -> float:
         tuned = PeftModel.from_pretrained(base, adapter)
         after = tuned(input_ids=inputs).logits
     return (after - before).abs().max().item()
+
+
+def random_adapter(base: Path, folder: Path) -> Path:
+    """A LoRA adapter for the model at `base`, saved as a job saves one into `folder`, on in_proj and on
+    dt_proj and out_proj (which only folding or merging reaches) with random B and SSM parameters: it moves
+    the logits as a trained one would, without the training."""
+    import torch
+
+    from worker.engine.loading import load_base
+    from worker.engine.lora_fold import attach_lora, save_adapter
+    from worker.engine.spec import LoraSpec
+
+    model, _, _ = load_base(str(base), device=torch.device("cpu"))
+    spec = LoraSpec(r=4, alpha=8, target_modules=("in_proj", "dt_proj", "out_proj"), train_ssm_params=True)
+    peft_model = attach_lora(model, spec)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or name.endswith("A_log"):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    save_adapter(peft_model, folder)
+    return folder

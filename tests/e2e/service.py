@@ -11,7 +11,7 @@ import pytest
 
 from app.settings import Settings
 
-from .factories import MAMBAFT
+from .factories import MAMBAFT, clean_env, free_port
 
 START_TIMEOUT_S = 180
 
@@ -60,6 +60,26 @@ class Service:
             process.wait(timeout=150)
         for pid in descendants:
             assert not alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
+
+
+def serve_with_key(folder: Path, models_dir: Path, owner: str, **settings: str) -> Service:
+    """`mambaft serve` over a fresh data dir in `folder` holding one key of `owner` (so authentication is
+    on), up with its worker; the key is in `headers`. `settings`: more MAMBAFT_* variables for it."""
+    data_dir = folder / "var"
+    env = clean_env(MAMBAFT_MODELS_DIR=str(models_dir), **settings)
+    created = subprocess.run(
+        [MAMBAFT, "create-key", "--owner", owner, "--data-dir", str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    service = Service(f"http://127.0.0.1:{free_port()}", models_dir, Settings(data_dir=data_dir), logs=[])
+    service.headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
+    port = service.url.rsplit(":", 1)[1]
+    service.start(["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(data_dir)], env, folder)
+    service.wait_ready(worker=True)
+    return service
 
 
 def children(pid: int) -> list[int]:

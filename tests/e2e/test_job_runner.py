@@ -4,7 +4,9 @@ The real engine trains the tiny model where the behaviour depends on it (cancel,
 a stand-in `train` is used where only the runner's own handling is under test.
 """
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -27,9 +29,10 @@ from sqlalchemy.exc import OperationalError
 
 import worker.job_runner
 from app.db import now, session_scope
+from app.files.models import File
 from app.jobs.keys import adapter_key, checkpoint_key
 from app.jobs.lifecycle import JobStatus
-from app.jobs.models import Job, JobEvent
+from app.jobs.models import Checkpoint, Job, JobEvent
 from app.main import create_app
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
@@ -107,6 +110,34 @@ def test_retry_after_lost_worker_resumes_from_checkpoint_and_publishes(
         names = set(tar.getnames())
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= names
     assert all(not name.startswith("/") and ".." not in name.split("/") for name in names)
+
+    # The results span both attempts: the steps before the crash came back with the checkpoint.
+    csv_file, png_file = result_files(settings, job)
+    steps = list(csv.DictReader(io.StringIO(read_object(storage, csv_file).decode())))
+    assert [int(row["step"]) for row in steps] == list(range(1, job.total_steps + 1))
+    assert all(float(row["train_loss"]) > 0 and float(row["learning_rate"]) > 0 for row in steps)
+    assert float(steps[-1]["valid_loss"]) == pytest.approx(job.metrics["validation_loss"])
+    assert not any(row["valid_loss"] for row in steps[:-1])
+    assert read_object(storage, png_file).startswith(b"\x89PNG\r\n\x1a\n")
+    with session_scope(settings.database_url) as session:
+        checkpoint = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)).one()
+    assert checkpoint.metrics["step"] == checkpoint.step == 2
+    assert checkpoint.metrics["train_loss"] == pytest.approx(float(steps[1]["train_loss"]))
+
+
+def result_files(settings: Settings, job: Job) -> list[File]:
+    """The job's result files, in its `result_files` order, each checked to be the tenant's."""
+    assert job.result_files is not None and len(job.result_files) == 2
+    with session_scope(settings.database_url) as session:
+        rows = {f.id: f for f in session.scalars(select(File).where(File.id.in_(job.result_files)))}
+    files = [rows[file_id] for file_id in job.result_files]
+    assert {(f.owner, f.purpose) for f in files} == {(job.owner, "fine-tune-results")}
+    assert [f.filename for f in files] == [f"{job.id}-metrics.csv", f"{job.id}-loss_curve.png"]
+    return files
+
+
+def read_object(storage: ObjectStorage, file: File) -> bytes:
+    return b"".join(storage.iter_bytes(file.storage_key))
 
 
 def test_the_published_adapter_names_the_model_id_and_plain_peft_loads_it(

@@ -3,14 +3,16 @@
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from worker.engine import mamba_forward
+from worker.engine import cuda_graph, mamba_forward
 from worker.engine import precision as precision_module
+from worker.engine import trainer as trainer_module
 from worker.engine.loading import load_base
 from worker.engine.lora_fold import attach_lora, load_adapter
 from worker.engine.precision import PrecisionPolicy
@@ -190,3 +192,32 @@ def test_memory_lean_mode_recomputes_the_layers_and_trains_to_the_same_losses(
     # Every training step runs each mixer once more, in backward.
     layers = AutoConfig.from_pretrained(tiny_mamba).num_hidden_layers
     assert lean_calls - plain_calls == len(lean_losses) * layers
+
+
+def test_reported_tokens_per_second_leaves_out_the_warm_up_steps(
+    tiny_mamba, demo_train, demo_valid, tmp_path, monkeypatch
+):
+    """As the step benchmark does: a first step that compiles kernels or captures a graph must not drag the
+    job's tokens/s down. A clock that the steps advance: 10 s for each warm-up step, 1 s for the rest."""
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    real_step = cuda_graph.ForwardBackward.step
+    calls: list[int] = []
+
+    def timed_step(self, inputs, targets):
+        calls.append(1)
+        clock.now += 10.0 if len(calls) <= trainer_module.WARMUP_STEPS else 1.0
+        return real_step(self, inputs, targets)
+
+    monkeypatch.setattr(cuda_graph.ForwardBackward, "step", timed_step)
+    progress: list[Progress] = []
+    result = train(make_spec(tiny_mamba, demo_train, demo_valid, tmp_path), TrainHooks(on_progress=progress.append))
+
+    warm = trainer_module.WARMUP_STEPS
+    assert result.steps > warm + 2
+    steady = (progress[-1].trained_tokens - progress[warm - 1].trained_tokens) / (result.steps - warm)
+    assert result.metrics["tokens_per_second"] == pytest.approx(steady)
+    assert progress[-1].tokens_per_second == pytest.approx(steady)
+    assert progress[warm - 1].tokens_per_second == pytest.approx(progress[warm - 1].trained_tokens / (10.0 * warm))
+    # The ETA counts the steps left at the steady pace: 1 s each.
+    assert progress[warm].eta_seconds == pytest.approx(result.steps - warm - 1, rel=0.05)

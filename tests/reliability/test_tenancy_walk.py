@@ -14,8 +14,8 @@ from api.factories import job_body, update_job
 from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 
-# Routes that show no tenant's own data by themselves: probes and docs. The models routes serve the
-# operator's shared catalog too, so they are walked separately (test_models_a_tenant_creates_...).
+# Routes that show no tenant's own data by themselves: probes, docs, the dashboard's static files. The models
+# routes serve the operator's shared catalog too, so they are walked separately (test_models_a_tenant_creates_...).
 PUBLIC = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
@@ -23,6 +23,9 @@ PUBLIC = {
     ("GET", "/redoc"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/ui"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/{name}"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id:path}"),
 }
@@ -42,6 +45,7 @@ NOT_FOUND = {
 }
 
 
+CHAT = [{"role": "user", "content": "x"}]
 PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 
 
@@ -69,12 +73,20 @@ def fill(path: str, ids: dict[str, str]) -> str:
 
 @pytest.fixture
 def alice(app: FastAPI, settings: Settings, client: TestClient, training_file: str) -> Tenant:
-    """Alice with one of each object: a webhook, a file, a succeeded job, an evaluation of that job."""
+    """Alice with one of each object: a webhook, a file, a succeeded job (and its fine-tuned model), an
+    evaluation of that job."""
     # A public address given as a literal: allowed by default, and nothing resolves or posts to it here.
     webhook = client.post("/v1/webhooks", json={"url": "https://8.8.8.8/hook"})
     assert webhook.status_code == 201, webhook.text
     job = client.post("/v1/fine_tuning/jobs", json=job_body(training_file)).json()["id"]
-    update_job(settings, job, status=JobStatus.SUCCEEDED, adapter_key=f"adapters/{job}/adapter.tar.gz")
+    fine_tuned = f"mamba-tiny:ft-:{job}"
+    update_job(
+        settings,
+        job,
+        status=JobStatus.SUCCEEDED,
+        adapter_key=f"adapters/{job}/adapter.tar.gz",
+        fine_tuned_model=fine_tuned,
+    )
     evaluation = client.post("/v1/evaluations", json={"fine_tuning_job": job, "validation_file": training_file})
     assert evaluation.status_code == 200, evaluation.text
     ids = {
@@ -82,6 +94,7 @@ def alice(app: FastAPI, settings: Settings, client: TestClient, training_file: s
         "fine_tuning_job_id": job,
         "evaluation_id": evaluation.json()["id"],
         "webhook_id": webhook.json()["id"],
+        "fine_tuned_model": fine_tuned,
     }
     return Tenant(client, ids)
 
@@ -91,6 +104,7 @@ def foreign_creates(alice: Tenant, bobs_file: str) -> dict[tuple[str, str], list
     the 404 code Bob must get."""
     file, job, evaluation = alice.ids["file_id"], alice.ids["fine_tuning_job_id"], alice.ids["evaluation_id"]
     base = {"model": "mamba-tiny", "validation_file": bobs_file}
+    fine_tuned = alice.ids["fine_tuned_model"]
     return {
         ("POST", "/v1/files"): [],  # names no other object; what it creates is checked against the lists
         ("POST", "/v1/models"): [],  # names no other object; checked in test_models_a_tenant_creates_...
@@ -105,6 +119,8 @@ def foreign_creates(alice: Tenant, bobs_file: str) -> dict[tuple[str, str], list
             ({**base, "tasks": [file]}, "task_not_found"),
             ({**base, "reference_evaluation": evaluation}, "evaluation_not_found"),
         ],
+        ("POST", "/v1/completions"): [({"model": fine_tuned, "prompt": "x"}, "model_not_found")],
+        ("POST", "/v1/chat/completions"): [({"model": fine_tuned, "messages": CHAT}, "model_not_found")],
     }
 
 
@@ -192,6 +208,8 @@ def test_a_model_id_another_tenant_created_is_free_and_answers_as_if_it_did_not_
             bob.post("/v1/fine_tuning/jobs", json=job_body(bobs_file, model=model_id)),
             bob.post("/v1/evaluations", json={"model": model_id, "tasks": ["lookup"]}),
             bob.post("/v1/models", json={**body, "id": "bobs-model", "tokenizer": model_id}),
+            bob.post("/v1/completions", json={"model": model_id, "prompt": "x"}),
+            bob.post("/v1/chat/completions", json={"model": model_id, "messages": CHAT}),
         ]
         return [(r.status_code, r.json()["error"]["code"], r.json()["error"]["param"]) for r in responses]
 

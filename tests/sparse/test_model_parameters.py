@@ -19,7 +19,7 @@ from worker.engine.tiny_model import byte_tokenizer
         ("mamba2", "stable"),
     ],
 )
-@pytest.mark.parametrize(("d_model", "n_layer", "d_state"), [(32, 2, 8), (48, 3, 4), (80, 1, 16)])
+@pytest.mark.parametrize(("d_model", "n_layer", "d_state"), [(32, 2, 8), (64, 3, 4), (96, 1, 16)])
 def test_the_counted_parameters_are_those_of_the_built_model(
     tmp_path: Path, family: str, variant: str, d_model: int, n_layer: int, d_state: int
 ) -> None:

@@ -44,6 +44,7 @@ def built(client: TestClient, settings: Settings, requests: list[str], body: dic
         ({"d_state": 18}, "d_state"),  # above the companion ceiling, though fine for stock Mamba
         ({"ssm_structure": "observable", "d_state": 0}, "d_state"),
         ({"d_model": 40}, "d_model"),
+        ({"family": "mamba2", "ssm_structure": None, "d_model": 48}, "d_model"),  # heads of 64 channels
         ({"tokenizer": "no-such-model"}, "tokenizer"),
         ({"id": "../escape"}, "id"),
         ({"d_model": "32"}, "d_model"),

@@ -9,7 +9,7 @@ Three line formats:
   has a `chat_template`, that template renders the conversation. Otherwise this fixed template does:
       system/user turn:  "{role}: {content}\n"             (not trained)
       assistant turn:    "assistant: " + "{content}<eos>"  (only "{content}<eos>" trained)
-  so at inference a prompt ends with "assistant: " and generation stops at EOS.
+  so at inference a prompt ends with "assistant: " and generation stops at EOS (`chat_prompt`).
 Every example ends with EOS. Examples are concatenated into one stream and cut into blocks of
 `max_seq_len` inputs; each block's targets are the next tokens of the stream, so the loss mask stays
 aligned across example and block boundaries.
@@ -28,6 +28,7 @@ from worker.engine.spec import InvalidDataFile
 IGNORE = -100  # target id that carries no loss (cross_entropy's ignore_index)
 
 Piece = tuple[list[int], bool]  # token ids, whether they are trained
+ASSISTANT_PREFIX = "assistant: "  # what opens an assistant turn in the fixed template
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,20 @@ def _chat_pieces(messages: list[dict[str, str]], tokenizer: Any) -> list[Piece]:
     pieces: list[Piece] = []
     for message in messages:
         if message["role"] == "assistant":
-            pieces.append((_encode(tokenizer, "assistant: "), False))
+            pieces.append((_encode(tokenizer, ASSISTANT_PREFIX), False))
             pieces.append(([*_encode(tokenizer, message["content"]), tokenizer.eos_token_id], True))
         else:
             pieces.append((_encode(tokenizer, f"{message['role']}: {message['content']}\n"), False))
     return pieces
+
+
+def chat_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    """A conversation to answer as token ids: rendered as training renders `messages`, then the opening of
+    an assistant turn, so a model tuned on chat data answers in kind (and ends its turn with EOS)."""
+    if getattr(tokenizer, "chat_template", None):
+        return _encode(tokenizer, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    pieces = _chat_pieces(messages, tokenizer)
+    return [i for piece, _ in pieces for i in piece] + _encode(tokenizer, ASSISTANT_PREFIX)
 
 
 def _check_messages(messages: Any) -> list[dict[str, str]]:

@@ -6,7 +6,8 @@ wrapper around them is silently bypassed: no gradient reaches the adapter in tra
 train-mode outputs differ from eval-mode outputs. Our mixer forwards (mamba_forward.py) instead hand
 the kernel `effective_weight(module)` = W + (alpha / r) · B · A (lora_weights.py), built with autograd on
 every call: the kernel's weight gradient flows on into A and B, and every code path computes the same
-function.
+function. Mamba's out_proj is the exception: our own fused mixer (mamba_inner.py) applies its adapter
+as a low-rank product, which gives the same function without a full-size weight gradient.
 
 peft itself refuses `out_proj` on Mamba models for exactly that reason (peft PR #2562). With the fold
 in place the refusal no longer applies, so injection and loading lift that one guard.

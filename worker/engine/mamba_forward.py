@@ -27,22 +27,21 @@ from transformers.models.mamba2.modeling_mamba2 import (
 )
 
 from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
+from worker.engine.mamba_inner import mamba_inner_lora, selective_scan_cuda
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
 from worker.engine.scan import selective_scan_chunked, selective_scan_reference
 from worker.engine.sparse_mamba import apply_structure, route
 
 try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d wheels
-    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
     from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
 except ImportError:
-    mamba_inner_fn = None
     mamba_split_conv1d_scan_combined = None
     rms_norm_fn = None
 
 
 def fused_kernels_available() -> bool:
-    return mamba_inner_fn is not None and torch.cuda.is_available()
+    return selective_scan_cuda is not None and torch.cuda.is_available()
 
 
 def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
@@ -123,27 +122,25 @@ def mamba_mixer_forward(
     A = -torch.exp(mixer.A_log.float())  # (d_inner, n)
     x_proj_w = effective_weight(mixer.x_proj)  # (dt_rank + 2n, d_inner)
     dt_proj_w = effective_weight(mixer.dt_proj)  # (d_inner, dt_rank)
-    out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
     dt_bias = base_layer(mixer.dt_proj).bias.float()
     out_bias = base_layer(mixer.out_proj).bias
 
     if fused:
-        return mamba_inner_fn(
+        return mamba_inner_lora(
             xz,
             mixer.conv1d.weight,
             mixer.conv1d.bias,
             x_proj_w,
             dt_proj_w,
-            out_proj_w,
+            base_layer(mixer.out_proj).weight,
             out_bias,
+            lora_factors(mixer.out_proj),
             A,
-            None,
-            None,
             mixer.D.float(),
-            delta_bias=dt_bias,
-            delta_softplus=True,
+            dt_bias,
         )
 
+    out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
     x, z = conv_and_gate(mixer, xz, attention_mask)
     dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
     delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)

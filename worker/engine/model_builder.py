@@ -14,7 +14,9 @@ from transformers import AutoTokenizer, Mamba2Config, Mamba2ForCausalLM, MambaCo
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.tiny_model import byte_tokenizer
 
-MAMBA2_HEAD_DIM = 32
+# What the reference Mamba-2 checkpoints use, and so what bench/step.py measures.
+MAMBA2_HEAD_DIM = 64
+MAMBA2_CHUNK_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def build_config(arch: Architecture, vocab_size: int, eos_id: int) -> MambaConfi
         num_heads=d_inner // MAMBA2_HEAD_DIM,
         head_dim=MAMBA2_HEAD_DIM,
         n_groups=1,
-        chunk_size=64,
+        chunk_size=MAMBA2_CHUNK_SIZE,
         tie_word_embeddings=True,
         a_constraint=arch.a_constraint,
     )

@@ -7,8 +7,10 @@ Both compute, per batch b, channel d and state n (shapes as in mamba-ssm's `sele
     y_t   = <h_t, C_t> + D * u_t,  then  y_t * silu(z_t)        D: (d,)
 
 `selective_scan_reference` is the executable spec: one Python step per token. The chunked version
-gives the same numbers with about 2·sqrt(l) Python steps instead of l, which is what makes a LoRA
-step on the CPU fast: the work is the same, the launch and autograd overhead shrinks.
+gives the same numbers with about 2·sqrt(l) Python steps instead of l, each over many tokens at once,
+and a backward written out (the same recurrence, run backwards in time), which is what makes a LoRA
+step on the CPU fast: the work is the same, the per-step and autograd overhead and the full-size
+(b, d, l, n) tensors kept or written shrink (bench/RESULTS.md).
 """
 
 import math
@@ -78,42 +80,122 @@ def selective_scan_chunked(
     delta_bias: Tensor | None = None,
     chunk: int | None = None,
 ) -> Tensor:
-    log_decay, dBu = _discretize(u, delta, A, B, delta_bias)
-    return _readout(chunked_states(log_decay, dBu, chunk), u, C, D, z)
+    dt = step_size(delta, delta_bias)  # (b, d, l)
+    c = chunk or max(1, math.isqrt(u.shape[-1]))
+    y = _SelectiveScan.apply(dt, dt * u.float(), A.float(), B.float(), C.float(), c)
+    return skip_and_gate(y, u, D, z)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """y_t = <h_t, C_t> with h_t = exp(dt_t·A) * h_{t-1} + dtu_t·B_t, and its backward written out.
+
+    Left to autograd, the (b, d, l, n) log-decay and input would be kept, and each broadcast product
+    reduced in a pass of its own; here only the decays and the states are kept, and each gradient is
+    one multiply-and-reduce or one matrix product. dt, dtu: (b, d, l); A: (d, n); B, C: (b, n, l)."""
+
+    @staticmethod
+    def forward(ctx, dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
+        decay = _product(dt, A[:, None, :]).exp_()  # (b, d, l, n)
+        states = _recur(decay, _product(dtu, B.transpose(1, 2)[:, None]), chunk, in_place=True)
+        ctx.save_for_backward(dt, dtu, A, B, C, decay, states)
+        ctx.chunk = chunk
+        return _sum_over_state(states, C)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None]:
+        dt, dtu, A, B, C, decay, states = ctx.saved_tensors
+        grad_states = _product(grad_y, C.transpose(1, 2)[:, None])  # (b, d, l, n)
+        g, grad_log_decay = _recurrence_backward(decay, states, grad_states, ctx.chunk)
+        grad_C = (states * grad_y[..., None]).sum(1).transpose(1, 2)  # (b, n, l)
+        grad_B = (g * dtu[..., None]).sum(1).transpose(1, 2)
+        grad_dt = (grad_log_decay @ A[:, :, None])[..., 0]  # (b, d, l)
+        grad_A = (grad_log_decay.transpose(-1, -2) @ dt[..., None]).sum(0)[..., 0]  # (d, n)
+        return grad_dt, _sum_over_state(g, B), grad_A, grad_B, grad_C, None
+
+
+def _product(x: Tensor, by_state: Tensor) -> Tensor:
+    """x[..., None] * by_state as a contiguous (b, d, l, n) tensor, whatever the inputs' strides: the
+    scan's steps slice it along l, and a broadcast product would otherwise follow x's layout."""
+    out = torch.empty((*x.shape, by_state.shape[-1]), dtype=x.dtype, device=x.device)
+    return torch.mul(x[..., None], by_state, out=out)
+
+
+def _sum_over_state(states: Tensor, C: Tensor) -> Tensor:
+    """sum_n states[b, d, l, n] · C[b, n, l] -> (b, d, l)."""
+    return (states * C.transpose(1, 2)[:, None]).sum(-1)
 
 
 def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None) -> Tensor:
     """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 2·sqrt(l) steps.
 
     Works for complex inputs too (companion_scan.py runs diagonalized companion states through it)."""
-    b, d, length, n = dBu.shape
-    c = chunk or max(1, math.isqrt(length))
+    return _Recurrence.apply(log_decay, dBu, chunk or max(1, math.isqrt(log_decay.shape[2])))
+
+
+class _Recurrence(torch.autograd.Function):
+    """The recurrence with a hand-written backward, which is the same recurrence run backwards in time.
+
+    Left to autograd, every step's slicing would cost a full-size zero tensor in backward, and every
+    step's intermediates would be kept; here backward keeps only the decays and the states."""
+
+    @staticmethod
+    def forward(ctx, log_decay: Tensor, dBu: Tensor, chunk: int) -> Tensor:
+        decay = torch.exp(log_decay)
+        states = _recur(decay, dBu, chunk)
+        ctx.save_for_backward(decay, states)
+        ctx.chunk = chunk
+        return states
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        decay, states = ctx.saved_tensors
+        scratch = grad.clone(memory_format=torch.contiguous_format)  # the backward overwrites it
+        g, grad_log_decay = _recurrence_backward(decay, states, scratch, ctx.chunk)
+        return grad_log_decay, g, None
+
+
+def _recurrence_backward(decay: Tensor, states: Tensor, grad: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """The gradients of the states' loss with respect to dBu (g) and to log_decay, given `grad` by state
+    (which this overwrites). (Complex: conj, PyTorch's convention for complex gradients.)"""
+    # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: the same recurrence, backwards in time.
+    next_decay = torch.empty_like(decay)
+    next_decay[:, :, :-1] = decay[:, :, 1:]
+    next_decay[:, :, -1] = 0
+    g = _recur(next_decay.conj(), grad, chunk, reverse=True, in_place=True)
+    # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0 (the state before the first token is 0).
+    grad_log_decay = torch.empty_like(g)
+    grad_log_decay[:, :, 0] = 0
+    tail = torch.mul(decay[:, :, 1:], states[:, :, :-1], out=grad_log_decay[:, :, 1:])
+    if tail.is_complex():
+        tail.conj_physical_()
+    tail.mul_(g[:, :, 1:])
+    return g, grad_log_decay
+
+
+def _recur(decay: Tensor, x: Tensor, c: int, reverse: bool = False, in_place: bool = False) -> Tensor:
+    """h_t = decay_t * h_{t-1} + x_t over dim 2 of (b, d, l, n) from h_{-1} = 0, without autograd;
+    `reverse`: h_t = decay_t * h_{t+1} + x_t from h_l = 0. `in_place` writes h over x (contiguous)."""
+    b, d, length, n = x.shape
     n_chunks = -(-length // c)
     pad = n_chunks * c - length
-    if pad:
-        # Zero log-decay and zero input past the end leave the states of real tokens untouched.
-        log_decay = F.pad(log_decay, (0, 0, 0, pad))
-        dBu = F.pad(dBu, (0, 0, 0, pad))
-    log_decay = log_decay.view(b, d, n_chunks, c, n)
-    dBu = dBu.view(b, d, n_chunks, c, n)
-
-    # 1. Within every chunk at once, from a zero state: c steps, each over all chunks.
-    h = torch.zeros_like(dBu[:, :, :, 0])  # (b, d, chunks, n)
-    local = []
-    for t in range(c):
-        h = torch.exp(log_decay[:, :, :, t]) * h + dBu[:, :, :, t]
-        local.append(h)
-    local_states = torch.stack(local, dim=3)  # (b, d, chunks, c, n)
-    # Decay from each chunk's start through position t: always <= 1, so no overflow in any precision.
-    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=3))
-
-    # 2. Carry the true state across chunk boundaries: one step per chunk.
-    carry = torch.zeros_like(h[:, :, 0])  # (b, d, n)
-    entering = []
-    for k in range(n_chunks):
-        entering.append(carry)
-        carry = decay_from_start[:, :, k, -1] * carry + local_states[:, :, k, -1]
-    entering_states = torch.stack(entering, dim=2)  # (b, d, chunks, n)
-
-    states = local_states + decay_from_start * entering_states[:, :, :, None, :]
-    return states.view(b, d, n_chunks * c, n)[:, :, :length]
+    if pad:  # zero input past the end: no effect on real tokens, whichever the direction
+        decay = F.pad(decay, (0, 0, 0, pad))
+        x = F.pad(x, (0, 0, 0, pad))
+    decay = decay.reshape(b, d, n_chunks, c, n)
+    x = x.reshape(b, d, n_chunks, c, n)
+    first, step = (c - 1, -1) if reverse else (0, 1)
+    # 1. Within every chunk at once, from a zero state: c steps, each over all chunks, with the decay
+    #    from the chunk's first step through t alongside (a product of decays <= 1: no overflow).
+    h = x if in_place or pad else torch.empty_like(x)
+    through = torch.empty_like(decay)
+    h[:, :, :, first] = x[:, :, :, first]
+    through[:, :, :, first] = decay[:, :, :, first]
+    for t in range(first + step, first + step * c, step):
+        torch.addcmul(x[:, :, :, t], decay[:, :, :, t], h[:, :, :, t - step], out=h[:, :, :, t])
+        torch.mul(decay[:, :, :, t], through[:, :, :, t - step], out=through[:, :, :, t])
+    # 2. Chunk by chunk, add what the true state entering it contributes; its last state is then true
+    #    and enters the next chunk.
+    for k in range(n_chunks - 2, -1, -1) if reverse else range(1, n_chunks):
+        entering = h[:, :, k - step, c - 1 - first][:, :, None]  # (b, d, 1, n)
+        h[:, :, k].addcmul_(through[:, :, k], entering)
+    return h.view(b, d, n_chunks * c, n)[:, :, :length]

@@ -57,6 +57,16 @@ class Progress:
     skipped_steps: int = 0  # fp16 overflow steps skipped by the loss scaler
     peak_memory_bytes: int | None = None
 
+    def row(self) -> dict[str, Any]:
+        """The step's line of the job's metrics: a row of its results CSV, a checkpoint's metrics."""
+        return {
+            "step": self.step,
+            "train_loss": self.loss,
+            "learning_rate": self.learning_rate,
+            "tokens_per_second": self.tokens_per_second,
+            "peak_memory_bytes": self.peak_memory_bytes,
+        }
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -65,6 +75,8 @@ class TrainResult:
     steps: int
     metrics: dict[str, Any]
     merged_dir: Path | None = None  # base weights with the adapter merged in, when asked for
+    # Every step's `Progress.row()`, oldest first, across resumes.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

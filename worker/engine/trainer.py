@@ -21,6 +21,7 @@ from worker.engine.checkpoint import (
     save_checkpoint,
     trainable_parameters,
 )
+from worker.engine.cuda_graph import WARMUP_STEPS as GRAPH_WARMUP_STEPS
 from worker.engine.cuda_graph import ForwardBackward
 from worker.engine.data import (
     IGNORE,
@@ -49,6 +50,9 @@ from worker.engine.spec import (
 )
 
 LOSS_WINDOW = 10  # the reported train_loss is the mean of this many last steps
+# An attempt's first steps compile kernels (Triton), warm the allocator and capture the CUDA graph: they
+# are left out of the reported tokens/s, as the step benchmark leaves out its warm-up.
+WARMUP_STEPS = GRAPH_WARMUP_STEPS + 1
 MIN_LR_RATIO = 0.1
 
 
@@ -76,6 +80,13 @@ def evaluate(model: nn.Module, blocks: Blocks, batch_size: int, policy: Precisio
         total, count = total + loss.item() * n, count + n
     model.train(was_training)
     return total / count  # load_blocks refuses a file without trained tokens
+
+
+def throughput(state: dict[str, Any]) -> float:
+    """Tokens/s of the steps past each attempt's warm-up; of all steps while there are none yet."""
+    if state["steady_seconds"] > 0:
+        return state["steady_tokens"] / state["steady_seconds"]
+    return state["trained_tokens"] / state["train_seconds"]
 
 
 def peak_memory(device: torch.device) -> int | None:
@@ -132,12 +143,17 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
 
     # --- resume, or measure the base model -----------------------------------------------------------
     step, start = 0, DataPosition()
-    # Carried across resumes in the checkpoint: recent losses, token and time counters, base loss.
-    state: dict[str, Any] = {"losses": [], "trained_tokens": 0, "train_seconds": 0.0}
+    # Carried across resumes in the checkpoint: recent losses, token and time counters, every step's
+    # metrics (the job's results file), base loss.
+    state: dict[str, Any] = {"losses": [], "trained_tokens": 0, "train_seconds": 0.0, "history": []}
+    state |= {"steady_tokens": 0, "steady_seconds": 0.0}
     if spec.resume_from is not None:
         step, start, state = load_checkpoint(
             spec.resume_from, model=model, optimizer=optimizer, scheduler=scheduler, precision=precision
         )
+        state.setdefault("history", [])  # a checkpoint written before steps' metrics were kept
+        state.setdefault("steady_tokens", 0)
+        state.setdefault("steady_seconds", 0.0)
         hooks.on_message(f"resumed at step {step}/{total_steps}")
     elif valid_blocks is not None:
         # With LoRA attached its B is zero, so this is the base model's loss, at the job's precision.
@@ -173,8 +189,9 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         use_graphs=spec.cuda_graphs and device.type == "cuda" and graph_capturable(model),
     )
     divergence = DivergenceCheck(loss_scaling=precision.scaler.is_enabled())
-    for position, inputs, targets, n_tokens in batches(
-        train_blocks, spec.batch_size, spec.n_epochs, spec.seed, start=start
+    # attempt_step counts this process's steps: each attempt compiles and captures anew.
+    for attempt_step, (position, inputs, targets, n_tokens) in enumerate(
+        batches(train_blocks, spec.batch_size, spec.n_epochs, spec.seed, start=start), start=1
     ):
         if hooks.should_stop():
             if last_checkpoint is None or last_checkpoint.name != f"step-{step:06d}":
@@ -191,24 +208,28 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         # One read of both: the loss is needed for progress anyway, so the divergence check costs no sync.
         loss_value, grad_norm = torch.stack([loss.float(), precision.grad_norm.float()]).tolist()
         state["losses"] = (state["losses"] + [loss_value])[-LOSS_WINDOW:]
+        seconds = time.perf_counter() - t0  # excludes checkpoints and hooks
         state["trained_tokens"] += n_tokens
-        state["train_seconds"] += time.perf_counter() - t0  # excludes checkpoints and hooks
+        state["train_seconds"] += seconds
+        if attempt_step > WARMUP_STEPS:
+            state["steady_tokens"] += n_tokens
+            state["steady_seconds"] += seconds
 
-        seconds_per_step = state["train_seconds"] / step
-        hooks.on_progress(
-            Progress(
-                step=step,
-                total_steps=total_steps,
-                epoch=position.epoch,
-                loss=state["losses"][-1],
-                learning_rate=lr,
-                tokens_per_second=state["trained_tokens"] / state["train_seconds"],
-                eta_seconds=seconds_per_step * (total_steps - step),
-                trained_tokens=state["trained_tokens"],
-                skipped_steps=precision.skipped_steps,
-                peak_memory_bytes=peak_memory(device),
-            )
+        rate = throughput(state)
+        progress = Progress(
+            step=step,
+            total_steps=total_steps,
+            epoch=position.epoch,
+            loss=state["losses"][-1],
+            learning_rate=lr,
+            tokens_per_second=rate,
+            eta_seconds=(total_steps - step) * state["trained_tokens"] / step / rate,
+            trained_tokens=state["trained_tokens"],
+            skipped_steps=precision.skipped_steps,
+            peak_memory_bytes=peak_memory(device),
         )
+        state["history"].append(progress.row())
+        hooks.on_progress(progress)
         divergence.observe(step, loss_value, grad_norm)
         if spec.checkpoint_every > 0 and step % spec.checkpoint_every == 0 and step < total_steps:
             last_checkpoint = checkpoint(next_position(position, per_epoch))
@@ -218,7 +239,7 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         "train_loss": sum(state["losses"]) / max(1, len(state["losses"])),
         "steps": step,
         "trained_tokens": state["trained_tokens"],
-        "tokens_per_second": state["trained_tokens"] / state["train_seconds"] if step else 0.0,
+        "tokens_per_second": throughput(state) if step else 0.0,
         "skipped_steps": precision.skipped_steps,
         "peak_memory_bytes": peak_memory(device),
         "precision": spec.precision,
@@ -245,5 +266,10 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         tokenizer.save_pretrained(out)
     (spec.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return TrainResult(
-        adapter_dir=out, trained_tokens=state["trained_tokens"], steps=step, metrics=metrics, merged_dir=merged_dir
+        adapter_dir=out,
+        trained_tokens=state["trained_tokens"],
+        steps=step,
+        metrics=metrics,
+        merged_dir=merged_dir,
+        history=state["history"],
     )
