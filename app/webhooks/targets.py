@@ -9,13 +9,17 @@ from urllib.parse import urlsplit
 def url_refusal(url: str, *, allow_private: bool) -> str | None:
     """Why the server must not post to `url`, or None. Resolves the host, so call it again right before
     each send: a name may point elsewhere by then."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number below 65536
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         return f"{url!r} is not an http(s) URL with a host"
     if allow_private:
         return None
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
+        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, port or 443)}
     except (OSError, UnicodeError) as error:
         return f"the host {parts.hostname!r} does not resolve: {error}"
     for address in addresses:

@@ -36,6 +36,8 @@ def test_the_secret_is_shown_once_and_the_endpoint_listed_and_deleted(client: Te
         ({"url": "ftp://example.com/hook"}, "url", "invalid_webhook_url"),
         ({"url": "http://127.0.0.1:8000/hook"}, "url", "invalid_webhook_url"),  # loopback, not allowed by default
         ({"url": "http://10.1.2.3/hook"}, "url", "invalid_webhook_url"),
+        ({"url": "http://[::1/hook"}, "url", "invalid_webhook_url"),
+        ({"url": "https://8.8.8.8:99999/hook"}, "url", "invalid_webhook_url"),
         ({"url": "https://8.8.8.8/hook", "events": ["fine_tuning.job.exploded"]}, "events", "invalid_event_type"),
         ({"url": "https://8.8.8.8/hook", "events": []}, "events", "invalid_request"),
         ({}, "url", "invalid_request"),
