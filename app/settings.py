@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # on, up to webhook_max_attempts attempts in all; then it is failed. Each post waits webhook_timeout_seconds.
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_retry_seconds: int = Field(default=30, ge=0)
-    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
     # How often each worker looks for due deliveries.
     webhook_poll_seconds: float = Field(default=2.0, gt=0)
     # The server posts to the URLs tenants give; by default only to public addresses, so a tenant cannot

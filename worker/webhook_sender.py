@@ -20,6 +20,7 @@ from app.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature
 from app.webhooks.targets import url_refusal
 from worker.background import start_periodic
 
+# Longer than any post may take (webhook_timeout_seconds is at most 30).
 CLAIM_SECONDS = 60
 BATCH = 50
 
@@ -40,8 +41,9 @@ class _Outcome:
     error: str | None  # None: delivered (a 2xx)
 
 
-def _claim(settings: Settings, delivery_id: str, stamp: int) -> _Claimed | None:
+def _claim(settings: Settings, delivery_id: str) -> _Claimed | None:
     """Take a due delivery for one attempt; None when another sender took it first."""
+    stamp = now()  # not the pass's start: posts before this one may have taken a while
     with session_scope(settings.database_url) as session:
         taken = session.execute(
             update(WebhookDelivery)
@@ -113,7 +115,7 @@ def deliver_due(*, settings: Settings, client: httpx.Client) -> list[str]:
         ).all()
     attempted = []
     for delivery_id in due:
-        claimed = _claim(settings, delivery_id, stamp)
+        claimed = _claim(settings, delivery_id)
         if claimed is not None:
             _record(settings, claimed, _post(client, settings, claimed))
             attempted.append(delivery_id)
