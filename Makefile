@@ -1,4 +1,5 @@
-# The two commands of the README: `make run` (service on the embedded default) and `make test`.
+# The two commands of the README: `make run` (service on the embedded default) and `make test`; CI also runs
+# `make compose-test` (the Docker images built and the compose stack run: docs/self-hosting.md).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup run lint test soak clean
+.PHONY: setup run lint test soak compose-test clean
 
 setup: $(STAMP)
 
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q '$(TORCH_PIN)'
-	$(BIN)/python -m pip install -q -e '.[worker,test]'
+	$(BIN)/python -m pip install -q -e '.[worker,test,trackers]'
 	touch $(STAMP)
 
 run: setup
@@ -30,6 +31,10 @@ test: lint
 
 soak: setup
 	$(BIN)/python -m pytest -q -m soak
+
+# Needs root and no virtualenv: it installs Docker if missing and tears down all it started.
+compose-test:
+	deploy/compose-test/run.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -9,6 +9,7 @@ Subcommands import the web stack, Alembic and the auth service on first use, so 
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,11 +90,22 @@ KEEP_ALIVE_S = 90
 UVICORN_OPTIONS = {"log_level": "info", "timeout_keep_alive": KEEP_ALIVE_S}
 
 
+def _pool_request_metrics(folder: Path) -> None:
+    """Have the API processes about to start write their request metrics into `folder`, emptied first
+    (counts left by an earlier run would be added in), so GET /metrics sums them whichever answers."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    # prometheus_client's own variable, read by each process as it starts (and by Settings).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def _serve_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     from app.main import served_app
 
+    if workers > 1 and settings.prometheus_multiproc_dir is None:
+        _pool_request_metrics(settings.data_dir / "prometheus")
     # Each worker process builds its own app (uvicorn needs an import string for that), so every one
     # reads the same MAMBAFT_* settings this process read.
     app = served_app(settings) if workers == 1 else "app.main:served_app"

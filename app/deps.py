@@ -108,6 +108,17 @@ async def get_db(
     yield Db(settings=settings, api_key=api_key, rate_limiter=request.app.state.rate_limiter)
 
 
+async def check_scraper(
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """GET /metrics's gate: any tenant's live key when `metrics_require_key` (and auth is on), else none."""
+    if settings.metrics_require_key:
+        async for db in get_db(request, settings, credentials):
+            await db.run(lambda _context: None)
+
+
 # max_concurrency makes requests beyond REQUEST_SESSIONS wait on the event loop, so a thread never waits
 # for a pooled connection while the requests holding the connections wait for a thread.
 # scope="function" ends the slot when the route returns, before a response streams.

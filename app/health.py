@@ -10,6 +10,7 @@ from app.db import get_engine, now
 from app.deps import BrokerDep, SettingsDep, get_storage
 from app.errors import RETRY_AFTER_SECONDS
 from app.settings import Settings
+from app.workers.alive import alive_window_seconds
 from app.workers.models import WorkerHeartbeat
 
 router = APIRouter(tags=["health"])
@@ -34,14 +35,8 @@ def _select_one(database_url: str) -> None:
         connection.execute(text("SELECT 1"))
 
 
-def _worker_window_seconds(settings: Settings) -> int:
-    """How recently a worker must have beaten to count as alive: three missed beats, plus slack for a
-    busy database."""
-    return 3 * settings.heartbeat_seconds + 5
-
-
 def _workers(settings: Settings) -> str:
-    window = _worker_window_seconds(settings)
+    window = alive_window_seconds(settings)
     try:
         with get_engine(settings.database_url).connect() as connection:
             last_seen = connection.scalar(select(func.max(WorkerHeartbeat.last_seen)))

@@ -4,6 +4,7 @@ import gc
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from app import health
 from app.base_models import routes as models_routes
@@ -15,6 +16,8 @@ from app.files.validation import file_too_large
 from app.guards import BodyLimit, LimitFor, RejectNulInUrl
 from app.jobs import routes as jobs_routes
 from app.limits import RateLimiter
+from app.metrics import routes as metrics_routes
+from app.metrics.http import RequestLatency, request_histogram
 from app.settings import Settings, get_settings
 from app.ui import routes as ui_routes
 from app.webhooks import routes as webhooks_routes
@@ -53,7 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit_for=body_limits(settings))
     app.add_middleware(RejectNulInUrl)
+    # This process's request metrics (GET /metrics sums them over processes when there are several).
+    app.state.metrics_registry = CollectorRegistry()
+    # Outermost, so requests the guards refuse are timed and counted too.
+    app.add_middleware(RequestLatency, histogram=request_histogram(app.state.metrics_registry))
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     routers = (files_routes, jobs_routes, models_routes, evaluations_routes, completions_routes, webhooks_routes)
     for router in (module.router for module in routers):
         app.include_router(router, prefix="/v1")

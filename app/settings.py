@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     # reach services inside the operator's network. True allows private and loopback targets (one user on
     # one machine, tests).
     webhook_allow_private_targets: bool = False
+    # GET /metrics asks for an API key (any tenant's) when set. Off by default: Prometheus scrapes carry no
+    # key, and the figures are totals across tenants (no ids, no names).
+    metrics_require_key: bool = False
+    # Where the API processes of `mambaft api --workers N` pool their request metrics (prometheus_client's
+    # multiprocess mode reads the same variable); `mambaft api` sets and empties it itself. Unset: one process.
+    prometheus_multiproc_dir: Path | None = Field(default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
+
+    # Experiment trackers a job may log to (its `integrations`). MLflow runs go to this tracking server
+    # (empty: a SQLite store in data_dir); a job may name its own only when mlflow_allow_job_tracking_uri.
+    mlflow_tracking_uri: str = ""
+    mlflow_allow_job_tracking_uri: bool = False
+    # W&B writes its run folders here; WANDB_API_KEY / WANDB_MODE (e.g. offline) are W&B's own settings.
+    wandb_dir: Path | None = None
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
@@ -80,6 +93,10 @@ class Settings(BaseSettings):
             self.storage_url = f"file://{data / 'objects'}"
         if self.models_dir is None:
             self.models_dir = data / "models"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{data / 'mlflow.db'}"
+        if self.wandb_dir is None:
+            self.wandb_dir = data / "wandb"
         return self
 
     @property

@@ -16,24 +16,39 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+from transformers import (
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from worker.engine.kernels import fused_kernels_available
 from worker.engine.lora_fold import attach_lora
-from worker.engine.mamba_forward import fused_kernels_available, install_forwards
+from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import LoraSpec
 
 DEV = "cuda"
-TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"), "mamba2": ("in_proj", "out_proj")}
-REFERENCE_PATH = {"mamba": "reference", "mamba2": "torch"}
+TARGETS = {
+    "mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"),
+    "mamba2": ("in_proj", "out_proj"),
+    "falcon_mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"),
+}
+REFERENCE_PATH = {"mamba": "reference", "mamba2": "torch", "falcon_mamba": "reference"}
 
 
 def make(family: str) -> torch.nn.Module:
     """The bench's random-init model: d_model 512 x 4 layers, vocab 1024."""
     torch.manual_seed(0)
     with torch.device(DEV):
-        if family == "mamba":
-            return MambaForCausalLM(MambaConfig(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=16))
+        if family in ("mamba", "falcon_mamba"):
+            lm, config = (
+                (MambaForCausalLM, MambaConfig) if family == "mamba" else (FalconMambaForCausalLM, FalconMambaConfig)
+            )
+            return lm(config(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=16))
         return Mamba2ForCausalLM(
             Mamba2Config(
                 vocab_size=1024,
@@ -131,7 +146,7 @@ def stock_gradient_check() -> dict:
 
 if __name__ == "__main__":
     print("torch", torch.__version__, torch.cuda.get_device_name(), "fused kernels:", fused_kernels_available())
-    for family in ("mamba", "mamba2"):
+    for family in TARGETS:
         for precision in ("fp32", "bf16"):
             print(json.dumps(parity(family, precision)), flush=True)
     print(json.dumps(stock_gradient_check()), flush=True)

@@ -30,7 +30,7 @@ from unittest import mock
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from worker.engine import mamba_forward
+from worker.engine import kernels
 from worker.engine.model_builder import Architecture, create_model_folder
 from worker.engine.spec import TrainSpec
 from worker.engine.stdlib_corpus import build_corpus
@@ -82,7 +82,7 @@ def run_one(
     folder = work / f"{name.replace(' ', '_')}-{seed}-{split}"
     parameters = create_model_folder(arch, folder / "model")
     # Only the mixer's scan falls back to torch: the rest of the step is the same as SC/SO's.
-    torch_scan = mock.patch.object(mamba_forward, "fused_kernels_available", lambda: False)
+    torch_scan = mock.patch.object(kernels, "fused_kernels_available", lambda: False)
     start = time.perf_counter()
     with torch_scan if name == TORCH_SCAN else nullcontext():
         result = train(

@@ -104,7 +104,7 @@ if __name__ == "__main__":
     print("torch", torch.__version__, torch.cuda.get_device_name())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tiny = create_tiny_model(tmp / "mamba-tiny")
+        tiny = create_tiny_model(tmp / "mamba-tiny", "mamba")
         if sys.argv[1:] == ["check"]:
             spec = base_spec(make_130m(tmp / "mamba-130m-shape", tiny), tmp / "out", 8, 1024, 1)
             eager, again = step_losses(replace(spec, cuda_graphs=False)), step_losses(replace(spec, cuda_graphs=False))

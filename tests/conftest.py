@@ -209,6 +209,12 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
     return make_client("alice")
 
 
+@pytest.fixture
+def model_requests(broker: FakeBroker) -> list[str]:
+    """Uids of the models POST /v1/models asked a worker to build (the FakeBroker records them)."""
+    return broker.models
+
+
 @pytest.fixture(scope="session")
 def tiny_mamba(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped tiny Mamba base model with its byte tokenizer, built once per test session."""

@@ -34,5 +34,8 @@ def unpack(archive: Path, folder: Path) -> Path:
         members = tar.getmembers()
         for member in members:
             _check_member(member)
-        tar.extractall(folder, members=members, filter="data")
+        # The "data" filter also drops special mode bits; Pythons before 3.11.4 (Debian bookworm's 3.11.2)
+        # have none, and the checks above already refuse whatever could land outside the folder.
+        safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(folder, members=members, **safety)
     return folder

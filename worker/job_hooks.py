@@ -76,6 +76,7 @@ class JobHooks:
                     "loss": progress.loss,
                     "learning_rate": progress.learning_rate,
                     "tokens_per_second": progress.tokens_per_second,
+                    "steps_per_second": progress.steps_per_second,
                     "eta_seconds": progress.eta_seconds,
                     "trained_tokens": progress.trained_tokens,
                     "skipped_steps": progress.skipped_steps,

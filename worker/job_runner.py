@@ -46,6 +46,7 @@ from worker.job_stability import store_stability_report
 from worker.lease import Heartbeat, claim, lock, new_holder_id
 from worker.memory_watchdog import MemoryWatchdog
 from worker.model_store import model_source
+from worker.trackers.session import Trackers
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,12 @@ def run_job(
             # the engine's default; on a GPU worker the setting counts GPU memory, so the RAM's default.
             on_cpu = pick_device(None).type == "cpu"
             host_budget = (settings.worker_memory_bytes if on_cpu else None) or device_budget(pick_device("cpu"))
-            with MemoryWatchdog(host_budget, lambda grown: attempt.fail(_outgrew(grown, host_budget))):
-                result = train(spec, hooks.as_train_hooks())
+            with (
+                Trackers(job, settings=settings, note=hooks.on_message) as trackers,
+                MemoryWatchdog(host_budget, lambda grown: attempt.fail(_outgrew(grown, host_budget))),
+            ):
+                result = train(spec, trackers.watching(hooks.as_train_hooks()))
+                trackers.log_result(result)
             attempt.publish(spec, result, model)
         except TrainingStopped as stop:
             attempt.stopped(hooks, stop)

@@ -19,7 +19,7 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    family: str | None  # "mamba" | "mamba2"; None for a hub id whose family only the worker can tell
+    family: str | None  # a model_type of app/families/; None for a hub id only the worker can tell
     parameters: int | None
     lora_targets: list[str]
     status: Literal["ready", "creating", "failed"]
@@ -38,8 +38,8 @@ class ModelObject(BaseModel):
             lora_targets=list(info.lora_targets),
             status=info.status,
             error=info.error,
-            ssm_structure=info.variant if info.family == "mamba" else None,
-            a_constraint=info.variant if info.family == "mamba2" else None,
+            ssm_structure=info.variant if info.variant_field == "ssm_structure" else None,
+            a_constraint=info.variant if info.variant_field == "a_constraint" else None,
         )
 
 

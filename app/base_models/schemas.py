@@ -4,9 +4,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.base_models.architectures import MAX_STATE
+from app.families import SUPPORTED_MODEL_TYPES
 from app.jobs.schemas import STRICT
 
+MAX_STATE = 256
 ModelId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 
 
@@ -14,7 +15,7 @@ class ModelCreate(BaseModel):
     model_config = STRICT
 
     id: ModelId
-    family: Literal["mamba", "mamba2"]
+    family: Literal[SUPPORTED_MODEL_TYPES]  # a model_type of the family catalog
     d_model: int = Field(ge=16, le=8192, multiple_of=16)  # Mamba-2 also a multiple of 32 (heads of 64)
     n_layer: int = Field(ge=1, le=128)
     d_state: int = Field(ge=1, le=MAX_STATE)

@@ -19,20 +19,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.base_models.architectures import (
-    COMPANION_STRUCTURES,
-    LORA_TARGETS,
-    MAX_COMPANION_STATE,
-    SUPPORTED_MODEL_TYPES,
-    VARIANT_FIELD,
-    VARIANTS,
-)
 from app.base_models.lifecycle import MODELS
 from app.base_models.models import CREATING, CreatedModel, ModelStatus, created_model
-from app.base_models.parameters import BYTE_VOCAB_SIZE, EXPAND, MAMBA2_HEAD_DIM, parameter_count
+from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
 from app.base_models.schemas import ModelCreate
 from app.db import new_id, now
 from app.errors import ApiError, conflict, invalid_request, not_found
+from app.families import FAMILIES, SUPPORTED_MODEL_TYPES, VARIANT_FIELDS, hub_family
+from app.families.mamba import COMPANION_STRUCTURES, MAX_COMPANION_STATE
 from app.queue import Broker
 from app.settings import Settings
 from app.work.dispatch import commit_then_send, require_broker
@@ -59,7 +53,12 @@ class BaseModelInfo:
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
-        return LORA_TARGETS[self.family] if self.family else ()
+        return FAMILIES[self.family].lora_targets if self.family else ()
+
+    @property
+    def variant_field(self) -> str | None:
+        """The config field `variant` is the value of (None for a hub id)."""
+        return FAMILIES[self.family].variant_field if self.family else None
 
 
 def list_models(*, session: Session, settings: Settings, owner: str) -> list[BaseModelInfo]:
@@ -79,14 +78,6 @@ def get_model(*, session: Session, settings: Settings, owner: str, model_id: str
         if info.id == model_id:
             return info
     raise not_found("model_not_found", f"The model {model_id!r} does not exist", param="model")
-
-
-def hub_family(model_id: str) -> str | None:
-    """Guess a hub model's family from its name; the worker checks the real config when it loads it."""
-    name = model_id.lower()
-    if "mamba2" in name or "mamba-2" in name:
-        return "mamba2"
-    return "mamba" if "mamba" in name else None
 
 
 def _shared_models(settings: Settings) -> list[BaseModelInfo]:
@@ -161,7 +152,7 @@ def _read_local(model_id: str, folder: Path) -> BaseModelInfo | None:
         created=int(config_path.stat().st_mtime),
         owned_by="local",
         parameters=_count_parameters(folder),
-        variant=config.get(VARIANT_FIELD[model_type]) or VARIANTS[model_type][0],
+        variant=config.get(FAMILIES[model_type].variant_field) or FAMILIES[model_type].variants[0],
         vocab_size=vocab_size if isinstance(vocab_size, int) and vocab_size > 0 else None,
     )
 
@@ -172,10 +163,11 @@ def create_model(
     """Check an architecture request, record it as the owner's model (status creating: its build queued),
     commit it and ask a worker to build it."""
     variant = _variant(request)
-    if request.family == "mamba2" and EXPAND * request.d_model % MAMBA2_HEAD_DIM:
+    family = FAMILIES[request.family]
+    if request.d_model % family.d_model_multiple:
         raise invalid_request(
-            f"a mamba2 model's d_model must be a multiple of {MAMBA2_HEAD_DIM // EXPAND}: its {EXPAND}·d_model"
-            f" channels form heads of {MAMBA2_HEAD_DIM}, as in the reference Mamba-2 checkpoints",
+            f"a {request.family} model's d_model must be a multiple of {family.d_model_multiple}: "
+            f"{family.d_model_rule}",
             param="d_model",
         )
     vocab_size = _tokenizer_vocab(session=session, settings=settings, owner=owner, tokenizer=request.tokenizer)
@@ -198,8 +190,8 @@ def create_model(
     if any(info.id == request.id for info in _shared_models(settings)) or created_model(session, owner, request.id):
         raise duplicate
     architecture = {
-        **request.model_dump(exclude=set(VARIANT_FIELD.values())),
-        VARIANT_FIELD[request.family]: variant,
+        **request.model_dump(exclude=set(VARIANT_FIELDS)),
+        FAMILIES[request.family].variant_field: variant,
         "vocab_size": vocab_size,
     }
     require_broker(broker=broker, settings=settings)
@@ -224,14 +216,14 @@ def create_model(
 
 
 def _variant(request: ModelCreate) -> str:
-    family = request.family
-    field = VARIANT_FIELD[family]
-    for other in VARIANT_FIELD.values():
+    family = FAMILIES[request.family]
+    field = family.variant_field
+    for other in VARIANT_FIELDS:
         if other != field and getattr(request, other) is not None:
-            raise invalid_request(f"{other} is not an option of {family} models; use {field}", param=other)
-    variant = getattr(request, field) or VARIANTS[family][0]
-    if variant not in VARIANTS[family]:
-        raise invalid_request(f"{field} must be one of {', '.join(VARIANTS[family])}", param=field)
+            raise invalid_request(f"{other} is not an option of {family.model_type} models; use {field}", param=other)
+    variant = getattr(request, field) or family.variants[0]
+    if variant not in family.variants:
+        raise invalid_request(f"{field} must be one of {', '.join(family.variants)}", param=field)
     if variant in COMPANION_STRUCTURES and (request.d_state % 2 or request.d_state > MAX_COMPANION_STATE):
         raise invalid_request(
             f"an {variant} model needs an even d_state of at most {MAX_COMPANION_STATE} (its roots come in"

@@ -1,9 +1,12 @@
 """Turn a job request's training settings into the resolved ones a worker runs with (app/jobs/contract.py)."""
 
-from app.base_models.architectures import kernel_read_targets, lora_targets
+from typing import Any
+
 from app.errors import invalid_request
+from app.families import kernel_read_targets, lora_targets
 from app.jobs.contract import HyperparameterSpec, LoraSpec
-from app.jobs.schemas import JobCreate, LoraRequest
+from app.jobs.schemas import Integration, JobCreate, LoraRequest
+from app.settings import Settings
 
 
 def resolve_lora(lora: LoraRequest | None, *, family: str | None) -> LoraSpec | None:
@@ -44,3 +47,24 @@ def resolve_hyperparameters(request: JobCreate) -> HyperparameterSpec:
         )
     chosen = request.hyperparameters or nested
     return HyperparameterSpec(**chosen.model_dump()) if chosen else HyperparameterSpec()
+
+
+def resolve_integrations(integrations: list[Integration] | None, *, settings: Settings) -> list[dict[str, Any]] | None:
+    """The integrations to store on the job; raises on a repeated tracker or a tracking URI the server
+    keeps to itself."""
+    if integrations is None:
+        return None
+    seen: set[str] = set()
+    for index, integration in enumerate(integrations):
+        if integration.type in seen:
+            raise invalid_request(
+                f"Only one integration of type {integration.type!r} per job", param=f"integrations[{index}].type"
+            )
+        seen.add(integration.type)
+        mlflow = integration.mlflow
+        if mlflow is not None and mlflow.tracking_uri is not None and not settings.mlflow_allow_job_tracking_uri:
+            raise invalid_request(
+                "This server logs MLflow runs to its own tracking server; leave tracking_uri out",
+                param=f"integrations[{index}].mlflow.tracking_uri",
+            )
+    return [integration.model_dump(exclude_none=True) for integration in integrations]

@@ -2,14 +2,15 @@
 
 The API resolves a request into these (app/jobs/config.py) and stores their JSON on the job; the worker
 rebuilds them from that JSON and hands them to the training engine, which takes `LoraSpec` as it is.
-Standard library only (the architecture catalog is too), so the API, the worker and the bare engine share
+Standard library only (the family catalog is too), so the API, the worker and the bare engine share
 one definition and one set of defaults without torch or the HTTP stack.
 """
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
-from app.base_models.architectures import DEFAULT_LORA_TARGETS, default_lora_targets
+from app.families import default_lora_targets
+from app.families.mamba import MAMBA
 
 
 class _Stored:
@@ -31,7 +32,7 @@ class LoraSpec(_Stored):
     alpha: float = 16.0
     dropout: float = 0.0
     # Mamba's defaults; `for_family` picks another family's.
-    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS["mamba"]
+    target_modules: tuple[str, ...] = MAMBA.default_targets
     # Also train the SSM's own parameters (A_log, D, dt_proj.bias) in full, alongside LoRA.
     train_ssm_params: bool = False
     # Also publish the base weights with the adapter merged in: a plain model any tool can load.

@@ -23,6 +23,8 @@ class Job(LeasedColumns, Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    # Experiment trackers to log to (app/jobs/schemas.py Integration, as given, settings left unset omitted).
+    integrations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     status: Mapped[str] = mapped_column(String(32), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -77,7 +77,7 @@ class LoraRequest(BaseModel):
     # The adapter's update is scaled by alpha / r; beyond a few thousand it only overflows the activations.
     alpha: float = Field(LoraSpec.alpha, gt=0, le=MAX_LORA_ALPHA)
     dropout: float = Field(LoraSpec.dropout, ge=0, lt=1)
-    # None: the defaults of the model's family (app/base_models/architectures.py).
+    # None: the defaults of the model's family (app/families/).
     target_modules: list[Name] | None = Field(None, min_length=1, max_length=16)
     train_ssm_params: bool = LoraSpec.train_ssm_params
     export_merged: bool = LoraSpec.export_merged
@@ -98,6 +98,46 @@ class Method(BaseModel):
     supervised: SupervisedMethod | None = None
 
 
+class WandbIntegration(BaseModel):
+    """Where a job's W&B run goes (OpenAI's shape); the server's W&B credentials and mode apply."""
+
+    model_config = STRICT
+
+    project: LongName
+    name: LongName | None = None
+    entity: LongName | None = None
+    tags: list[Name] | None = Field(None, max_length=16)
+
+
+class MlflowIntegration(BaseModel):
+    """Where a job's MLflow run goes: the server's tracking server unless it lets jobs name their own."""
+
+    model_config = STRICT
+
+    experiment_name: LongName
+    run_name: LongName | None = None
+    tracking_uri: LongName | None = None
+
+
+class Integration(BaseModel):
+    """One experiment tracker the worker logs hyperparameters and per-step metrics to."""
+
+    model_config = STRICT
+
+    type: Literal["wandb", "mlflow"]
+    wandb: WandbIntegration | None = None
+    mlflow: MlflowIntegration | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> "Integration":
+        other = "mlflow" if self.type == "wandb" else "wandb"
+        if getattr(self, self.type) is None:
+            raise ValueError(f"an integration of type {self.type!r} needs its settings under {self.type!r}")
+        if getattr(self, other) is not None:
+            raise ValueError(f"an integration of type {self.type!r} takes no {other!r} settings")
+        return self
+
+
 class JobCreate(BaseModel):
     model_config = STRICT
 
@@ -114,6 +154,7 @@ class JobCreate(BaseModel):
     metadata: dict[Name, MetadataValue] | None = Field(None, max_length=16)
     # The structure the job expects the model to have (Mamba); a job can never change it.
     ssm_structure: Literal["diagonal", "controllable", "observable"] | None = None
+    integrations: list[Integration] | None = Field(None, max_length=2)
 
 
 class Progress(BaseModel):
@@ -142,6 +183,7 @@ class JobObject(BaseModel):
     fine_tuned_model: str | None
     metrics: dict[str, Any]
     progress: Progress
+    integrations: list[dict[str, Any]] | None
     # OpenAI's: a tenant is our organization; the results are the metrics CSV and the loss curve (files).
     organization_id: str
     result_files: list[str]
@@ -169,6 +211,7 @@ class JobObject(BaseModel):
             fine_tuned_model=job.fine_tuned_model,
             metrics=job.metrics or {},
             progress=Progress(step=job.current_step or 0, total_steps=job.total_steps),
+            integrations=job.integrations,
             organization_id=job.owner,
             result_files=job.result_files or [],
         )

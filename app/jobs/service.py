@@ -13,7 +13,7 @@ from app.downloads import open_object
 from app.errors import conflict, invalid_request, not_found
 from app.files.service import FINE_TUNE, get_file
 from app.idempotency import claim_for, run_once
-from app.jobs.config import resolve_hyperparameters, resolve_lora
+from app.jobs.config import resolve_hyperparameters, resolve_integrations, resolve_lora
 from app.jobs.keys import merged_key
 from app.jobs.lifecycle import JOBS, TERMINAL, JobStatus, record_event, transition
 from app.jobs.models import Checkpoint, Job
@@ -67,6 +67,7 @@ def _insert_queued(*, session: Session, settings: Settings, owner: str, request:
     check_variant(model=model, requested=request.ssm_structure)
     lora = resolve_lora(request.lora, family=model.family)
     hyperparameters = resolve_hyperparameters(request)
+    integrations = resolve_integrations(request.integrations, settings=settings)
     # Checked before the job is added, so these lookups flush nothing and the job, its status change
     # and its events go to the database in one flush.
     _check_training_input(session=session, owner=owner, file_id=request.training_file, param="training_file")
@@ -84,6 +85,7 @@ def _insert_queued(*, session: Session, settings: Settings, owner: str, request:
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_RANDOM_SEED),
         suffix=request.suffix,
         user_metadata=request.metadata,
+        integrations=integrations,
         status=JobStatus.VALIDATING_FILES,
         created_at=now(),
         metrics={},

@@ -208,7 +208,7 @@ RECOMPUTE = "hyperparameters.activation_recompute"
         ({"method": {"type": "dpo"}}, 400, "invalid_request", "method.type"),
         ({"model": None}, 400, "invalid_request", "model"),
         ({"training_file": ""}, 400, "invalid_request", "training_file"),
-        ({"integrations": []}, 400, "invalid_request", "integrations"),
+        ({"integrations": [{}]}, 400, "invalid_request", "integrations[0].type"),
         (
             {"hyperparameters": {}, "method": {"type": "supervised", "supervised": {"hyperparameters": {}}}},
             400,

@@ -63,14 +63,28 @@ def test_worker_kernels_are_built_with_nvcc_and_only_their_wheels_reach_the_imag
 
 
 def test_worker_installs_cuda_torch_and_the_worker_extra():
+    args = dockerfile().global_args
+    # The official indexes by default; a build arg points pip at a mirror where they are unreachable.
+    assert args["TORCH_CUDA_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_CUDA}"
+    assert args["TORCH_CPU_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     worker = dockerfile().stages["worker"]
-    cuda_torch = 'pip install "torch==${TORCH_VERSION}" --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}"'
-    assert cuda_torch in worker.text
+    assert 'pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CUDA_INDEX_URL}"' in worker.text
     assert '["optional-dependencies"]["worker"]' in worker.text
     cpu = chain_text("worker-cpu")
-    assert 'pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu' in cpu
+    assert 'pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX_URL}"' in cpu
     assert '["optional-dependencies"]["worker"]' in cpu
     assert "mamba-ssm" not in cpu and "nvidia/cuda" not in cpu
+
+
+def test_the_cpu_worker_takes_the_gpu_workers_steps_so_its_build_covers_them():
+    # The GPU image cannot be built without CUDA base images; `make compose-test` builds worker-cpu instead.
+    def project_steps(target: str) -> list[tuple[str, str]]:
+        instructions = dockerfile().stages[target].instructions
+        start = instructions.index(("COPY", "pyproject.toml ./"))
+        return [step for step in instructions[start:] if "from=kernels-build" not in step[1]]
+
+    assert project_steps("worker") == project_steps("worker-cpu")
+    assert ("RUN", "pip install --no-deps -e .") in project_steps("worker")
 
 
 def test_torch_pins_agree_with_the_makefile_and_the_cuda_image():

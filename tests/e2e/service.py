@@ -14,6 +14,8 @@ from app.settings import Settings
 from .factories import MAMBAFT, clean_env, free_port
 
 START_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 300
+DESCENDANT_GRACE_S = 5
 
 
 @dataclass
@@ -50,6 +52,16 @@ class Service:
             time.sleep(0.5)
         pytest.fail(f"service not ready after {START_TIMEOUT_S}s\n{self.log_tail()}")
 
+    def wait_terminal(self, client: httpx.Client, job_id: str) -> dict:
+        """The job as GET returns it once it has succeeded, failed or been cancelled."""
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
+        pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s\n{self.log_tail()}")
+
     def stop(self) -> None:
         """SIGTERM each process we started, as an operator (or Ctrl-C) would, and check that everything
         it started is gone too."""
@@ -58,6 +70,11 @@ class Service:
             process.terminate()
         for process in self.processes:
             process.wait(timeout=150)
+        # A moment's grace: multiprocessing's helper processes (uvicorn's workers' resource tracker) exit
+        # once they see their parent's pipe close, just after it.
+        deadline = time.monotonic() + DESCENDANT_GRACE_S
+        while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for pid in descendants:
             assert not alive(pid), f"process {pid} outlived its parent\n{self.log_tail()}"
 

@@ -23,7 +23,6 @@ from .conftest import S3_BUCKET
 from .factories import MAMBAFT, adapter_logits_change, clean_env, demo_slice, free_port, job_row, make_job
 from .service import Service
 
-JOB_TIMEOUT_S = 300
 REAPER_INTERVAL_S = "2"
 # The test's webhook receiver listens on loopback.
 WEBHOOK_ENV = {"MAMBAFT_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "MAMBAFT_WEBHOOK_POLL_SECONDS": "0.5"}
@@ -99,16 +98,6 @@ def _wait_webhook(receiver: Receiver, event_type: str, service: Service) -> None
         time.sleep(0.5)
 
 
-def _wait_terminal(client: httpx.Client, job_id: str, service: Service) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(1)
-    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s\n{service.log_tail()}")
-
-
 @pytest.mark.parametrize("deployment", ["embedded", "production"])
 def test_fine_tune_job_end_to_end(
     deployment: str, request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver
@@ -147,7 +136,7 @@ def test_fine_tune_job_end_to_end(
         assert created.status_code == 200, created.text
         job_id = created.json()["id"]
 
-        job = _wait_terminal(client, job_id, service)
+        job = service.wait_terminal(client, job_id)
         assert job["status"] == "succeeded", f"{job['error']}\n{service.log_tail()}"
         # Everything a succeeded job promises is stored by then: the stability report too.
         report = client.get(f"/v1/fine_tuning/jobs/{job_id}/stability")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from worker.engine import cuda_graph, mamba_forward
+from worker.engine import cuda_graph, families
 from worker.engine import precision as precision_module
 from worker.engine import trainer as trainer_module
 from worker.engine.loading import load_base
@@ -177,8 +177,9 @@ def test_memory_lean_mode_recomputes_the_layers_and_trains_to_the_same_losses(
     # Recomputing each layer in backward changes what is kept, not what is computed: on the CPU in fp32
     # every step's loss and the validation loss agree to rounding, while the mixers run more often.
     calls = []
-    counted = mamba_forward.mamba_mixer_forward
-    monkeypatch.setattr(mamba_forward, "mamba_mixer_forward", lambda *a, **k: calls.append(1) or counted(*a, **k))
+    counted = families.ENGINES["mamba"].mixer_forward
+    counting = replace(families.ENGINES["mamba"], mixer_forward=lambda *a, **k: calls.append(1) or counted(*a, **k))
+    monkeypatch.setitem(families.ENGINES, "mamba", counting)
     runs = {}
     for recompute in (False, True):
         losses: list[float] = []

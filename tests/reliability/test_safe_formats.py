@@ -114,3 +114,29 @@ def test_packed_archives_hold_only_relative_regular_files(tmp_path: Path) -> Non
     assert sorted(m.name for m in members) == ["adapter_model.safetensors", "linked.json"]
     assert all(m.isfile() and not m.name.startswith("/") and ".." not in m.name for m in members)
     assert unpack(archive, tmp_path / "out").joinpath("linked.json").read_text() == "{}"
+
+
+@pytest.fixture
+def python_without_tar_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tarfile as Python 3.11.0 to 3.11.3 have it (Debian bookworm's 3.11.2): no extraction filters."""
+    extractall = tarfile.TarFile.extractall
+
+    def extractall_without_filter(self: tarfile.TarFile, *args: object, **kwargs: object) -> None:
+        if "filter" in kwargs:
+            raise TypeError("TarFile.extractall() got an unexpected keyword argument 'filter'")
+        extractall(self, *args, **kwargs)
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filter)
+
+
+@pytest.mark.usefixtures("python_without_tar_filters")
+def test_archives_unpack_on_a_python_without_tar_filters_and_crafted_ones_are_still_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+
+    assert unpack(pack(folder, tmp_path / "a.tar.gz"), tmp_path / "out").joinpath("adapter_config.json").exists()
+    with pytest.raises(ValueError):
+        unpack(crafted_archive(tmp_path / "evil.tar.gz", member("../x")), tmp_path / "evil")
+    assert not (tmp_path / "x").exists()

@@ -26,6 +26,7 @@ PUBLIC = {
     ("GET", "/ui"),
     ("GET", "/ui/"),
     ("GET", "/ui/{name}"),
+    ("GET", "/metrics"),  # totals across tenants, no ids
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id:path}"),
 }

@@ -7,27 +7,21 @@ the adapter archive reloads to the trained model's logits, and the stability rep
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
-from app.db import session_scope
 from app.jobs.keys import stability_key
 from app.jobs.lifecycle import JobStatus
-from app.jobs.models import Job
 from app.settings import Settings
 from app.storage import storage_from_settings
 from worker.archive import unpack
-from worker.engine import trainer
 from worker.engine.model_builder import Architecture, create_model_folder
 from worker.evaluation.model import load_for_eval
-from worker.job_runner import run_job
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-from .factories import corpus_sample
+from .factories import assert_same_logits, corpus_sample, run_keeping_final_model
 
 SC = {"id": "sc-tiny", "family": "mamba", "d_model": 32, "n_layer": 2, "d_state": 8, "ssm_structure": "controllable"}
 
@@ -70,33 +64,16 @@ def test_created_sc_model_trains_in_a_job_and_reloads_to_the_same_logits(
     assert created.status_code == 200, created.text
     job_id = created.json()["id"]
 
-    # The trainer validates last with the final in-memory model: keep that one to compare against.
-    finals: list[torch.nn.Module] = []
-
-    def evaluate(model: torch.nn.Module, *args: Any) -> float:
-        finals.append(model)
-        return real_evaluate(model, *args)
-
-    real_evaluate = trainer.evaluate
-    monkeypatch.setattr(trainer, "evaluate", evaluate)
-    run_job(settings=settings, job_id=job_id)
-
-    with session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        status, error, adapter_key, metrics = job.status, job.error, job.adapter_key, job.metrics
-    assert status == JobStatus.SUCCEEDED, error
-    assert metrics["validation_loss"] < metrics["base_validation_loss"]
+    outcome, final = run_keeping_final_model(settings, job_id, monkeypatch)
+    assert outcome["status"] == JobStatus.SUCCEEDED, outcome["error"]
+    assert outcome["metrics"]["validation_loss"] < outcome["metrics"]["base_validation_loss"]
     storage = storage_from_settings(settings)
-    storage.get_file(adapter_key, tmp_path / "model.tar.gz")
+    storage.get_file(outcome["adapter_key"], tmp_path / "model.tar.gz")
     folder = unpack(tmp_path / "model.tar.gz", tmp_path / "unpacked")  # full fine-tuning: a whole model
     base = model_source(settings=settings, storage=storage, owner="alice", model_id="sc-tiny")
     reloaded, _, _ = load_for_eval(str(base), adapter=folder, device="cpu")
-    ids = torch.randint(0, 256, (2, 48), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected, got = finals[-1].eval()(ids).logits, reloaded(ids).logits
-    # Same fp32 weights through the same forward on the same CPU: anything above rounding is a wrong load.
-    assert torch.allclose(got, expected, rtol=0, atol=1e-5), (got - expected).abs().max()
+    assert final is not None
+    assert_same_logits(final, reloaded)
     assert reloaded.config.ssm_structure == "controllable"
 
     storage.get_file(stability_key(job_id, "json"), tmp_path / "stability.json")

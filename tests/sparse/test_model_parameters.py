@@ -5,25 +5,17 @@ from pathlib import Path
 import pytest
 
 from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
+from app.families import FAMILIES
 from worker.engine.model_builder import Architecture, create_model_folder
 from worker.engine.tiny_model import byte_tokenizer
 
 
-@pytest.mark.parametrize(
-    ("family", "variant"),
-    [
-        ("mamba", "diagonal"),
-        ("mamba", "controllable"),
-        ("mamba", "observable"),
-        ("mamba2", "none"),
-        ("mamba2", "stable"),
-    ],
-)
+@pytest.mark.parametrize(("family", "variant"), [(f.model_type, v) for f in FAMILIES.values() for v in f.variants])
 @pytest.mark.parametrize(("d_model", "n_layer", "d_state"), [(32, 2, 8), (64, 3, 4), (96, 1, 16)])
 def test_the_counted_parameters_are_those_of_the_built_model(
     tmp_path: Path, family: str, variant: str, d_model: int, n_layer: int, d_state: int
 ) -> None:
-    field = "ssm_structure" if family == "mamba" else "a_constraint"
+    field = FAMILIES[family].variant_field
     arch = Architecture(id="m", family=family, d_model=d_model, n_layer=n_layer, d_state=d_state, **{field: variant})
 
     built = create_model_folder(arch, tmp_path / "model")

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from worker.engine.families import ssm_mixers
 from worker.engine.sparse_mamba import STABLE_FLOOR, mixer_A
-from worker.evaluation.stability.lyapunov import mixers, ssm_A
+from worker.evaluation.stability.lyapunov import ssm_A
 from worker.evaluation.stability.report import stability_report
 
 from .factories import D_STATE, tiny, tiny_mamba2
@@ -30,7 +31,7 @@ def test_report_of_an_observable_model_is_stable_with_full_rank_layers() -> None
 
 
 def test_companion_decay_rates_are_the_real_parts_of_the_dense_matrix_eigenvalues() -> None:
-    mixer = mixers(tiny("observable"))[0]
+    mixer = ssm_mixers(tiny("observable"))[0]
     with torch.no_grad():  # move the roots off their initial spread, so the check is not about the init
         mixer.A_root_log_decay.add_(torch.randn_like(mixer.A_root_log_decay))
 

@@ -1,17 +1,15 @@
-"""Load a base model and its tokenizer for training: a local HF folder or a hub id, Mamba or Mamba-2 only."""
+"""Load a base model and its tokenizer for training: a local HF folder or a hub id of a family the engine has."""
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from worker.engine.families import family_engine
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.sparse_mamba import load_structured, needs_structured_load
 from worker.engine.spec import ModelLoadFailed
-
-Family = Literal["mamba", "mamba2"]
-FAMILIES: tuple[Family, ...] = get_args(Family)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -20,9 +18,9 @@ def pick_device(requested: str | None) -> torch.device:
 
 def load_base(
     model: str, *, device: torch.device, dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, Any, Family]:
-    """Returns (model on `device` with our mixer forwards installed, tokenizer, family); raises
-    ModelLoadFailed when the model cannot be loaded."""
+) -> tuple[PreTrainedModel, Any, str]:
+    """Returns (model on `device` with our mixer forwards installed, tokenizer, family: its model_type);
+    raises ModelLoadFailed when the model cannot be loaded."""
     try:
         return _load(model, device, dtype)
     except ModelLoadFailed:
@@ -31,12 +29,13 @@ def load_base(
         raise ModelLoadFailed(f"{model}: {error}") from error
 
 
-def _load(model: str, device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, Any, Family]:
+def _load(model: str, device: torch.device, dtype: torch.dtype) -> tuple[PreTrainedModel, Any, str]:
     # Read the config first so an unsupported architecture fails before any weights are fetched.
     config = AutoConfig.from_pretrained(model, trust_remote_code=False)
-    family = config.model_type
-    if family not in FAMILIES:
-        raise ModelLoadFailed(f"{model}: model_type {family!r} is not supported; expected one of {FAMILIES}")
+    try:
+        family = family_engine(config.model_type).model_type
+    except ValueError as e:
+        raise ModelLoadFailed(f"{model}: {e}") from None
     if needs_structured_load(config):  # SC/SO: x_proj and the SSM parameters differ from the stock shapes
         network = load_structured(Path(model), config, dtype)
     else:

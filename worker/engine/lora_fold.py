@@ -3,7 +3,7 @@
 The fused CUDA kernels (`mamba_inner_fn` for Mamba, `mamba_split_conv1d_scan_combined` for Mamba-2)
 take x_proj / dt_proj / out_proj weights as raw tensors and never call those modules, so a LoRA
 wrapper around them is silently bypassed: no gradient reaches the adapter in training mode, and
-train-mode outputs differ from eval-mode outputs. Our mixer forwards (mamba_forward.py) instead hand
+train-mode outputs differ from eval-mode outputs. Our mixer forwards (worker/engine/families/) instead hand
 the kernel `effective_weight(module)` = W + (alpha / r) · B · A (lora_weights.py), built with autograd on
 every call: the kernel's weight gradient flows on into A and B, and every code path computes the same
 function. Mamba's out_proj is the exception: our own fused mixer (mamba_inner.py) applies its adapter
@@ -22,9 +22,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from app.base_models.architectures import KERNEL_READ_TARGETS
+from app.families import FAMILIES
 from worker.engine.mamba_forward import install_forwards
-from worker.engine.spec import SSM_PARAMS, LoraSpec
+from worker.engine.spec import LoraSpec
 
 SSM_PARAMS_FILE = "ssm_params.safetensors"
 
@@ -34,7 +34,7 @@ def _kernel_read_targets_allowed(model: nn.Module) -> Iterator[None]:
     """Let peft wrap out_proj on Mamba models: our folded forwards make that target train."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in KERNEL_READ_TARGETS:
+    if model_type not in FAMILIES:
         yield
         return
     # peft decides by `config.model_type`; MambaConfig holds it as a class attribute, so an
@@ -47,7 +47,8 @@ def _kernel_read_targets_allowed(model: nn.Module) -> Iterator[None]:
 
 
 def _check_spec(model_type: str, spec: LoraSpec) -> None:
-    folded = set(spec.target_modules) & set(KERNEL_READ_TARGETS.get(model_type, ()))
+    family = FAMILIES.get(model_type)
+    folded = set(spec.target_modules) & family.kernel_read_targets if family else set()
     if spec.dropout > 0 and folded:
         raise ValueError(
             f"LoRA dropout must be 0 with targets {sorted(folded)}: the fused kernel reads their weight "
@@ -76,10 +77,11 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
 
 def ssm_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The SSM's own parameters (A_log, D, dt bias) by their name in the base model."""
+    names = FAMILIES[model.config.model_type].ssm_params
     found = {}
     for name, param in model.named_parameters():
         clean = name.replace("base_model.model.", "", 1).replace(".base_layer", "")
-        if any(clean.endswith(f".{p}") for p in SSM_PARAMS):
+        if any(clean.endswith(f".{p}") for p in names):
             found[clean] = param
     return found
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from worker.engine.families import engine_of
+
 IGNORE = -100
 # Backward of one chunk holds its logits in bf16 and fp32, the log-softmax and its gradient: about
 # 14 bytes x tokens x vocab, at the start of backward, while every saved activation is still alive.
@@ -27,7 +29,7 @@ def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tenso
 def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
     """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t]."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.backbone(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
+    hidden = engine_of(lm).backbone(lm)(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)

@@ -16,18 +16,18 @@ The estimate of a step's peak, in bytes, is the sum of:
 times a safety factor (SAFETY, FUSED_SAFETY). `kept` and `backward` per token, by the scan that runs:
 
     fused CUDA kernels   FUSED_CHANNEL_ELEMENTS x d_inner elements of the activation dtype, each
-    torch scans          SCAN_COPIES[family] x d_inner x d_state x 4 bytes: the chunked scans keep fp32
-                         states of every token, (b, d_inner, l, d_state), several times over; SC/SO
+    torch scans          the family's scan_copies x d_inner x d_state x 4 bytes: the chunked scans keep
+                         fp32 states of every token, (b, d_inner, l, d_state), several times over; SC/SO
                          models scan complex states, twice that (the CPU, and CUDA without mamba-ssm)
 
 Calibration. FUSED_CHANNEL_ELEMENTS: bench/RESULTS.md's largest batches of the Mamba 1.4B shape on an
 H100 (bf16: 75.5 GiB at 40 x 1024 tokens, 4.7 elements of d_inner per token and layer once the weights
 and the loss chunk are taken off; fp32: 74.0 GiB at 21 x 1024, 4.2). With FUSED_SAFETY the estimate is
 1.21x and 1.29x those peaks, so an 80 GB card admits batches up to 32 and 16 of the 40 and 21 that ran.
-SCAN_COPIES: the peak RSS growth of real one-step CPU jobs (`python bench/memory.py`, table in
-bench/RESULTS.md; mamba-tiny and mamba2-tiny, fp32 and bf16, memory-lean on and off, 2,048 and 4,096
-tokens): per token, mamba-tiny grew 424 KiB (lean: 250 KiB), mamba2-tiny 124 KiB (lean: 61 KiB);
-solving n_layer x kept + backward and kept + backward for the two gives the copies below, rounded up.
+scan_copies (worker/engine/families/): the peak RSS growth of real one-step CPU jobs (`python
+bench/memory.py`, table in bench/RESULTS.md; mamba-tiny and mamba2-tiny, fp32 and bf16, memory-lean on
+and off, 2,048 and 4,096 tokens): per token, mamba-tiny grew 424 KiB (lean: 250 KiB), mamba2-tiny 124 KiB
+(lean: 61 KiB); solving n_layer x kept + backward and kept + backward for the two gives their copies, rounded up.
 Without SAFETY every estimate is 1.06x to 1.7x the measured growth; SAFETY adds 25% on top.
 """
 
@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from worker.engine.families import family_engine
 from worker.engine.loss import CHUNK_TOKENS
 from worker.engine.spec import InsufficientMemory, Precision
 
@@ -51,8 +52,6 @@ FUSED_SAFETY = 1.1
 BUDGET_FRACTION = {"cpu": 0.8, "cuda": 0.95}
 WORKSPACE_BYTES = 256 * 1024**2
 FUSED_CHANNEL_ELEMENTS = 5
-# (kept, backward) copies of a layer's fp32 states per token.
-SCAN_COPIES = {"mamba": (4, 12), "mamba2": (1.5, 3)}
 LOSS_CHUNK_BYTES_PER_LOGIT = 14
 # What a client can change to need less memory, said by every memory failure.
 LOWER = (
@@ -89,14 +88,13 @@ class ModelSize:
     vocab: int
     family: str
     complex_states: bool  # SC/SO: the scan's states are complex
-    # The fused CUDA kernels run; else a torch scan (SCAN_COPIES of `family`).
+    # The fused CUDA kernels run; else a torch scan (the family's scan_copies).
     fused: bool
 
     @classmethod
     def of(cls, model: nn.Module, *, family: str, fused: bool) -> "ModelSize":
         config = model.config
         params = list(model.parameters())
-        d_inner = config.num_heads * config.head_dim if family == "mamba2" else config.intermediate_size
         complex_states = (getattr(config, "ssm_structure", None) or "diagonal") != "diagonal"
         return cls(
             weight_bytes=sum(p.numel() * p.element_size() for p in params),
@@ -104,7 +102,7 @@ class ModelSize:
             trainable=sum(p.numel() for p in params if p.requires_grad),
             n_layer=config.num_hidden_layers,
             d_model=config.hidden_size,
-            d_inner=d_inner,
+            d_inner=family_engine(family).d_inner(config),
             d_state=config.state_size,
             vocab=config.vocab_size,
             family=family,
@@ -119,7 +117,7 @@ def layer_bytes(size: ModelSize, precision: Precision) -> tuple[float, float]:
         per_token = FUSED_CHANNEL_ELEMENTS * size.d_inner * _activation_bytes(precision)
         return per_token, per_token
     states = size.d_inner * size.d_state * (8 if size.complex_states else 4)
-    kept, backward = SCAN_COPIES[size.family]
+    kept, backward = family_engine(size.family).scan_copies
     return kept * states, backward * states
 
 

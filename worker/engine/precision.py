@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.engine.spec import SSM_PARAMS, Precision
+from worker.engine.families import engine_of
+from worker.engine.spec import Precision
 
 MAX_GRAD_NORM = 1.0
-# Parameter name suffixes that keep fp32 even when frozen under bf16.
-KEEP_FP32 = tuple(f".{name}" for name in (*SSM_PARAMS, "norm.weight", "norm_f.weight"))
 
 
 class PrecisionPolicy:
@@ -37,8 +36,9 @@ class PrecisionPolicy:
         """Store frozen weights in bf16 (bf16 only); call after the trainable set is decided."""
         if self.precision != "bf16":
             return
+        keep_fp32 = engine_of(model).keep_fp32
         for name, param in model.named_parameters():
-            if not param.requires_grad and not name.endswith(KEEP_FP32):
+            if not param.requires_grad and not name.endswith(keep_fp32):
                 param.data = param.data.to(torch.bfloat16)
 
     def autocast(self, cache_enabled: bool = True) -> contextlib.AbstractContextManager:

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
-from transformers.models.mamba.modeling_mamba import MambaMixer
-from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
+from app.families import FAMILIES
+from app.families.mamba import MAMBA
+from app.families.mamba2 import MAMBA2
 from worker.engine.companion_scan import (
     companion,
     companion_scan_fast,
@@ -34,35 +35,34 @@ from worker.engine.companion_scan import (
     init_root_parameters,
     roots,
 )
+from worker.engine.families import mixer_engine
 from worker.engine.lora_weights import base_layer, effective_weight
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
 
-SSM_STRUCTURES = ("diagonal", "controllable", "observable")
-A_CONSTRAINTS = ("none", "stable")
 COMPANION = ("controllable", "observable")
 STABLE_FLOOR = 1e-5  # the paper's: A = -max(exp(A_log), 1e-5)
 
 
 def ssm_structure(config: Any) -> str:
-    return getattr(config, "ssm_structure", None) or "diagonal"
+    return getattr(config, MAMBA.variant_field, None) or MAMBA.variants[0]
 
 
 def a_constraint(config: Any) -> str:
-    return getattr(config, "a_constraint", None) or "none"
+    return getattr(config, MAMBA2.variant_field, None) or MAMBA2.variants[0]
 
 
 def check_config(config: Any) -> None:
     """Raise ValueError naming the field when a config asks for a variant its family does not have."""
-    family = config.model_type
-    structure, constraint = ssm_structure(config), a_constraint(config)
-    if structure not in SSM_STRUCTURES or (family != "mamba" and structure != "diagonal"):
-        raise ValueError(f"ssm_structure {structure!r} is not an option of {family} models")
-    if constraint not in A_CONSTRAINTS or (family != "mamba2" and constraint != "none"):
-        raise ValueError(f"a_constraint {constraint!r} is not an option of {family} models")
+    own = FAMILIES.get(config.model_type)
+    for family in FAMILIES.values():  # each variant field is one family's; any other family has its stock value
+        field, stock = family.variant_field, family.variants[0]
+        value = getattr(config, field, None) or stock
+        if value not in (own.variants if own is not None and own.variant_field == field else (stock,)):
+            raise ValueError(f"{field} {value!r} is not an option of {config.model_type} models")
 
 
 def is_companion(mixer: nn.Module) -> bool:
-    return isinstance(mixer, MambaMixer) and getattr(mixer, "ssm_structure", "diagonal") in COMPANION
+    return getattr(mixer, "ssm_structure", "diagonal") in COMPANION
 
 
 def graph_capturable(model: nn.Module) -> bool:
@@ -72,7 +72,7 @@ def graph_capturable(model: nn.Module) -> bool:
 
 
 def is_stable(mixer: nn.Module) -> bool:
-    return isinstance(mixer, Mamba2Mixer) and getattr(mixer, "a_constraint", "none") == "stable"
+    return getattr(mixer, "a_constraint", "none") == "stable"
 
 
 def apply_structure(model: nn.Module) -> nn.Module:
@@ -83,16 +83,15 @@ def apply_structure(model: nn.Module) -> nn.Module:
     check_config(config)
     for mixer in model.modules():
         # The mixers do not all keep the config (Mamba-2's does not): each carries its variant itself.
-        if isinstance(mixer, MambaMixer):
-            mixer.ssm_structure = ssm_structure(config)
-        elif isinstance(mixer, Mamba2Mixer):
-            mixer.a_constraint = a_constraint(config)
+        if (engine := mixer_engine(mixer)) is not None:
+            field = engine.catalog.variant_field
+            setattr(mixer, field, getattr(config, field, None) or engine.catalog.variants[0])
         if is_companion(mixer) and "A_log" in mixer._parameters:
             _to_companion(mixer)
     return model
 
 
-def _to_companion(mixer: MambaMixer) -> None:
+def _to_companion(mixer: nn.Module) -> None:
     d, n, rank = mixer.intermediate_size, mixer.ssm_state_size, mixer.time_step_rank
     device = mixer.A_log.device
     log_decay, log_freq = init_root_parameters(d, n)
@@ -107,12 +106,12 @@ def _to_companion(mixer: MambaMixer) -> None:
     mixer.x_proj = x_proj
 
 
-def mixer_roots(mixer: MambaMixer) -> Tensor:
+def mixer_roots(mixer: nn.Module) -> Tensor:
     """One root of each conjugate pair, (d_inner, n/2) complex64."""
     return roots(mixer.A_root_log_decay, mixer.A_root_log_freq)
 
 
-def mixer_A(mixer: MambaMixer, dtype: torch.dtype = torch.float64) -> Tensor:
+def mixer_A(mixer: nn.Module, dtype: torch.dtype = torch.float64) -> Tensor:
     """The dense state matrices (d_inner, n, n) of an SC/SO mixer."""
     lam = mixer_roots(mixer).to(torch.complex128 if dtype == torch.float64 else torch.complex64)
     return companion(lam, observable=mixer.ssm_structure == "observable").to(dtype)
@@ -133,7 +132,7 @@ def route(mixer: nn.Module, forward: Callable[..., Tensor], path: ForwardPath) -
 
 
 @contextmanager
-def _stable_A_log(mixer: Mamba2Mixer) -> Iterator[None]:
+def _stable_A_log(mixer: nn.Module) -> Iterator[None]:
     """For one forward, `mixer.A_log` reads clamp(A_log, log STABLE_FLOOR), so every path (HF's torch
     forward, the fused kernel, the cached step) computes A = -exp(.) <= -STABLE_FLOOR. The clamped value
     is a function of the parameter, so gradients reach it (zero where the floor binds, as in the paper)."""
@@ -145,13 +144,13 @@ def _stable_A_log(mixer: Mamba2Mixer) -> Iterator[None]:
         mixer._parameters["A_log"] = raw
 
 
-def clamped_heads(mixer: Mamba2Mixer) -> int:
+def clamped_heads(mixer: nn.Module) -> int:
     """Heads whose A the ST constraint holds at the floor."""
     return int((torch.exp(mixer.A_log.detach().float()) < STABLE_FLOOR).sum())
 
 
 def companion_mixer_forward(
-    mixer: MambaMixer,
+    mixer: nn.Module,
     hidden_states: Tensor,
     attention_mask: Tensor | None = None,
     *,
@@ -201,4 +200,4 @@ def load_structured(folder: Path, config: Any, dtype: torch.dtype) -> PreTrained
 
 
 def needs_structured_load(config: Any) -> bool:
-    return config.model_type == "mamba" and ssm_structure(config) in COMPANION
+    return ssm_structure(config) in COMPANION

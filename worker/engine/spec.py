@@ -14,9 +14,6 @@ from app.jobs.contract import HyperparameterSpec, LoraSpec
 
 Precision = Literal["fp32", "fp16", "bf16"]
 
-# Trained in full when LoraSpec.train_ssm_params is set (names relative to each mixer).
-SSM_PARAMS = ("A_log", "D", "dt_proj.bias", "dt_bias", "A_root_log_decay", "A_root_log_freq")  # roots: SC/SO
-
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -56,6 +53,7 @@ class Progress:
     trained_tokens: int
     skipped_steps: int = 0  # fp16 overflow steps skipped by the loss scaler
     peak_memory_bytes: int | None = None
+    steps_per_second: float = 0.0
 
     def row(self) -> dict[str, Any]:
         """The step's line of the job's metrics: a row of its results CSV, a checkpoint's metrics."""

@@ -1,4 +1,4 @@
-"""The shipped tiny base models: random-init Mamba / Mamba-2 with a byte-level tokenizer, built offline.
+"""The shipped tiny base models: random-init models of a family with a byte-level tokenizer, built offline.
 
 They make the service usable (and testable) with no hub access: a job can fine-tune `mamba-tiny` on the
 demo data in a minute on CPU. Everything is a pure function of (family, seed), so two builds write
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM, PreTrainedTokenizerFast
+from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
-from worker.engine.loading import Family
+from app.families.family import ModelShape, padded_vocab
+from worker.engine.families import FamilyEngine, family_engine
 
 EOS = "<|endoftext|>"
 
@@ -29,39 +30,25 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
-def tiny_config(family: Family, vocab_size: int, eos_id: int) -> MambaConfig | Mamba2Config:
-    # Vocab rounded up to a multiple of 8 so embedding and lm_head shapes stay kernel-friendly.
-    vocab = -(-vocab_size // 8) * 8
-    ids = {"eos_token_id": eos_id, "pad_token_id": eos_id, "bos_token_id": eos_id}
-    if family == "mamba":
-        return MambaConfig(vocab_size=vocab, hidden_size=128, num_hidden_layers=4, state_size=16, expand=2, **ids)
-    if family == "mamba2":
-        # hidden 128 * expand 2 = 8 heads * head_dim 32.
-        return Mamba2Config(
-            vocab_size=vocab,
-            hidden_size=128,
-            num_hidden_layers=4,
-            state_size=16,
-            expand=2,
-            num_heads=8,
-            head_dim=32,
-            n_groups=1,
-            chunk_size=64,
-            tie_word_embeddings=True,
-            **ids,
-        )
-    raise ValueError(f"unknown family {family!r}; expected 'mamba' or 'mamba2'")
+TINY = ModelShape(d_model=128, n_layer=4, d_state=16)
 
 
-def create_tiny_model(folder: Path, family: Family = "mamba", seed: int = 0) -> Path:
+def family_config(engine: FamilyEngine, shape: ModelShape, vocab_size: int, eos_id: int) -> PretrainedConfig:
+    """`engine`'s config of `shape` for a tokenizer of `vocab_size` tokens whose EOS is also BOS and padding."""
+    return engine.build_config(
+        shape, padded_vocab(vocab_size), {"eos_token_id": eos_id, "pad_token_id": eos_id, "bos_token_id": eos_id}
+    )
+
+
+def create_tiny_model(folder: Path, family: str, seed: int = 0) -> Path:
     """Write a random-init tiny model and its tokenizer into `folder` (HF format, safetensors)."""
     tokenizer = byte_tokenizer()
-    config = tiny_config(family, len(tokenizer), tokenizer.eos_token_id)
-    model_class = MambaForCausalLM if family == "mamba" else Mamba2ForCausalLM
+    engine = family_engine(family)
+    config = family_config(engine, TINY, len(tokenizer), tokenizer.eos_token_id)
     # A private generator state so building a model leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_class(config)
+        model = engine.causal_lm(config)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

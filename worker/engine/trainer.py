@@ -33,10 +33,11 @@ from worker.engine.data import (
     steps_per_epoch,
 )
 from worker.engine.divergence import DivergenceCheck
+from worker.engine.kernels import fused_kernels_available
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
 from worker.engine.loss import next_token_loss
-from worker.engine.mamba_forward import fused_kernels_available, set_activation_recompute
+from worker.engine.mamba_forward import set_activation_recompute
 from worker.engine.memory import LOWER, ModelSize, StepShape, check_fits, device_budget, is_out_of_memory
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.sparse_mamba import graph_capturable
@@ -216,6 +217,7 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
             state["steady_seconds"] += seconds
 
         rate = throughput(state)
+        steps_per_second = rate * step / state["trained_tokens"]  # at the steady pace, tokens per step averaged
         progress = Progress(
             step=step,
             total_steps=total_steps,
@@ -223,10 +225,11 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
             loss=state["losses"][-1],
             learning_rate=lr,
             tokens_per_second=rate,
-            eta_seconds=(total_steps - step) * state["trained_tokens"] / step / rate,
+            eta_seconds=(total_steps - step) / steps_per_second,
             trained_tokens=state["trained_tokens"],
             skipped_steps=precision.skipped_steps,
             peak_memory_bytes=peak_memory(device),
+            steps_per_second=steps_per_second,
         )
         state["history"].append(progress.row())
         hooks.on_progress(progress)

@@ -5,13 +5,11 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine.loading import Family, load_base, pick_device
+from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import load_adapter
 
 
-def load_for_eval(
-    model: str, *, adapter: Path | None = None, device: str | None = None
-) -> tuple[nn.Module, Any, Family]:
+def load_for_eval(model: str, *, adapter: Path | None = None, device: str | None = None) -> tuple[nn.Module, Any, str]:
     """(model in eval mode with our mixer forwards, tokenizer, family). `adapter` is what the trainer
     wrote: a PEFT adapter folder (LoRA) or a full model folder (full fine-tuning)."""
     if adapter is not None and not (adapter / "adapter_config.json").is_file():

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from worker.engine.families import ssm_mixers
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.spec import Precision
-from worker.evaluation.stability.lyapunov import capture_each, mixers
+from worker.evaluation.stability.lyapunov import capture_each
 
 # Nats per position. Polynomial growth of rounding error (√t, t) over L positions fits a slope of at
 # most 3/L (0.023 at L = 128), while an exponent of 0.05 doubles the error every 14 tokens.
@@ -41,7 +42,7 @@ def growth_rate(curve: Tensor) -> float:
 
 def layer_blocks(model: nn.Module) -> list[nn.Module]:
     """The block around each mixer: its output is the layer's output, the residual stream."""
-    mixer_ids = {id(m) for m in mixers(model)}
+    mixer_ids = {id(m) for m in ssm_mixers(model)}
     return [m for m in model.modules() if id(getattr(m, "mixer", None)) in mixer_ids]
 
 

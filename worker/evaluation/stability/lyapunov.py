@@ -16,13 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.models.mamba.modeling_mamba import MambaMixer
-from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
 from worker.engine.companion_scan import all_roots
-from worker.engine.lora_weights import base_layer, effective_weight
+from worker.engine.families import mixer_engine, ssm_mixers
 from worker.engine.sparse_mamba import STABLE_FLOOR, is_companion, is_stable, mixer_roots
 
 
@@ -32,11 +29,6 @@ class LayerLyapunov:
     lyapunov_exponent: float  # λ: max over channels/states of the time-averaged log step contraction
     mean_delta: float  # Δ averaged over batch, time and channels (the step size the model chose)
     stable: bool  # λ < 0
-
-
-def mixers(model: nn.Module) -> list[nn.Module]:
-    """The Mamba / Mamba-2 mixers of `model`, in layer order."""
-    return [m for m in model.modules() if isinstance(m, MambaMixer | Mamba2Mixer)]
 
 
 def ssm_A(mixer: nn.Module) -> Tensor:
@@ -55,30 +47,8 @@ def ssm_A(mixer: nn.Module) -> Tensor:
     return -torch.exp(mixer.A_log.float())
 
 
-def mamba_delta(mixer: MambaMixer, hidden: Tensor) -> Tensor:
-    """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner)."""
-    seq_len = hidden.shape[1]
-    x, _ = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l)
-    x = F.conv1d(
-        x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1, groups=mixer.intermediate_size
-    )[..., :seq_len]
-    x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
-    dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
-    delta = F.linear(dt, effective_weight(mixer.dt_proj)) + base_layer(mixer.dt_proj).bias  # (b, l, d_inner)
-    return F.softplus(delta.float())
-
-
-def mamba2_delta(mixer: Mamba2Mixer, hidden: Tensor) -> Tensor:
-    """Δ per head in fp32: hidden (b, l, d_model) -> (b, l, heads). dt is the last `num_heads` columns of
-    in_proj's output in every transformers version (older ones put extra MLP columns first)."""
-    dt = mixer.in_proj(hidden)[..., -mixer.num_heads :].float()  # (b, l, heads)
-    delta = F.softplus(dt + mixer.dt_bias.float())
-    low, high = mixer.time_step_limit
-    return delta.clamp(min=low, max=high)
-
-
 def layer_lyapunov(layer: int, mixer: nn.Module, hidden: Tensor) -> LayerLyapunov:
-    delta = mamba_delta(mixer, hidden) if isinstance(mixer, MambaMixer) else mamba2_delta(mixer, hidden)
+    delta = mixer_engine(mixer).delta(mixer, hidden)  # (b, l, d_inner) or (b, l, heads)
     A = ssm_A(mixer)  # (d_inner, n) or (heads,)
     mean_delta = delta.mean(dim=(0, 1))  # (d_inner,) or (heads,)
     rates = mean_delta.view(-1, *[1] * (A.dim() - 1)) * A  # time-averaged Δ·A per (d, n) or head
@@ -115,6 +85,6 @@ def capture_each(modules: list[nn.Module], *, inputs: bool) -> Iterator[list[Ten
 @torch.no_grad()
 def lyapunov_exponents(model: nn.Module, inputs: Tensor) -> list[LayerLyapunov]:
     """λ per layer on the token batch `inputs` (b, l), run in fp32."""
-    with capture_each(mixers(model), inputs=True) as captured:
+    with capture_each(ssm_mixers(model), inputs=True) as captured:
         model(input_ids=inputs.to(next(model.parameters()).device), use_cache=False)
-    return [layer_lyapunov(i, m, h) for i, (m, h) in enumerate(zip(mixers(model), captured, strict=True))]
+    return [layer_lyapunov(i, m, h) for i, (m, h) in enumerate(zip(ssm_mixers(model), captured, strict=True))]

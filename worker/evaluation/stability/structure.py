@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from worker.engine.families import ssm_mixers
 from worker.engine.sparse_mamba import clamped_heads, is_companion, is_stable, mixer_A
-from worker.evaluation.stability.lyapunov import mixers, ssm_A
+from worker.evaluation.stability.lyapunov import ssm_A
 
 
 @dataclass(frozen=True)
@@ -63,4 +64,4 @@ def layer_structure(layer: int, mixer: nn.Module) -> LayerStructure | None:
 
 def structure_checks(model: nn.Module) -> list[LayerStructure]:
     """One entry per SC / SO / ST layer of `model`; empty for stock models."""
-    return [s for i, m in enumerate(mixers(model)) if (s := layer_structure(i, m)) is not None]
+    return [s for i, m in enumerate(ssm_mixers(model)) if (s := layer_structure(i, m)) is not None]

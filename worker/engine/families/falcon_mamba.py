@@ -1,0 +1,53 @@
+"""Falcon-Mamba (`model_type` "falcon_mamba"): Mamba's mixer forward with the mixer's weightless RMSNorm on dt,
+B and C. The model's own forward reads dt_proj's raw weight on the CPU path too, which would skip a LoRA
+adapter there: ours folds it into every weight the scan reads, on every path."""
+
+from functools import partial
+from typing import Any
+
+from torch import Tensor
+from transformers import FalconMambaConfig, FalconMambaForCausalLM
+from transformers.models.falcon_mamba.modeling_falcon_mamba import (
+    FalconMambaMixer,
+    FalconMambaModel,
+    FalconMambaOutput,
+)
+
+from worker.engine.families.family import FamilyEngine
+from worker.engine.families.mamba import ENGINE as MAMBA
+from worker.engine.families.mamba import build_config as mamba_config
+from worker.engine.families.mamba import delta as mamba_delta
+from worker.engine.families.mamba import mixer_forward as mamba_mixer_forward
+from worker.engine.mixer_parts import ForwardPath
+
+
+def mixer_forward(
+    mixer: FalconMambaMixer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    **kwargs: Any,
+) -> Tensor:
+    return mamba_mixer_forward(mixer, hidden_states, attention_mask, path=path, bcdt_norms=True, **kwargs)
+
+
+def delta(mixer: FalconMambaMixer, hidden: Tensor) -> Tensor:
+    return mamba_delta(mixer, hidden, bcdt_norms=True)
+
+
+ENGINE = FamilyEngine(
+    model_type="falcon_mamba",
+    causal_lm=FalconMambaForCausalLM,
+    mixers=(FalconMambaMixer,),
+    mixer_forward=mixer_forward,
+    fused_backbone=FalconMambaModel,
+    backbone_output=FalconMambaOutput,
+    backbone=lambda lm: lm.backbone,
+    final_norm=lambda backbone: backbone.norm_f,
+    norm_weights=MAMBA.norm_weights,
+    delta=delta,
+    d_inner=lambda config: config.intermediate_size,
+    scan_copies=MAMBA.scan_copies,  # the same chunked scan
+    build_config=partial(mamba_config, config_class=FalconMambaConfig),
+)

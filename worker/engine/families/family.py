@@ -1,0 +1,49 @@
+"""What the engine needs of a model family beyond its catalog entry (app/families/): its
+torch classes, the mixer forward `install_forwards` gives it, where its backbone and norms are, and how to
+build a random-init config of it. Each family fills one `FamilyEngine` in its own module of this package."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from app.families import FAMILIES
+from app.families.family import Family, ModelShape
+
+# (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, **kwargs) -> (b, l, d_model)
+MixerForward = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class FamilyEngine:
+    model_type: str
+    causal_lm: type[PreTrainedModel]
+    # The SSM mixers (a hybrid's attention and MLP layers are not among them), in the classes transformers uses.
+    mixers: tuple[type[nn.Module], ...]
+    mixer_forward: MixerForward
+    # Our fused residual + RMSNorm layer loop replaces this backbone's forward (None: the model's own loop),
+    # returning `backbone_output`.
+    fused_backbone: type[nn.Module] | None
+    backbone_output: type | None
+    backbone: Callable[[nn.Module], nn.Module]  # causal LM -> the layer stack below its head
+    final_norm: Callable[[nn.Module], nn.Module]  # backbone -> its last RMSNorm
+    # Parameter name suffixes of the norms, which stay fp32 under bf16.
+    norm_weights: tuple[str, ...]
+    # Δ (b, l, channels) of a mixer's recurrence, from its input hidden (b, l, d_model), in fp32.
+    delta: Callable[[nn.Module, Tensor], Tensor]
+    d_inner: Callable[[PretrainedConfig], int]
+    # (kept, backward) copies of a layer's fp32 scan states per token on the torch path (memory.py).
+    scan_copies: tuple[float, float]
+    build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
+
+    @property
+    def catalog(self) -> Family:
+        """The family's catalog entry, which the API reads too."""
+        return FAMILIES[self.model_type]
+
+    @property
+    def keep_fp32(self) -> tuple[str, ...]:
+        """Parameter name suffixes that stay fp32 even when frozen under bf16: the SSM's own and the norms."""
+        return tuple(f".{name}" for name in (*self.catalog.ssm_params, *self.norm_weights))

@@ -1,0 +1,158 @@
+"""Mamba (`model_type` "mamba"): its mixer forward through `mamba_inner_fn` or a torch scan, with LoRA folded
+into x_proj, dt_proj and out_proj, which the kernel reads as raw weights."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import MambaConfig, MambaForCausalLM
+from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, MambaOutput
+
+from app.families.family import EXPAND, ModelShape
+from worker.engine import kernels
+from worker.engine.families.family import FamilyEngine
+from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
+from worker.engine.mamba_inner import mamba_inner_lora
+from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
+from worker.engine.scan import selective_scan_chunked, selective_scan_reference
+
+
+def mixer_forward(
+    mixer: MambaMixer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    bcdt_norms: bool = False,
+    **kwargs,
+) -> Tensor:
+    """`bcdt_norms`: normalise dt, B and C with the mixer's weightless RMSNorms first (Falcon-Mamba)."""
+    if has_cache(kwargs):
+        return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
+    hidden_states = mask_padding(hidden_states, attention_mask)
+    fused = path == "auto" and kernels.fused_kernels_available() and hidden_states.is_cuda
+    if fused:
+        xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
+    else:
+        xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
+    A = -torch.exp(mixer.A_log.float())  # (d_inner, n)
+    x_proj_w = effective_weight(mixer.x_proj)  # (dt_rank + 2n, d_inner)
+    dt_proj_w = effective_weight(mixer.dt_proj)  # (d_inner, dt_rank)
+    dt_bias = base_layer(mixer.dt_proj).bias.float()
+    out_bias = base_layer(mixer.out_proj).bias
+
+    if fused and bcdt_norms:
+        # mamba-ssm's own fused mixer normalises dt, B and C; out_proj's adapter is folded in there.
+        norms = {f"{n}_rms_weight": getattr(mixer, f"{n}_layernorm").weight for n in ("b", "c", "dt")}
+        return kernels.mamba_inner_fn(
+            xz,
+            mixer.conv1d.weight,
+            mixer.conv1d.bias,
+            x_proj_w,
+            dt_proj_w,
+            effective_weight(mixer.out_proj),
+            out_bias,
+            A,
+            None,
+            None,
+            mixer.D.float(),
+            delta_bias=dt_bias,
+            delta_softplus=True,
+            b_c_dt_rms_eps=mixer.rms_eps,
+            **norms,
+        )
+    if fused:
+        return mamba_inner_lora(
+            xz,
+            mixer.conv1d.weight,
+            mixer.conv1d.bias,
+            x_proj_w,
+            dt_proj_w,
+            base_layer(mixer.out_proj).weight,
+            out_bias,
+            lora_factors(mixer.out_proj),
+            A,
+            mixer.D.float(),
+            dt_bias,
+        )
+
+    out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
+
+    x, z = conv_and_gate(mixer, xz, attention_mask)
+    dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
+    if bcdt_norms:
+        dt, B, C = mixer.dt_layernorm(dt), mixer.b_layernorm(B), mixer.c_layernorm(C)
+    delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)
+    scan = selective_scan_reference if path == "reference" else selective_scan_chunked
+    y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
+    return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
+
+
+def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
+    """in_proj(hidden) laid out (b, 2·d_inner, length) with length contiguous, as the fused kernel reads it.
+
+    Computing W·hᵀ gives that layout directly (as mamba-ssm's own module does); `in_proj(h).transpose`
+    would make the kernel copy the largest activation of the layer, forward and backward.
+    LoRA is applied in the same layout, dropout included, so in_proj needs no fold.
+    """
+    b, length, _ = hidden.shape
+    flat_t = hidden.reshape(b * length, -1).t()  # (d_model, b·l)
+    linear = base_layer(in_proj)
+    xz = linear.weight @ flat_t  # (2·d_inner, b·l)
+    for f in lora_factors(in_proj):
+        dropped = f.dropout(hidden).reshape(b * length, -1).t()
+        # Scale the (out, r) factor, not the (out, b·l) product, and let the GEMM do the add.
+        xz = torch.addmm(xz, f.scale * f.B, f.A @ dropped)
+    if linear.bias is not None:
+        xz = xz + linear.bias[:, None]
+    return xz.view(-1, b, length).permute(1, 0, 2)
+
+
+def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False) -> Tensor:
+    """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner);
+    `bcdt_norms`: with the mixer's RMSNorm on dt (Falcon-Mamba)."""
+    seq_len = hidden.shape[1]
+    x, _ = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l)
+    x = F.conv1d(
+        x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1, groups=mixer.intermediate_size
+    )[..., :seq_len]
+    x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
+    dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
+    if bcdt_norms:
+        dt = mixer.dt_layernorm(dt)
+    delta = F.linear(dt, effective_weight(mixer.dt_proj)) + base_layer(mixer.dt_proj).bias  # (b, l, d_inner)
+    return F.softplus(delta.float())
+
+
+def build_config(
+    shape: ModelShape, vocab_size: int, ids: dict[str, Any], config_class: type[MambaConfig] = MambaConfig
+) -> MambaConfig:
+    """`config_class`: a family whose config takes Mamba's arguments (Falcon-Mamba)."""
+    variant = {} if shape.variant is None else {"ssm_structure": shape.variant}
+    return config_class(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        num_hidden_layers=shape.n_layer,
+        state_size=shape.d_state,
+        expand=EXPAND,
+        **ids,
+        **variant,
+    )
+
+
+ENGINE = FamilyEngine(
+    model_type="mamba",
+    causal_lm=MambaForCausalLM,
+    mixers=(MambaMixer,),
+    mixer_forward=mixer_forward,
+    fused_backbone=MambaModel,
+    backbone_output=MambaOutput,
+    backbone=lambda lm: lm.backbone,
+    final_norm=lambda backbone: backbone.norm_f,
+    norm_weights=("norm.weight", "norm_f.weight"),
+    delta=delta,
+    d_inner=lambda config: config.intermediate_size,
+    scan_copies=(4, 12),
+    build_config=build_config,
+)

@@ -1,0 +1,114 @@
+"""Mamba-2 (`model_type` "mamba2"): its mixer forward through `mamba_split_conv1d_scan_combined` with LoRA
+folded into out_proj, which the kernel reads as a raw weight, or else the model's own torch forward."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import Mamba2Config, Mamba2ForCausalLM
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer, Mamba2Model, Mamba2Output
+
+from app.families.family import EXPAND, ModelShape
+from app.families.mamba2 import HEAD_DIM
+from worker.engine import kernels
+from worker.engine.families.family import FamilyEngine
+from worker.engine.lora_weights import base_layer, effective_weight
+from worker.engine.mixer_parts import ForwardPath, has_cache, mask_padding
+
+# The reference checkpoints' scan chunk (state-spaces/mamba2-*), which bench/step.py measures too.
+CHUNK_SIZE = 256
+
+
+def mixer_forward(
+    mixer: Mamba2Mixer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    path: ForwardPath = "auto",
+    **kwargs,
+) -> Tensor:
+    fused = path == "auto" and kernels.mamba_split_conv1d_scan_combined is not None and hidden_states.is_cuda
+    if has_cache(kwargs) or not fused:
+        # Without the fused kernel the model's own forward calls in_proj and out_proj as modules,
+        # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
+        with training_off_for_fused(mixer):
+            return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
+    zxbcdt = mixer.in_proj(mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
+    return kernels.mamba_split_conv1d_scan_combined(
+        zxbcdt,
+        mixer.conv1d.weight.squeeze(1),
+        mixer.conv1d.bias,
+        mixer.dt_bias,
+        -torch.exp(mixer.A_log.float()),
+        D=mixer.D,
+        chunk_size=mixer.chunk_size,
+        activation=mixer.activation,
+        rmsnorm_weight=mixer.norm.weight,
+        rmsnorm_eps=mixer.norm.variance_epsilon,
+        outproj_weight=effective_weight(mixer.out_proj),
+        outproj_bias=base_layer(mixer.out_proj).bias,
+        headdim=mixer.head_dim,
+        ngroups=mixer.n_groups,
+        norm_before_gate=False,
+        dt_limit=mixer.time_step_limit,
+    )
+
+
+@contextmanager
+def training_off_for_fused(mixer: nn.Module) -> Iterator[None]:
+    """Run the model's own Mamba-2 forward with `training` off so it never takes its fused branch
+    (which reads out_proj's raw weight); autograd still records everything, so gradients flow."""
+    was_training = mixer.training
+    mixer.training = False
+    try:
+        yield
+    finally:
+        mixer.training = was_training
+
+
+def delta(mixer: Mamba2Mixer, hidden: Tensor) -> Tensor:
+    """Δ per head in fp32: hidden (b, l, d_model) -> (b, l, heads). dt is the last `num_heads` columns of
+    in_proj's output in every transformers version (older ones put extra MLP columns first)."""
+    dt = mixer.in_proj(hidden)[..., -mixer.num_heads :].float()  # (b, l, heads)
+    delta = F.softplus(dt + mixer.dt_bias.float())
+    low, high = mixer.time_step_limit
+    return delta.clamp(min=low, max=high)
+
+
+def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Mamba2Config:
+    variant = {} if shape.variant is None else {"a_constraint": shape.variant}
+    d_inner = EXPAND * shape.d_model
+    return Mamba2Config(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        num_hidden_layers=shape.n_layer,
+        state_size=shape.d_state,
+        expand=EXPAND,
+        num_heads=d_inner // HEAD_DIM,
+        head_dim=HEAD_DIM,
+        n_groups=1,
+        chunk_size=CHUNK_SIZE,
+        tie_word_embeddings=True,
+        **ids,
+        **variant,
+    )
+
+
+ENGINE = FamilyEngine(
+    model_type="mamba2",
+    causal_lm=Mamba2ForCausalLM,
+    mixers=(Mamba2Mixer,),
+    mixer_forward=mixer_forward,
+    fused_backbone=Mamba2Model,
+    backbone_output=Mamba2Output,
+    backbone=lambda lm: lm.backbone,
+    final_norm=lambda backbone: backbone.norm_f,
+    norm_weights=("norm.weight", "norm_f.weight"),
+    delta=delta,
+    d_inner=lambda config: config.num_heads * config.head_dim,
+    scan_copies=(1.5, 3),
+    build_config=build_config,
+)
