@@ -20,6 +20,7 @@ from app.metrics import routes as metrics_routes
 from app.metrics.http import RequestLatency, request_histogram
 from app.settings import Settings, get_settings
 from app.ui import routes as ui_routes
+from app.webhooks import routes as webhooks_routes
 
 UPLOAD_PATH = "/v1/files"
 # JSON bodies are small (a job request is a few hundred bytes); only uploads may be large.
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLatency, histogram=request_histogram(app.state.metrics_registry))
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
-    routers = (files_routes, jobs_routes, models_routes, evaluations_routes, completions_routes)
+    routers = (files_routes, jobs_routes, models_routes, evaluations_routes, completions_routes, webhooks_routes)
     for router in (module.router for module in routers):
         app.include_router(router, prefix="/v1")
     app.include_router(ui_routes.router)

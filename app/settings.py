@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     # free memory, or 80% of the host's free RAM (MemAvailable or the cgroup's limit, whichever is closer).
     worker_memory_bytes: int | None = Field(default=None, gt=0)
 
+    # Webhooks: a delivery not answered 2xx is retried after webhook_retry_seconds, then twice that, and so
+    # on, up to webhook_max_attempts attempts in all; then it is failed. Each post waits webhook_timeout_seconds.
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_retry_seconds: int = Field(default=30, ge=0)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    # How often each worker looks for due deliveries.
+    webhook_poll_seconds: float = Field(default=2.0, gt=0)
+    # The server posts to the URLs tenants give; by default only to public addresses, so a tenant cannot
+    # reach services inside the operator's network. True allows private and loopback targets (one user on
+    # one machine, tests).
+    webhook_allow_private_targets: bool = False
     # GET /metrics asks for an API key (any tenant's) when set. Off by default: Prometheus scrapes carry no
     # key, and the figures are totals across tenants (no ids, no names).
     metrics_require_key: bool = False

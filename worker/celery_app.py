@@ -15,6 +15,7 @@ from app.celery_config import make_celery
 from app.settings import get_settings
 from worker.liveness import start_liveness
 from worker.reaper import start_reaper
+from worker.webhook_sender import start_webhook_sender
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ app.conf.update(
 
 # Set on a warm shutdown (SIGTERM, first Ctrl-C): the running job checkpoints and goes back to the queue.
 shutdown_requested = threading.Event()
-# Stops the reaper and the liveness heartbeat.
+# Stops the reaper, the webhook sender and the liveness heartbeat.
 _background_stop = threading.Event()
 
 
@@ -40,6 +41,7 @@ _background_stop = threading.Event()
 def _start_background_threads(**_: Any) -> None:
     start_liveness(get_settings(), _background_stop)
     start_reaper(get_settings(), _background_stop)
+    start_webhook_sender(get_settings(), _background_stop)
 
 
 @worker_shutting_down.connect

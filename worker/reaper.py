@@ -20,6 +20,7 @@ from app.settings import Settings
 from app.work.dispatch import send_committed
 from app.work.lifecycle import Lifecycle, mark_resent, resend_due, transition
 from app.work.models import LeaseStatus
+from worker.background import start_periodic
 from worker.lease import LEASED, lock_if
 
 log = logging.getLogger(__name__)
@@ -105,16 +106,8 @@ def reap(*, settings: Settings, broker: Broker = queue) -> list[str]:
 def start_reaper(settings: Settings, stop: threading.Event) -> threading.Thread:
     """A daemon thread reaping every reaper_interval_seconds (first pass at once) until `stop` is set."""
 
-    def loop() -> None:
-        while True:
-            try:
-                if changed := reap(settings=settings):
-                    log.info("reaper: recovered %s", changed)
-            except Exception:  # the database may be briefly unreachable; try again next interval
-                log.exception("reaper pass failed")
-            if stop.wait(settings.reaper_interval_seconds):
-                return
+    def reap_and_log() -> None:
+        if changed := reap(settings=settings):
+            log.info("reaper: recovered %s", changed)
 
-    thread = threading.Thread(target=loop, name="mambaft-reaper", daemon=True)
-    thread.start()
-    return thread
+    return start_periodic("mambaft-reaper", settings.reaper_interval_seconds, reap_and_log, stop)

@@ -18,5 +18,6 @@ EVALUATIONS = work.Lifecycle(
     send=lambda broker, settings, evaluation_id: broker.enqueue_evaluation(
         settings=settings, evaluation_id=evaluation_id
     ),
+    webhook_object="evaluation",
 )
 TERMINAL = EVALUATIONS.terminal

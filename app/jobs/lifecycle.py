@@ -45,6 +45,7 @@ JOBS = work.Lifecycle(
     failed=JobStatus.FAILED,
     record_event=record_event,
     send=lambda broker, settings, job_id: broker.enqueue_job(settings=settings, job_id=job_id),
+    webhook_object="fine_tuning.job",
 )
 TERMINAL = JOBS.terminal
 

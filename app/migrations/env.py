@@ -14,6 +14,7 @@ import app.evaluations.models
 import app.files.models
 import app.idempotency
 import app.jobs.models
+import app.webhooks.models
 import app.work.models
 import app.workers.models  # noqa: F401
 from app.db import Base

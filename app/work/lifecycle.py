@@ -14,6 +14,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from app.db import now
 from app.queue import Broker
 from app.settings import Settings
+from app.webhooks.outbox import record_state_change
 from app.work.models import LeasedColumns, LeaseStatus, WorkEvent
 
 # A queued row nobody took is sent again after lease_seconds, then after twice that, and so on: a
@@ -40,6 +41,8 @@ class Lifecycle:
     failed: str  # the status whose events are errors
     record_event: RecordEvent
     send: Callable[[Broker, Settings, str], None]  # the broker message that has a worker take a row
+    # Its name in webhook event types (`fine_tuning.job.succeeded`); None: its changes send no webhooks.
+    webhook_object: str | None = None
 
     @property
     def terminal(self) -> frozenset[str]:
@@ -104,7 +107,8 @@ def transition(
     error: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
-    """Move `row` to `target`, stamp its times and lease, and record a `state` event (caller commits)."""
+    """Move `row` to `target`, stamp its times and lease, and record a `state` event and its webhook
+    deliveries (caller commits)."""
     previous = row.status
     if target not in lifecycle.allowed[previous]:
         raise InvalidTransition(lifecycle, lifecycle.id_of(row), previous, target)
@@ -130,6 +134,16 @@ def transition(
         data={"from": previous, "to": str(target), **(data or {})},
         level="error" if target == lifecycle.failed else "info",
     )
+    if lifecycle.webhook_object is not None:
+        record_state_change(
+            session,
+            owner=row.owner,
+            object_=lifecycle.webhook_object,
+            subject_id=lifecycle.id_of(row),
+            status=str(target),
+            previous=previous,
+            error=row.error,
+        )
 
 
 def resend_due(row: LeasedColumns, stamp: int, lease_seconds: int) -> bool:

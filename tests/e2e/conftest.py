@@ -16,7 +16,7 @@ from app.storage import ObjectStorage, storage_from_settings
 from worker.bootstrap import ensure_tiny_models
 
 from .factories import clean_env, free_port, make_settings
-from .service import REAPER_INTERVAL_S, Service
+from .service import REAPER_INTERVAL_S, WEBHOOK_ENV, Service
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -96,7 +96,7 @@ def embedded(tmp_path: Path) -> Iterator[Service]:
     service = Service(url=f"http://127.0.0.1:{free_port()}", models_dir=settings.models_dir, settings=settings, logs=[])
     port = service.url.rsplit(":", 1)[1]
     args = ["serve", "--host", "127.0.0.1", "--port", port, "--data-dir", str(settings.data_dir)]
-    service.start(args, clean_env(MAMBAFT_REAPER_INTERVAL_SECONDS=REAPER_INTERVAL_S), tmp_path)
+    service.start(args, clean_env(MAMBAFT_REAPER_INTERVAL_SECONDS=REAPER_INTERVAL_S, **WEBHOOK_ENV), tmp_path)
     yield service
     service.stop()
 

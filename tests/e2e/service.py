@@ -18,6 +18,8 @@ JOB_TIMEOUT_S = 300
 DESCENDANT_GRACE_S = 5
 # Quick, so a test sees the reaper act within seconds.
 REAPER_INTERVAL_S = "2"
+# The tests' webhook receivers listen on loopback; a quick sender keeps their waits short.
+WEBHOOK_ENV = {"MAMBAFT_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "MAMBAFT_WEBHOOK_POLL_SECONDS": "0.5"}
 
 
 @dataclass

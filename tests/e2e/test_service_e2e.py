@@ -1,6 +1,6 @@
 """The product, end to end: real server and worker processes, a client speaking HTTP, a downloaded
-adapter loaded with plain peft. Once on the embedded default (`mambaft serve`), once in production
-shape (`mambaft api` + `mambaft worker` over Postgres, Redis and S3)."""
+adapter loaded with plain peft, the job's webhooks received signed. Once on the embedded default
+(`mambaft serve`), once in production shape (`mambaft api` + `mambaft worker` over Postgres, Redis and S3)."""
 
 import io
 import subprocess
@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.webhook_receiver import Receiver
 from app.db import now
 from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
@@ -20,7 +21,9 @@ from app.storage import storage_from_settings
 
 from .conftest import S3_BUCKET
 from .factories import MAMBAFT, adapter_logits_change, clean_env, demo_slice, free_port, job_row, make_job
-from .service import REAPER_INTERVAL_S, Service
+from .service import REAPER_INTERVAL_S, WEBHOOK_ENV, Service
+
+WEBHOOK_TIMEOUT_S = 30
 
 
 @pytest.fixture
@@ -44,6 +47,7 @@ def production(
         MAMBAFT_S3_ENDPOINT_URL=s3_endpoint,
         MAMBAFT_MODELS_DIR=str(models_dir),
         MAMBAFT_REAPER_INTERVAL_SECONDS=REAPER_INTERVAL_S,
+        **WEBHOOK_ENV,
     )
     subprocess.run([MAMBAFT, "migrate"], env=env, cwd=tmp_path, check=True)
     created = subprocess.run(
@@ -63,8 +67,25 @@ def _upload(client: httpx.Client, name: str, content: bytes) -> str:
     return response.json()["id"]
 
 
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+def _wait_webhook(receiver: Receiver, event_type: str, service: Service) -> None:
+    deadline = time.monotonic() + WEBHOOK_TIMEOUT_S
+    while event_type not in {request.json()["type"] for request in receiver.received}:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {event_type} webhook in {WEBHOOK_TIMEOUT_S}s\n{service.log_tail()}")
+        time.sleep(0.5)
+
+
 @pytest.mark.parametrize("deployment", ["embedded", "production"])
-def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_fine_tune_job_end_to_end(
+    deployment: str, request: pytest.FixtureRequest, tmp_path: Path, receiver: Receiver
+) -> None:
     service: Service = request.getfixturevalue(deployment)
     service.wait_ready()
     # A job whose worker died on its last allowed attempt: the running worker's reaper must fail it.
@@ -79,6 +100,8 @@ def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureReques
     with httpx.Client(base_url=service.url, headers=service.headers, timeout=30) as client:
         if deployment == "production":
             assert httpx.get(f"{service.url}/v1/files").status_code == 401  # keys are required there
+        webhook = client.post("/v1/webhooks", json={"url": receiver.url})
+        assert webhook.status_code == 201, webhook.text
         training = _upload(client, "train.jsonl", demo_slice("train.jsonl", 240))
         validation = _upload(client, "valid.jsonl", demo_slice("valid.jsonl", 40))
         created = client.post(
@@ -113,6 +136,15 @@ def test_fine_tune_job_end_to_end(deployment: str, request: pytest.FixtureReques
         progress = [e["data"] for e in events if e["type"] == "progress"]
         assert progress, events
         assert {"step", "total_steps", "loss", "learning_rate", "tokens_per_second", "eta_seconds"} <= set(progress[0])
+
+        # The worker's sender posted each state change, signed with the secret the create showed.
+        _wait_webhook(receiver, "fine_tuning.job.succeeded", service)
+        mine = [r for r in receiver.received if r.json()["data"]["id"] == job_id]
+        assert [r.json()["type"] for r in mine if r.json()["type"] != "fine_tuning.job.queued"] == [
+            "fine_tuning.job.running",
+            "fine_tuning.job.succeeded",
+        ]
+        assert all(r.signed_by(webhook.json()["secret"]) for r in mine)
 
         archive = client.get(f"/v1/fine_tuning/jobs/{job_id}/adapter")
         assert archive.status_code == 200, archive.text

@@ -35,12 +35,14 @@ LISTS = {
     ("GET", "/v1/files"): "file_id",
     ("GET", "/v1/fine_tuning/jobs"): "fine_tuning_job_id",
     ("GET", "/v1/evaluations"): "evaluation_id",
+    ("GET", "/v1/webhooks"): "webhook_id",
 }
 # The code a foreign id in each path parameter must get: exactly the code of an id that does not exist.
 NOT_FOUND = {
     "file_id": "file_not_found",
     "fine_tuning_job_id": "job_not_found",
     "evaluation_id": "evaluation_not_found",
+    "webhook_id": "webhook_not_found",
 }
 
 
@@ -72,8 +74,11 @@ def fill(path: str, ids: dict[str, str]) -> str:
 
 @pytest.fixture
 def alice(app: FastAPI, settings: Settings, client: TestClient, training_file: str) -> Tenant:
-    """Alice with one of each object: a file, a succeeded job (and its fine-tuned model), an evaluation of
-    that job."""
+    """Alice with one of each object: a webhook, a file, a succeeded job (and its fine-tuned model), an
+    evaluation of that job."""
+    # A public address given as a literal: allowed by default, and nothing resolves or posts to it here.
+    webhook = client.post("/v1/webhooks", json={"url": "https://8.8.8.8/hook"})
+    assert webhook.status_code == 201, webhook.text
     job = client.post("/v1/fine_tuning/jobs", json=job_body(training_file)).json()["id"]
     fine_tuned = f"mamba-tiny:ft-:{job}"
     update_job(
@@ -89,6 +94,7 @@ def alice(app: FastAPI, settings: Settings, client: TestClient, training_file: s
         "file_id": training_file,
         "fine_tuning_job_id": job,
         "evaluation_id": evaluation.json()["id"],
+        "webhook_id": webhook.json()["id"],
         "fine_tuned_model": fine_tuned,
     }
     return Tenant(client, ids)
@@ -103,6 +109,7 @@ def foreign_creates(alice: Tenant, bobs_file: str) -> dict[tuple[str, str], list
     return {
         ("POST", "/v1/files"): [],  # names no other object; what it creates is checked against the lists
         ("POST", "/v1/models"): [],  # names no other object; checked in test_models_a_tenant_creates_...
+        ("POST", "/v1/webhooks"): [],  # names no other object; what it creates is checked against the lists
         ("POST", "/v1/fine_tuning/jobs"): [
             (job_body(file), "file_not_found"),
             (job_body(bobs_file, validation_file=file), "file_not_found"),

@@ -1,0 +1,1 @@
+"""Webhooks: endpoints a tenant registers, and the signed deliveries of its jobs' and evaluations' state changes."""
