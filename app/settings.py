@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     completion_models_cached: int = Field(default=2, ge=1)
     completion_start_timeout_seconds: float = Field(default=30, gt=0)
     completion_timeout_seconds: float = Field(default=300, gt=0)
+    # A finished completion's prompt and text are deleted by the reaper this long after it finished (the
+    # answer has been given by then: keep it above completion_timeout_seconds).
+    completion_retention_seconds: int = Field(default=3600, ge=1)
 
     # A running job whose worker stops renewing its lease for this long is requeued by the reaper.
     lease_seconds: int = 60

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.archive import unpack
 from app.db import session_scope
 from app.evaluations.lifecycle import EVALUATIONS
 from app.evaluations.models import Evaluation, EvaluationStatus
@@ -23,7 +24,6 @@ from app.files.models import File
 from app.jobs.models import Job
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
-from worker.archive import unpack
 from worker.engine.spec import EngineFailure
 from worker.evaluation.run import EvalSpec, evaluate
 from worker.failures import failure_body

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from app.archive import pack
 from app.db import new_id, now, session_scope
 from app.jobs.keys import checkpoint_key
 from app.jobs.lifecycle import JOBS, JobStatus, record_event
 from app.jobs.models import Checkpoint, Job
 from app.settings import Settings
 from app.storage import ObjectStorage, put_file_retrying
-from worker.archive import pack
 from worker.engine.spec import Progress, TrainHooks
 from worker.lease import Heartbeat, lock
 

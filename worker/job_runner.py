@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app import queue
+from app.archive import pack, unpack
 from app.db import session_scope
 from app.files.models import File
 from app.jobs.contract import HyperparameterSpec, LoraSpec
@@ -27,7 +28,6 @@ from app.jobs.models import Checkpoint, Job
 from app.settings import Settings
 from app.storage import ObjectNotFound, ObjectStorage, put_file_retrying, storage_from_settings
 from app.work.dispatch import send_committed
-from worker.archive import pack, unpack
 from worker.engine.loading import pick_device
 from worker.engine.memory import LOWER, GiB, device_budget
 from worker.engine.spec import (

@@ -13,13 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from app.archive import pack
 from app.base_models.keys import model_key
 from app.base_models.lifecycle import MODELS
 from app.base_models.models import ModelStatus
 from app.db import session_scope
 from app.settings import Settings
 from app.storage import put_file_retrying, storage_from_settings
-from worker.archive import pack
 from worker.engine.model_builder import Architecture, create_model_folder
 from worker.failures import failure_body
 from worker.lease import Heartbeat, claim, finish, new_holder_id

@@ -8,11 +8,11 @@ shared folder under models_dir, else the id itself, for transformers to fetch fr
 import tempfile
 from pathlib import Path
 
+from app.archive import unpack
 from app.base_models.models import ModelStatus, created_model
 from app.db import session_scope
 from app.settings import Settings
 from app.storage import ObjectStorage, StorageUnavailable
-from worker.archive import unpack
 from worker.engine.spec import ModelLoadFailed
 
 

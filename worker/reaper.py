@@ -1,5 +1,5 @@
 """Recovers leased work (jobs, evaluations, model builds) whose worker vanished, and queued work whose
-message was lost.
+message was lost; forgets finished completions past their retention.
 
 Runs in every worker (a daemon thread), so it is written to be run concurrently: each row is changed
 only under a guarded UPDATE that re-checks the condition and locks the row.
@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import queue
+from app.completions.retention import prune_finished
 from app.db import now, session_scope
 from app.jobs.lifecycle import JOBS, JobStatus
 from app.queue import Broker, prune_processed_messages
@@ -100,6 +101,7 @@ def reap(*, settings: Settings, broker: Broker = queue) -> list[str]:
     stamp = now()
     touched = [row_id for kind in LEASED for row_id in _reap_kind(kind, stamp, settings, broker)]
     prune_processed_messages(settings=settings, older_than_seconds=PROCESSED_MESSAGE_MAX_AGE_S)
+    prune_finished(settings=settings)
     return touched
 
 

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
+from app.archive import unpack  # standard library only: the client unpacks what the workers packed
 from app.client.http import Client
 from app.client.options import DEFAULT_URL, ApiKey, Json, Url, connect, emit
 from app.client.progress import follow_job
-from worker.archive import unpack  # standard library only: the client unpacks what the worker packed
 
 jobs = typer.Typer(help="Fine-tuning jobs: create, follow, cancel, download.", no_args_is_help=True)
 

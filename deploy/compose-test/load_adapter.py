@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from worker.archive import unpack
+from app.archive import unpack
 
 job_id, key = sys.argv[1:]
 request = urllib.request.Request(

@@ -128,7 +128,7 @@ def test_the_engine_takes_from_app_only_standard_library_modules_it_shares() -> 
 
 # The client commands speak HTTP to a server that may run elsewhere: of the project they take only each
 # other and the archive reader that unpacks a downloaded adapter (standard library only).
-CLIENT_MAY_IMPORT = {"app.client", "worker.archive"}
+CLIENT_MAY_IMPORT = {"app.client", "app.archive"}
 
 
 def test_the_client_commands_take_nothing_of_the_server_but_the_archive_reader() -> None:
@@ -136,4 +136,4 @@ def test_the_client_commands_take_nothing_of_the_server_but_the_archive_reader()
     client = [module for module in graph if module.startswith("app.client")]
     taken = {imported for module in client for imported in graph[module]}
     assert {m for m in taken if not m.startswith("app.client.")} <= CLIENT_MAY_IMPORT
-    assert graph["worker.archive"] == set()
+    assert graph["app.archive"] == set()

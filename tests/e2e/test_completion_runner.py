@@ -1,16 +1,18 @@
 """The worker's side of a completion request, without Celery: it claims a queued request once, writes
 the text and usage, refuses an over-long prompt with a code the API turns into a 400, and skips a
-request the API already gave up on."""
+request the API already gave up on; the reaper deletes finished ones past their retention."""
 
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from app.completions.models import Completion, CompletionChunk, CompletionStatus
 from app.db import new_id, now, session_scope
 from app.settings import Settings
 from worker.inference.loaded_models import LoadedModels
 from worker.inference.runner import run_completion
+from worker.reaper import reap
 
 REQUEST = {"max_tokens": 6, "temperature": 0, "top_p": 1, "stop": [], "seed": None}
 
@@ -82,3 +84,20 @@ def test_a_request_older_than_the_timeout_is_skipped(settings: Settings, models:
 
     run_completion(settings=settings, completion_id=completion_id, models=models)
     assert _outcome(settings, completion_id)[0].status == "queued"
+
+
+def test_the_reaper_forgets_finished_completions_past_their_retention(settings: Settings, models: LoadedModels) -> None:
+    answered = [_queued(settings, prompt=f"reverse: {word} =") for word in ("abc", "xyz")]
+    for completion_id in answered:
+        run_completion(settings=settings, completion_id=completion_id, models=models)
+    waiting = _queued(settings, prompt="reverse: old =", created_at=now() - 10 * settings.completion_retention_seconds)
+    with session_scope(settings.database_url) as session:  # the first answer finished long ago
+        session.get(Completion, answered[0]).finished_at = now() - settings.completion_retention_seconds - 1
+
+    reap(settings=settings)
+
+    with session_scope(settings.database_url) as session:
+        left = set(session.scalars(select(Completion.id)))
+        chunks_of = set(session.scalars(select(CompletionChunk.completion_id)))
+    assert left == {answered[1], waiting}  # an unfinished request stays, however old
+    assert chunks_of == {answered[1]}

@@ -8,13 +8,13 @@ import openai
 import pytest
 from openai import OpenAI
 
+from app.archive import pack
 from app.auth.service import create_api_key
 from app.db import session_scope
 from app.jobs.keys import adapter_key
 from app.jobs.lifecycle import JobStatus
 from app.jobs.models import Job
 from app.storage import storage_from_settings
-from worker.archive import pack
 
 from .factories import clean_env, free_port, make_job, make_settings, random_adapter
 from .service import Service

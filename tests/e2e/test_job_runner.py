@@ -28,6 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 import worker.job_runner
+from app.archive import unpack
 from app.db import now, session_scope
 from app.files.models import File
 from app.jobs.keys import adapter_key, checkpoint_key
@@ -36,7 +37,6 @@ from app.jobs.models import Checkpoint, Job, JobEvent
 from app.main import create_app
 from app.settings import Settings
 from app.storage import ObjectStorage, storage_from_settings
-from worker.archive import unpack
 from worker.engine import trainer
 from worker.engine.memory import GiB, host_available_bytes
 from worker.engine.spec import LoraSpec, TrainHooks, TrainingStopped, TrainResult, TrainSpec

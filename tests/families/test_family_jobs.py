@@ -11,13 +11,13 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 from api.factories import upload
+from app.archive import unpack
 from app.families import FAMILIES
 from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 from app.storage import storage_from_settings
 from e2e.factories import demo_slice
 from sparse.factories import assert_same_logits, run_keeping_final_model
-from worker.archive import unpack
 from worker.engine import trainer
 from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.archive import unpack
 from app.jobs.keys import stability_key
 from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 from app.storage import storage_from_settings
-from worker.archive import unpack
 from worker.engine.model_builder import Architecture, create_model_folder
 from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
