@@ -10,6 +10,7 @@ expires (and fails it after max_attempts), so a model never stays creating.
 
 import logging
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,7 @@ from worker.model_store import model_source
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURE_FIELDS = (
-    "id",
-    "family",
-    "d_model",
-    "n_layer",
-    "d_state",
-    "tokenizer",
-    "ssm_structure",
-    "a_constraint",
-    "seed",
-)
+ARCHITECTURE_FIELDS = tuple(f.name for f in fields(Architecture))
 
 
 def _build(settings: Settings, model_uid: str, owner: str, architecture: dict[str, Any], tmp: Path) -> dict[str, Any]:

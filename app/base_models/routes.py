@@ -26,6 +26,7 @@ class ModelObject(BaseModel):
     error: dict[str, Any] | None  # a failed creation's code and message
     ssm_structure: str | None  # Mamba: diagonal | controllable | observable
     a_constraint: str | None  # Mamba-2: none | stable
+    options: dict[str, Any] | None  # a created model's architecture options (a hybrid's layers, heads, experts)
 
     @classmethod
     def of(cls, info: BaseModelInfo) -> "ModelObject":
@@ -40,6 +41,7 @@ class ModelObject(BaseModel):
             error=info.error,
             ssm_structure=info.variant if info.variant_field == "ssm_structure" else None,
             a_constraint=info.variant if info.variant_field == "a_constraint" else None,
+            options=info.options,
         )
 
 

@@ -23,3 +23,5 @@ class ModelCreate(BaseModel):
     ssm_structure: str | None = None  # Mamba: diagonal | controllable | observable
     a_constraint: str | None = None  # Mamba-2: none | stable
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    # A hybrid family's architecture fields beyond the three above (its catalog entry's `options`).
+    options: dict[str, int | str] = Field(default_factory=dict, max_length=32)

@@ -26,6 +26,7 @@ from app.base_models.schemas import ModelCreate
 from app.db import new_id, now
 from app.errors import ApiError, conflict, invalid_request, not_found
 from app.families import FAMILIES, SUPPORTED_MODEL_TYPES, VARIANT_FIELDS, hub_family
+from app.families.family import ShapeError
 from app.families.mamba import COMPANION_STRUCTURES, MAX_COMPANION_STATE
 from app.queue import Broker
 from app.settings import Settings
@@ -50,6 +51,7 @@ class BaseModelInfo:
     variant: str | None = None  # ssm_structure (Mamba) or a_constraint (Mamba-2); None for hub ids
     error: dict[str, Any] | None = None  # why a created model failed
     vocab_size: int | None = None  # embedding rows, where known without loading (not for hub ids)
+    options: dict[str, Any] | None = None  # a created model's architecture options, defaults filled
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
@@ -110,6 +112,7 @@ def _created_info(row: CreatedModel) -> BaseModelInfo:
         variant=row.variant,
         error=row.error,
         vocab_size=row.architecture["vocab_size"],
+        options=row.architecture.get("options", {}),
     )
 
 
@@ -170,6 +173,16 @@ def create_model(
             f"{family.d_model_rule}",
             param="d_model",
         )
+    try:
+        shape = family.shape(
+            d_model=request.d_model,
+            n_layer=request.n_layer,
+            d_state=request.d_state,
+            variant=variant,
+            options=request.options,
+        )
+    except ShapeError as error:
+        raise invalid_request(str(error), param=error.param) from None
     vocab_size = _tokenizer_vocab(session=session, settings=settings, owner=owner, tokenizer=request.tokenizer)
     parameters = parameter_count(
         family=request.family,
@@ -178,6 +191,7 @@ def create_model(
         d_state=request.d_state,
         variant=variant,
         vocab_size=vocab_size,
+        options=shape.options,
     )
     if parameters > settings.max_model_parameters:
         raise invalid_request(
@@ -192,6 +206,7 @@ def create_model(
     architecture = {
         **request.model_dump(exclude=set(VARIANT_FIELDS)),
         FAMILIES[request.family].variant_field: variant,
+        "options": dict(shape.options),
         "vocab_size": vocab_size,
     }
     require_broker(broker=broker, settings=settings)

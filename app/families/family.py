@@ -1,21 +1,62 @@
 """What the service knows of a model family without torch: one `Family` per family, in its own module here."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 # What every family's random-init model shares (the engine builds them so; the parameter counts rely on it).
 EXPAND = 2  # d_inner = EXPAND · d_model
 CONV_KERNEL = 4  # the causal convolution's width (with a bias)
 
 
+OptionValue = int | str
+
+
 @dataclass(frozen=True)
 class ModelShape:
-    """A random-init model's size, as POST /v1/models asks for it; `variant` None leaves the config's default."""
+    """A random-init model's size, as POST /v1/models asks for it; `variant` None leaves the config's default.
+    `options`: a hybrid family's architecture fields (`Family.options`), every one given (defaults filled)."""
 
     d_model: int
     n_layer: int
     d_state: int
     variant: str | None = None
+    options: Mapping[str, OptionValue] = field(default_factory=dict)
+
+
+class ShapeError(ValueError):
+    """A random-init model's shape a family cannot build; `param` names the request field (`options.<name>`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Option:
+    """An architecture field of a family beyond d_model, n_layer and d_state (attention and MLP layers,
+    heads, experts), which POST /v1/models may set in `options`; the default suits a tiny model."""
+
+    name: str
+    default: OptionValue
+    doc: str
+    low: int = 1  # an int option's bounds, inclusive
+    high: int = 1 << 16
+    pattern: str = ""  # a str option's form (re.fullmatch)
+
+    def check(self, value: object) -> OptionValue:
+        """`value` if it is a valid value of this option, else ShapeError naming it."""
+        param = f"options.{self.name}"
+        if isinstance(self.default, int):
+            if not isinstance(value, int) or isinstance(value, bool) or not self.low <= value <= self.high:
+                raise ShapeError(param, f"{param} must be an integer from {self.low} to {self.high}: {self.doc}")
+        elif not isinstance(value, str) or not re.fullmatch(self.pattern, value):
+            raise ShapeError(param, f"{param} must match {self.pattern}: {self.doc}")
+        return value
+
+
+def no_shape_rule(shape: ModelShape) -> None:
+    """A family whose fields have no rule between them."""
 
 
 def padded_vocab(vocab_size: int) -> int:
@@ -47,6 +88,25 @@ class Family:
     # and why, for the API's 400.
     d_model_multiple: int = 1
     d_model_rule: str = ""
+    # A hybrid's architecture fields beyond d_model, n_layer and d_state, with their tiny-model defaults.
+    options: tuple[Option, ...] = ()
+    # Rules between a shape's fields (heads dividing d_model, a layer pattern n_layer long): ShapeError if broken.
+    check_shape: Callable[[ModelShape], None] = no_shape_rule
+
+    def shape(
+        self, *, d_model: int, n_layer: int, d_state: int, variant: str | None, options: Mapping[str, object]
+    ) -> ModelShape:
+        """The shape a request asks for, its options checked and their defaults filled; ShapeError otherwise."""
+        known = {option.name: option for option in self.options}
+        for name in options:
+            if name not in known:
+                offered = ", ".join(known) or "none"
+                message = f"{self.model_type} models have no option {name!r} (theirs: {offered})"
+                raise ShapeError(f"options.{name}", message)
+        filled = {n: option.check(options[n]) if n in options else option.default for n, option in known.items()}
+        shape = ModelShape(d_model=d_model, n_layer=n_layer, d_state=d_state, variant=variant, options=filled)
+        self.check_shape(shape)
+        return shape
 
     def __post_init__(self) -> None:
         targets = set(self.lora_targets)

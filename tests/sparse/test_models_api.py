@@ -51,6 +51,8 @@ def built(client: TestClient, settings: Settings, requests: list[str], body: dic
         ({"n_layer": True}, "n_layer"),
         ({"d_state": 8.0}, "d_state"),
         ({"seed": "0"}, "seed"),
+        ({"options": {"attention_layers": "1"}}, "options.attention_layers"),  # Mamba has no hybrid layers
+        ({"options": {"x": 1}}, "options.x"),
     ],
 )
 def test_bad_configs_are_400_naming_the_field_and_leave_nothing_behind(

@@ -5,14 +5,14 @@ two builds write identical weights. The variant fields land in config.json, so t
 what it is (sparse_mamba.py reads them back).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PretrainedConfig
 
 from app.families import FAMILIES
-from app.families.family import ModelShape
 from worker.engine.families import family_engine
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.tiny_model import byte_tokenizer, family_config
@@ -29,11 +29,18 @@ class Architecture:
     ssm_structure: str = "diagonal"  # Mamba only
     a_constraint: str = "none"  # Mamba-2 only
     seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # a hybrid's architecture options (app/families/)
 
 
 def build_config(arch: Architecture, vocab_size: int, eos_id: int) -> PretrainedConfig:
-    variant = getattr(arch, FAMILIES[arch.family].variant_field)
-    shape = ModelShape(d_model=arch.d_model, n_layer=arch.n_layer, d_state=arch.d_state, variant=variant)
+    family = FAMILIES[arch.family]
+    shape = family.shape(
+        d_model=arch.d_model,
+        n_layer=arch.n_layer,
+        d_state=arch.d_state,
+        variant=getattr(arch, family.variant_field),
+        options=arch.options,
+    )
     return family_config(family_engine(arch.family), shape, vocab_size, eos_id)
 
 

@@ -11,6 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
+from app.families import FAMILIES
 from app.families.family import ModelShape, padded_vocab
 from worker.engine.families import FamilyEngine, family_engine
 
@@ -30,7 +31,9 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
-TINY = ModelShape(d_model=128, n_layer=4, d_state=16)
+def tiny_shape(family: str) -> ModelShape:
+    """The shipped tiny model's shape: d128 x 4 layers, state 16, the family's default options."""
+    return FAMILIES[family].shape(d_model=128, n_layer=4, d_state=16, variant=None, options={})
 
 
 def family_config(engine: FamilyEngine, shape: ModelShape, vocab_size: int, eos_id: int) -> PretrainedConfig:
@@ -44,7 +47,7 @@ def create_tiny_model(folder: Path, family: str, seed: int = 0) -> Path:
     """Write a random-init tiny model and its tokenizer into `folder` (HF format, safetensors)."""
     tokenizer = byte_tokenizer()
     engine = family_engine(family)
-    config = family_config(engine, TINY, len(tokenizer), tokenizer.eos_token_id)
+    config = family_config(engine, tiny_shape(family), len(tokenizer), tokenizer.eos_token_id)
     # A private generator state so building a model leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -2,7 +2,7 @@
 torch classes, the mixer forward `install_forwards` gives it, where its backbone and norms are, and how to
 build a random-init config of it. Each family fills one `FamilyEngine` in its own module of this package."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,9 @@ from app.families.family import Family, ModelShape
 
 # (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, **kwargs) -> (b, l, d_model)
 MixerForward = Callable[..., Tensor]
+
+# The kinds of a block's parts: an SSM mixer, self-attention, a dense MLP, a mixture of experts.
+LAYER_KINDS = ("ssm", "attention", "mlp", "moe")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class FamilyEngine:
     backbone_output: type | None
     backbone: Callable[[nn.Module], nn.Module]  # causal LM -> the layer stack below its head
     final_norm: Callable[[nn.Module], nn.Module]  # backbone -> its last RMSNorm
+    layers: Callable[[nn.Module], Sequence[nn.Module]]  # backbone -> its blocks, in order
+    # A block's parts by kind (LAYER_KINDS): what a job's adapter counts and the stability report go by.
+    # A pure SSM block is {"ssm": mixer}; a hybrid's blocks hold attention, an MLP or experts (or several).
+    layer_parts: Callable[[nn.Module], dict[str, nn.Module]]
     # Parameter name suffixes of the norms, which stay fp32 under bf16.
     norm_weights: tuple[str, ...]
     # Δ (b, l, channels) of a mixer's recurrence, from its input hidden (b, l, d_model), in fp32.
