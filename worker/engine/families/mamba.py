@@ -27,7 +27,10 @@ def mixer_forward(
     bcdt_norms: bool = False,
     **kwargs,
 ) -> Tensor:
-    """`bcdt_norms`: normalise dt, B and C with the mixer's weightless RMSNorms first (Falcon-Mamba)."""
+    """`bcdt_norms`: normalise B, C and Δ with the mixer's weightless RMSNorms (Falcon-Mamba), where
+    mamba-ssm's kernel does, which trained the Falcon-Mamba checkpoints: Δ over its d_inner channels after
+    dt_proj. (transformers' own CPU forward normalises dt's dt_rank columns before dt_proj instead, so
+    its CPU and GPU forwards disagree; ours agree on every path.)"""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
@@ -81,9 +84,10 @@ def mixer_forward(
 
     x, z = conv_and_gate(mixer, xz, attention_mask)
     dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
+    delta = F.linear(dt, dt_proj_w)  # (b, l, d_inner)
     if bcdt_norms:
-        dt, B, C = mixer.dt_layernorm(dt), mixer.b_layernorm(B), mixer.c_layernorm(C)
-    delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)
+        delta, B, C = mixer.dt_layernorm(delta), mixer.b_layernorm(B), mixer.c_layernorm(C)
+    delta = delta.transpose(1, 2)  # (b, d_inner, l)
     scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
@@ -111,7 +115,7 @@ def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
 
 def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False) -> Tensor:
     """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner);
-    `bcdt_norms`: with the mixer's RMSNorm on dt (Falcon-Mamba)."""
+    `bcdt_norms`: with the mixer's RMSNorm on Δ before its bias (Falcon-Mamba, as in `mixer_forward`)."""
     seq_len = hidden.shape[1]
     x, _ = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l)
     x = F.conv1d(
@@ -119,10 +123,10 @@ def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False) -> Ten
     )[..., :seq_len]
     x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
     dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
+    delta = F.linear(dt, effective_weight(mixer.dt_proj))  # (b, l, d_inner)
     if bcdt_norms:
-        dt = mixer.dt_layernorm(dt)
-    delta = F.linear(dt, effective_weight(mixer.dt_proj)) + base_layer(mixer.dt_proj).bias  # (b, l, d_inner)
-    return F.softplus(delta.float())
+        delta = mixer.dt_layernorm(delta)
+    return F.softplus((delta + base_layer(mixer.dt_proj).bias).float())
 
 
 def build_config(
