@@ -37,8 +37,9 @@ def layer_parts(block: nn.Module) -> dict[str, nn.Module]:
 
 def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> NemotronHConfig:
     """The layer pattern goes in as `hybrid_override_pattern` with `num_hidden_layers`, and the mixer's groups
-    and chunk as `mamba_n_groups` / `mamba_chunk_size`: the names of the hub's config.json files, which
-    every transformers version reads (5.24 maps them onto its `layers_block_type`, `n_groups`, `chunk_size`)."""
+    as `mamba_n_groups`: the arguments of the config before transformers 5 renamed them, which 5.24 still maps
+    onto its `layers_block_type` and `n_groups` (so one call builds the same model on 5.17 and 5.24, whichever
+    names 5.17 has). The scan chunk is the config's own default."""
     o = shape.options
     return NemotronHConfig(
         vocab_size=vocab_size,
@@ -49,7 +50,6 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Nem
         mamba_num_heads=mamba_heads(shape),
         mamba_head_dim=o["mamba_head_dim"],
         mamba_n_groups=o["mamba_groups"],
-        mamba_chunk_size=mamba2.CHUNK_SIZE,
         num_attention_heads=o["attention_heads"],
         num_key_value_heads=o["kv_heads"],
         head_dim=o["head_dim"],
