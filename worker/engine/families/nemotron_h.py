@@ -10,29 +10,26 @@ from typing import Any
 
 from torch import nn
 from transformers import NemotronHConfig, NemotronHForCausalLM
-from transformers.models.nemotron_h.modeling_nemotron_h import (
-    NemotronHAttention,
-    NemotronHMamba2Mixer,
-    NemotronHMLP,
-    NemotronHMoE,
-)
+from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mixer
 
 from app.families.family import ModelShape
 from app.families.nemotron_h import layer_kinds, mamba_heads
 from worker.engine.families import mamba2
 from worker.engine.families.family import FamilyEngine
 
-# A block's single part by its class: transformers' names for the block types differ between versions.
-KINDS: dict[type[nn.Module], str] = {
-    NemotronHMamba2Mixer: "ssm",
-    NemotronHAttention: "attention",
-    NemotronHMLP: "mlp",
-    NemotronHMoE: "moe",
+# A block's single part by its `block_type`: transformers 5.24's names, and the earlier ones it remaps.
+KINDS = {
+    "linear_attention": "ssm",
+    "mamba": "ssm",
+    "full_attention": "attention",
+    "attention": "attention",
+    "mlp": "mlp",
+    "moe": "moe",
 }
 
 
 def layer_parts(block: nn.Module) -> dict[str, nn.Module]:
-    return {KINDS[type(block.mixer)]: block.mixer}
+    return {KINDS[block.block_type]: block.mixer}
 
 
 def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> NemotronHConfig:
