@@ -26,7 +26,7 @@ OPTIONS = (
 )
 
 
-def layer_kinds(shape: ModelShape) -> str:
+def block_pattern(shape: ModelShape) -> str:
     """One character per block: the layer pattern repeated or cut to n_layer blocks (so the default, which
     holds every kind in four blocks, suits any depth)."""
     pattern = str(shape.options["layer_pattern"])
@@ -39,7 +39,7 @@ def mamba_heads(shape: ModelShape) -> int:
 
 def check_shape(shape: ModelShape) -> None:
     o = shape.options
-    if MAMBA not in layer_kinds(shape):
+    if MAMBA not in block_pattern(shape):
         raise ShapeError("options.layer_pattern", f"options.layer_pattern gives no Mamba-2 block ({MAMBA})")
     if int(o["attention_heads"]) % int(o["kv_heads"]):
         raise ShapeError("options.kv_heads", "options.kv_heads must divide options.attention_heads")
@@ -72,7 +72,7 @@ def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
             + 2 * d_model * o["shared_expert_size"]
         ),
     }
-    layers = sum(block[kind] + d_model for kind in layer_kinds(shape))  # each with its RMSNorm
+    layers = sum(block[kind] + d_model for kind in block_pattern(shape))  # each with its RMSNorm
     return 2 * vocab_rows * d_model + layers + d_model  # untied embeddings and head, layers, final norm
 
 

@@ -74,6 +74,7 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
         ("someone/Mamba-2-small", "mamba2"),
         ("nvidia/NVIDIA-Nemotron-Nano-9B-v2", "nemotron_h"),
         ("nvidia/Nemotron-H-8B-Base-8K", "nemotron_h"),
+        ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nemotron_h"),
         ("openai-community/gpt2", None),
     ],
 )
