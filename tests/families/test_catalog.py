@@ -52,9 +52,13 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
     family, engine = FAMILIES[model_type], ENGINES[model_type]
     model = install_forwards(AutoModelForCausalLM.from_pretrained(create_tiny_model(tmp_path, model_type)))
     names = {name.rpartition(".")[2] for name, _ in model.named_modules()}
+    # A parameter target is a parameter's name below its module ("experts.up_proj").
+    names |= {".".join(name.split(".")[-2:]) for name, _ in model.named_parameters()}
     assert set(family.lora_targets) <= names
-    layers = model.config.num_hidden_layers
-    assert len(ssm_mixers(model)) == layers and all(isinstance(m, engine.mixers) for m in ssm_mixers(model))
+    blocks = engine.layers(engine.backbone(model))
+    assert len(blocks) == model.config.num_hidden_layers
+    ssm_blocks = [parts["ssm"] for parts in map(engine.layer_parts, blocks) if "ssm" in parts]
+    assert ssm_mixers(model) == ssm_blocks and all(isinstance(m, engine.mixers) for m in ssm_blocks)
     stock = {n.rpartition(".")[2] for n, _ in ssm_mixers(model)[0].named_parameters()}
     assert any(p.rpartition(".")[2] in stock for p in family.ssm_params)
     assert engine_of(model) is engine and isinstance(engine.final_norm(engine.backbone(model)), torch.nn.Module)
@@ -68,6 +72,9 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
         ("state-spaces/mamba-130m-hf", "mamba"),
         ("state-spaces/mamba2-130m", "mamba2"),
         ("someone/Mamba-2-small", "mamba2"),
+        ("nvidia/NVIDIA-Nemotron-Nano-9B-v2", "nemotron_h"),
+        ("nvidia/Nemotron-H-8B-Base-8K", "nemotron_h"),
+        ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nemotron_h"),
         ("openai-community/gpt2", None),
     ],
 )

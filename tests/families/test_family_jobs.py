@@ -23,8 +23,10 @@ from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-ADDED = ["falcon_mamba"]
+ADDED = ["falcon_mamba", "nemotron_h"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
+# Families whose blocks hold one kind each need more of them for the default options to give every kind.
+N_LAYER = {"nemotron_h": 4}
 
 
 def _file(client: TestClient, name: str, lines: int) -> str:
@@ -48,7 +50,8 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     family = FAMILIES[model_type]
-    created = client.post("/v1/models", json={"id": "tiny", "family": model_type, **SHAPE})
+    shape = {**SHAPE, "n_layer": N_LAYER.get(model_type, SHAPE["n_layer"])}
+    created = client.post("/v1/models", json={"id": "tiny", "family": model_type, **shape})
     assert created.status_code == 200, created.text
     create_model(settings=settings, model_uid=model_requests[0])  # what the Celery task runs
     listed = client.get("/v1/models/tiny").json()
@@ -83,8 +86,10 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     storage.get_file(outcome["adapter_key"], tmp_path / "adapter.tar.gz")
     adapter = unpack(tmp_path / "adapter.tar.gz", tmp_path / "adapter")
     trained = load_file(str(adapter / "adapter_model.safetensors"))
-    targets = {name.split(".lora_")[0].rpartition(".")[2] for name in trained}
-    assert targets == set(family.default_targets)
+    # A parameter target's adapters are stored under its module, one wrapper (".base_layer") per parameter.
+    targets = {name.split(".lora_")[0].replace(".base_layer", "").rpartition(".")[2] for name in trained}
+    parameter_modules = {t.rpartition(".")[0] for t in family.parameter_targets}
+    assert targets == (set(family.default_targets) - family.parameter_targets) | parameter_modules
     # AdamW without weight decay moves a tensor only where it got a nonzero gradient.
     assert initial and len(trained) == len(initial)
     unchanged = [name for name, value in initial.items() if torch.equal(trained[name], value)]

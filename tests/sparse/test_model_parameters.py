@@ -28,3 +28,37 @@ def test_the_counted_parameters_are_those_of_the_built_model(
 
 def test_the_byte_vocabulary_is_the_workers() -> None:
     assert len(byte_tokenizer()) == BYTE_VOCAB_SIZE
+
+
+# A hybrid family's options away from their defaults: other layer kinds and counts, wider heads and experts.
+OPTIONS = {
+    "nemotron_h": {
+        "layer_pattern": "ME*M-E",
+        "attention_heads": 4,
+        "kv_heads": 2,
+        "head_dim": 8,
+        "mlp_size": 48,
+        "experts": 3,
+        "experts_per_token": 1,
+        "expert_size": 24,
+        "shared_expert_size": 40,
+        "mamba_head_dim": 8,
+        "mamba_groups": 2,
+    },
+}
+
+
+@pytest.mark.parametrize("family", sorted(OPTIONS))
+def test_the_counted_parameters_of_a_model_with_options_are_those_of_the_built_model(
+    tmp_path: Path, family: str
+) -> None:
+    shape = {"d_model": 32, "n_layer": 6, "d_state": 4}
+    arch = Architecture(id="m", family=family, **shape, options=OPTIONS[family])
+
+    built = create_model_folder(arch, tmp_path / "model")
+
+    variant = FAMILIES[family].variants[0]
+    counted = parameter_count(
+        family=family, **shape, variant=variant, vocab_size=BYTE_VOCAB_SIZE, options=OPTIONS[family]
+    )
+    assert counted == built
