@@ -68,6 +68,7 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
         ("state-spaces/mamba-130m-hf", "mamba"),
         ("state-spaces/mamba2-130m", "mamba2"),
         ("someone/Mamba-2-small", "mamba2"),
+        ("tiiuae/Falcon-H1-0.5B-Base", "falcon_h1"),
         ("openai-community/gpt2", None),
     ],
 )
