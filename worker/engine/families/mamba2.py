@@ -49,6 +49,18 @@ def mixer_forward(
         # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
         with training_off_for_fused(mixer):
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
+    return fused_forward(mixer, hidden_states, attention_mask, projection=projection, norm_args=norm_args)
+
+
+def fused_forward(
+    mixer: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    projection: Callable[[nn.Module, Tensor], Tensor] = in_projection,
+    norm_args: Callable[[nn.Module], dict[str, Any]] = gated_norm_args,
+) -> Tensor:
+    """The mixer through `mamba_split_conv1d_scan_combined` (conv, scan, gated norm and out_proj in one)."""
     zxbcdt = projection(mixer, mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
     return kernels.mamba_split_conv1d_scan_combined(
         zxbcdt,
