@@ -120,9 +120,15 @@ CASES = {
 }
 
 
+# On CUDA the fused path is mamba-ssm's kernel itself (the lead's GPU run); it sums in its own order (tf32).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+TOLERANCE = {"cpu": (1e-5, 1e-4), "cuda": (1e-2, 1e-2)}  # outputs, gradients: of their largest magnitude on CUDA
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES)
 def test_the_fused_paths_arguments_compute_the_models_own_mixer_with_lora(
-    case: str, monkeypatch: pytest.MonkeyPatch
+    case: str, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     build, parts = CASES[case]
     model = attach_lora(install_forwards(build()), LoraSpec(r=4, alpha=8, target_modules=("in_proj", "out_proj")))
@@ -130,8 +136,9 @@ def test_the_fused_paths_arguments_compute_the_models_own_mixer_with_lora(
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
+    model.to(device)
     mixer = ssm_mixers(model)[0]
-    hidden = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(0)).to(device)
     model.eval()  # the model's own forward takes its torch path
 
     def run(forward) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -141,13 +148,16 @@ def test_the_fused_paths_arguments_compute_the_models_own_mixer_with_lora(
         return out, grads
 
     expected, expected_grads = run(lambda: mixer.hf_forward(hidden))
-    monkeypatch.setattr(kernels, "mamba_split_conv1d_scan_combined", split_scan_stand_in)
+    if device == "cpu":
+        monkeypatch.setattr(kernels, "mamba_split_conv1d_scan_combined", split_scan_stand_in)
     ours, grads = run(lambda: mamba2.fused_forward(mixer, hidden, **parts))
 
-    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+    scale = (lambda t: t.abs().max()) if device == "cuda" else (lambda t: 1)
+    outputs, gradients = TOLERANCE[device]
+    assert torch.allclose(ours, expected, rtol=0, atol=outputs * scale(expected)), (ours - expected).abs().max()
     assert len(grads) == 4 and all(g.abs().sum() > 0 for g in grads)  # A and B of in_proj and out_proj
     for got, want in zip(grads, expected_grads, strict=True):
-        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+        assert torch.allclose(got, want, rtol=0, atol=gradients * scale(want)), (got - want).abs().max()
 
 
 def test_the_loss_scales_the_logits_as_the_model_does() -> None:
@@ -187,9 +197,10 @@ def _head(folder: Path, name: str, lines: int) -> Path:
     return path
 
 
+@pytest.mark.parametrize("device", DEVICES)  # on CUDA: the fused mixers, the step replayed as a CUDA graph
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_a_half_precision_run_trains_every_lora_tensor(
-    precision: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    precision: str, device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     arch = Architecture(id="m", family="falcon_h1", d_model=32, n_layer=2, d_state=8, options={"ssm_norm": "gated"})
     create_model_folder(arch, tmp_path / "model")
@@ -204,7 +215,7 @@ def test_a_half_precision_run_trains_every_lora_tensor(
         max_seq_len=32,
         learning_rate=1e-2,
         warmup_steps=1,
-        device="cpu",
+        device=device,
         precision=precision,
     )
     result = train(spec)
