@@ -44,7 +44,7 @@ class FamilyEngine:
     # (kept, backward) copies of a layer's fp32 scan states per token on the torch path (memory.py).
     scan_copies: tuple[float, float]
     build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
-    # The SSM's state size, under the name the family's config gives it (the memory estimate reads it).
+    # The SSM's state size, from the config (the hybrids name the field otherwise).
     d_state: Callable[[PretrainedConfig], int] = lambda config: config.state_size
     # The factor the causal LM multiplies lm_head's output by (Falcon-H1's muP lm_head_multiplier), which
     # the trainer's loss applies as it computes the logits itself (loss.py).
