@@ -3,7 +3,6 @@ tiny random-init model, a LoRA job with the family's default targets trains ever
 validation loss, and the published adapter reloads to the trained model's logits."""
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -17,13 +16,13 @@ from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 from app.storage import storage_from_settings
 from e2e.factories import demo_slice
+from families.factories import record_attached_lora
 from sparse.factories import assert_same_logits, run_keeping_final_model
-from worker.engine import trainer
 from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-ADDED = ["falcon_mamba", "nemotron_h"]
+ADDED = ["falcon_mamba", "nemotron_h", "falcon_h1"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
 # Families whose blocks hold one kind each need more of them for the default options to give every kind.
 N_LAYER = {"nemotron_h": 4}
@@ -33,11 +32,6 @@ def _file(client: TestClient, name: str, lines: int) -> str:
     response = upload(client, demo_slice(name, lines), filename=name)
     assert response.status_code == 200, response.text
     return response.json()["id"]
-
-
-def _lora_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA matrices by the names the adapter file stores them under."""
-    return {name.replace(".default", ""): p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
 
 
 @pytest.mark.parametrize("model_type", ADDED)
@@ -68,16 +62,7 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
 
-    # The LoRA tensors as attached, before any step.
-    initial: dict[str, torch.Tensor] = {}
-    real_attach = trainer.attach_lora
-
-    def attach(*args: Any) -> torch.nn.Module:
-        model = real_attach(*args)
-        initial.update(_lora_tensors(model))
-        return model
-
-    monkeypatch.setattr(trainer, "attach_lora", attach)
+    initial = record_attached_lora(monkeypatch)
     outcome, final = run_keeping_final_model(settings, job.json()["id"], monkeypatch)
     assert outcome["status"] == JobStatus.SUCCEEDED, outcome["error"]
     assert outcome["metrics"]["validation_loss"] < outcome["metrics"]["base_validation_loss"]
