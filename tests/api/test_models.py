@@ -46,6 +46,7 @@ def test_models_lists_local_folders_then_hub_ids(client: TestClient, catalog: No
         "error": None,
         "ssm_structure": "diagonal",
         "a_constraint": None,
+        "options": None,  # a shared folder's model: its architecture is its config.json
     }
     assert listed["org/mamba2-tiny"]["family"] == "mamba2"
     assert listed["org/mamba2-tiny"]["parameters"] is None
