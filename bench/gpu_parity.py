@@ -1,4 +1,4 @@
-"""Fused CUDA path vs pure-torch reference, Mamba and Mamba-2, every LoRA target, fp32 and bf16.
+"""Fused CUDA path vs pure-torch reference, every family, every default LoRA target, fp32 and bf16.
 
 Prints one JSON line per case: max logit difference, cosine similarity of every target's LoRA
 gradients (fused vs reference), train-vs-eval agreement, and — for contrast, in the same run — whether
@@ -16,52 +16,38 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from transformers import (
-    FalconMambaConfig,
-    FalconMambaForCausalLM,
-    Mamba2Config,
-    Mamba2ForCausalLM,
-    MambaConfig,
-    MambaForCausalLM,
-)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.families import FAMILIES
+from worker.engine.families import family_engine
 from worker.engine.kernels import fused_kernels_available
 from worker.engine.lora_fold import attach_lora
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import LoraSpec
+from worker.engine.tiny_model import family_config
 
 DEV = "cuda"
-TARGETS = {
-    "mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"),
-    "mamba2": ("in_proj", "out_proj"),
-    "falcon_mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"),
+# Every family's default targets: all layer kinds of a hybrid (attention, MLP, experts) beside the mixer's.
+TARGETS = {model_type: family.default_targets for model_type, family in FAMILIES.items()}
+# What the figures are keyed by: a module target, or the module of parameter targets (peft nests one
+# wrapper per parameter of `experts`, so its LoRA tensors name the module, not the parameter).
+GROUPS = {
+    model_type: tuple(dict.fromkeys(t.rpartition(".")[0] if t in f.parameter_targets else t for t in f.default_targets))
+    for model_type, f in FAMILIES.items()
 }
-REFERENCE_PATH = {"mamba": "reference", "mamba2": "torch", "falcon_mamba": "reference"}
+# The bench's own Mamba-1 models keep a state of 16, as the reference checkpoints do; the others 64.
+MAMBA1_STATE = ("mamba", "falcon_mamba")
 
 
 def make(family: str) -> torch.nn.Module:
-    """The bench's random-init model: d_model 512 x 4 layers, vocab 1024."""
+    """The bench's random-init model of `family`: d_model 512 x 4 layers, vocab 1024, default options."""
     torch.manual_seed(0)
+    shape = FAMILIES[family].shape(
+        d_model=512, n_layer=4, d_state=16 if family in MAMBA1_STATE else 64, variant=None, options={}
+    )
+    config = family_config(family_engine(family), shape, 1024, eos_id=0)
     with torch.device(DEV):
-        if family in ("mamba", "falcon_mamba"):
-            lm, config = (
-                (MambaForCausalLM, MambaConfig) if family == "mamba" else (FalconMambaForCausalLM, FalconMambaConfig)
-            )
-            return lm(config(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=16))
-        return Mamba2ForCausalLM(
-            Mamba2Config(
-                vocab_size=1024,
-                hidden_size=512,
-                num_hidden_layers=4,
-                state_size=64,
-                expand=2,
-                head_dim=64,
-                num_heads=16,
-                n_groups=1,
-                chunk_size=64,
-            )
-        )
+        return family_engine(family).causal_lm(config)
 
 
 def lora_model(base: torch.nn.Module, family: str, precision: str) -> torch.nn.Module:
@@ -90,15 +76,17 @@ def run(model: torch.nn.Module, ids: torch.Tensor, precision: str, path: str, tr
     return out.logits.detach().float(), grads
 
 
-def target_of(name: str) -> str:
-    return next(t for t in ("in_proj", "x_proj", "dt_proj", "out_proj") if f".{t}." in name)
+def target_of(name: str, groups: tuple[str, ...]) -> str:
+    """The group (GROUPS) a LoRA tensor's name belongs to: the longest one its module path ends with."""
+    module = name.split(".lora_")[0].replace(".base_layer", "")
+    return max((g for g in groups if module == g or module.endswith(f".{g}")), key=len, default=module)
 
 
-def min_cosine_by_target(grads: dict, truth: dict) -> dict[str, float]:
+def min_cosine_by_target(grads: dict, truth: dict, groups: tuple[str, ...]) -> dict[str, float]:
     cosine: dict[str, float] = {}
     for name, g in grads.items():
         c = F.cosine_similarity(g, truth[name], dim=0).item() if g.norm() > 0 else 0.0
-        t = target_of(name)
+        t = target_of(name, groups)
         cosine[t] = round(min(cosine.get(t, 1.0), c), 5)
     return cosine
 
@@ -113,17 +101,17 @@ def parity(
     ids = torch.randint(0, vocab, (batch, seq), device=DEV, generator=torch.Generator(DEV).manual_seed(0))
     fused_logits, fused_grads = run(model, ids, precision, "auto")
     eval_logits, _ = run(model, ids, precision, "auto", train=False)
-    ref_logits, ref_grads = run(model, ids, precision, REFERENCE_PATH[family])
+    ref_logits, ref_grads = run(model, ids, precision, "reference")
     # Both bf16 paths round differently; the fp32 reference of the same adapter is the ground truth.
-    _, truth_grads = run(lora_model(base(), family, "fp32"), ids, "fp32", REFERENCE_PATH[family])
+    _, truth_grads = run(lora_model(base(), family, "fp32"), ids, "fp32", "reference")
     return dict(
         family=family,
         precision=precision,
         max_logit_diff=round((fused_logits - ref_logits).abs().max().item(), 5),
         logit_scale=round(ref_logits.abs().max().item(), 3),
         train_vs_eval_max_diff=round((fused_logits - eval_logits).abs().max().item(), 6),
-        min_lora_grad_cosine=min_cosine_by_target(fused_grads, ref_grads),
-        min_lora_grad_cosine_fused_vs_fp32_reference=min_cosine_by_target(fused_grads, truth_grads),
+        min_lora_grad_cosine=min_cosine_by_target(fused_grads, ref_grads, GROUPS[family]),
+        min_lora_grad_cosine_fused_vs_fp32_reference=min_cosine_by_target(fused_grads, truth_grads, GROUPS[family]),
         all_lora_grads_nonzero=all(g.norm() > 0 for g in fused_grads.values()),
     )
 

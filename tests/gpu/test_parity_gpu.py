@@ -1,6 +1,7 @@
-"""On CUDA: the fused kernels compute what the pure-torch reference computes, LoRA on every target,
-Mamba, Mamba-2 and Falcon-Mamba, fp32 and bf16 (bench/gpu_parity.py's check, on the tiny models)."""
+"""On CUDA: the fused kernels compute what the pure-torch reference computes, LoRA on every default target,
+every family, fp32 and bf16 (bench/gpu_parity.py's check, on each family's tiny model)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ pytest.importorskip("mamba_ssm")
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from bench.gpu_parity import TARGETS, parity  # noqa: E402
+from app.families import FAMILIES  # noqa: E402
+from bench.gpu_parity import GROUPS, parity  # noqa: E402
+from worker.engine.tiny_model import create_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -25,14 +28,13 @@ MAX_RELATIVE_LOGIT_DIFF = {"fp32": 5e-3, "bf16": 0.25}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("family", ["mamba", "mamba2", "falcon_mamba"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_fused_path_matches_the_reference_in_logits_and_every_targets_lora_gradient(
-    family: str, precision: str, tiny_mamba: Path, tiny_mamba2: Path
+    family: str, precision: str, tmp_path: Path
 ) -> None:
-    # Falcon-Mamba has no shipped tiny model: the bench's own random-init one.
-    folders = {"mamba": tiny_mamba, "mamba2": tiny_mamba2}
-    base = (lambda: AutoModelForCausalLM.from_pretrained(folders[family])) if family in folders else None
-    result = parity(family, precision, base=base, seq=256)
+    folder = create_tiny_model(tmp_path, family)
+    result = parity(family, precision, base=lambda: AutoModelForCausalLM.from_pretrained(folder), seq=256)
+    print(json.dumps(result))  # the figures, for bench/RESULTS.md
 
     assert result["max_logit_diff"] <= MAX_RELATIVE_LOGIT_DIFF[precision] * result["logit_scale"], result
     assert result["train_vs_eval_max_diff"] == 0, result
@@ -43,5 +45,5 @@ def test_fused_path_matches_the_reference_in_logits_and_every_targets_lora_gradi
     }
     for key, floor in floors.items():
         cosines = result[key]
-        assert set(cosines) == set(TARGETS[family]), result
+        assert set(cosines) == set(GROUPS[family]), result
         assert min(cosines.values()) >= floor, result
