@@ -1,0 +1,29 @@
+"""A job on a created tiny model, as the family tests post it: demo data uploaded, fp32, a fixed seed, a few steps."""
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from api.factories import upload
+from e2e.factories import demo_slice
+
+
+def upload_demo(client: TestClient, name: str, lines: int) -> str:
+    """The id of the first `lines` examples of demo/`name`, uploaded."""
+    response = upload(client, demo_slice(name, lines), filename=name)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def job_body(client: TestClient, *, train_lines: int, validation_lines: int | None = None, **fields: Any) -> dict:
+    """POST /v1/fine_tuning/jobs's body for the model `tiny`; `fields` add to it or replace its own."""
+    body = {
+        "model": "tiny",
+        "training_file": upload_demo(client, "train.jsonl", train_lines),
+        "precision": "fp32",
+        "seed": 0,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "max_seq_len": 48},
+    }
+    if validation_lines is not None:
+        body["validation_file"] = upload_demo(client, "valid.jsonl", validation_lines)
+    return body | fields
