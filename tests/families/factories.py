@@ -1,5 +1,7 @@
-"""A job on a created tiny model, as the family tests post it: demo data uploaded, fp32, a fixed seed, a few steps."""
+"""A job on a created tiny model, as the family tests post it (demo data uploaded, fp32, a fixed seed, a few steps),
+and a mixer forward that bypasses one target's adapter."""
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -27,3 +29,17 @@ def job_body(client: TestClient, *, train_lines: int, validation_lines: int | No
     if validation_lines is not None:
         body["validation_file"] = upload_demo(client, "valid.jsonl", validation_lines)
     return body | fields
+
+
+def bypassing(target: str, forward: Callable[..., Any]) -> Callable[..., Any]:
+    """A mixer forward reading `target`'s raw weight, its adapter bypassed (stock's fused path, for dt_proj)."""
+
+    def bypassed(mixer: Any, *args: Any, **kwargs: Any) -> Any:
+        module = getattr(mixer, target)
+        module._disable_adapters = True  # peft's own switch: lora_factors sees no adapter, the weight is W
+        try:
+            return forward(mixer, *args, **kwargs)
+        finally:
+            module._disable_adapters = False
+
+    return bypassed

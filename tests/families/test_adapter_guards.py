@@ -3,7 +3,6 @@ a failure with `lora_target_not_training` when the model's forward bypasses one 
 transformers' fused Mamba path does with dt_proj), instead of a job that succeeds having trained nothing there."""
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from worker.engine.families import ENGINES
 from worker.job_runner import run_job
 from worker.model_creation import create_model
 
-from .factories import job_body
+from .factories import bypassing, job_body
 
 SHAPE = {"id": "tiny", "family": "mamba", "d_model": 32, "n_layer": 2, "d_state": 8}
 
@@ -43,20 +42,6 @@ def test_a_job_reports_the_layers_its_adapter_reaches_by_kind(
     assert "LoRA on 2/2 ssm layers" in _messages(client, job["id"])
 
 
-def _bypassing(target: str, forward: Callable[..., Any]) -> Callable[..., Any]:
-    """A mixer forward reading `target`'s raw weight, its adapter bypassed (stock's fused path, for dt_proj)."""
-
-    def bypassed(mixer: Any, *args: Any, **kwargs: Any) -> Any:
-        module = getattr(mixer, target)
-        module._disable_adapters = True  # peft's own switch: lora_factors sees no adapter, the weight is W
-        try:
-            return forward(mixer, *args, **kwargs)
-        finally:
-            module._disable_adapters = False
-
-    return bypassed
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_target_whose_adapter_gets_no_gradient_fails_the_job_naming_it(
     precision: str,
@@ -67,7 +52,7 @@ def test_a_target_whose_adapter_gets_no_gradient_fails_the_job_naming_it(
 ) -> None:
     engine = ENGINES["mamba"]
     monkeypatch.setitem(
-        ENGINES, "mamba", dataclasses.replace(engine, mixer_forward=_bypassing("dt_proj", engine.mixer_forward))
+        ENGINES, "mamba", dataclasses.replace(engine, mixer_forward=bypassing("dt_proj", engine.mixer_forward))
     )
     job = _run_job(client, settings, model_requests, precision=precision)
     assert job["status"] == JobStatus.FAILED and job["error"]["code"] == "lora_target_not_training", job["error"]
