@@ -9,14 +9,12 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
-from api.factories import upload
 from app.archive import unpack
 from app.families import FAMILIES
 from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 from app.storage import storage_from_settings
-from e2e.factories import demo_slice
-from families.factories import record_attached_lora
+from families.factories import job_body, record_attached_lora
 from sparse.factories import assert_same_logits, run_keeping_final_model
 from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
@@ -26,12 +24,6 @@ ADDED = ["falcon_mamba", "nemotron_h", "falcon_h1"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
 # Families whose blocks hold one kind each need more of them for the default options to give every kind.
 N_LAYER = {"nemotron_h": 4}
-
-
-def _file(client: TestClient, name: str, lines: int) -> str:
-    response = upload(client, demo_slice(name, lines), filename=name)
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
 
 
 @pytest.mark.parametrize("model_type", ADDED)
@@ -51,15 +43,7 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     listed = client.get("/v1/models/tiny").json()
     assert (listed["status"], listed["family"], listed["lora_targets"]) == ("ready", model_type, [*family.lora_targets])
 
-    body = {
-        "model": "tiny",
-        "training_file": _file(client, "train.jsonl", 48),
-        "validation_file": _file(client, "valid.jsonl", 8),
-        "precision": "fp32",
-        "seed": 0,
-        "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "max_seq_len": 48},
-    }
-    job = client.post("/v1/fine_tuning/jobs", json=body)
+    job = client.post("/v1/fine_tuning/jobs", json=job_body(client, train_lines=48, validation_lines=8))
     assert job.status_code == 200, job.text
 
     initial = record_attached_lora(monkeypatch)

@@ -1,13 +1,24 @@
 """On CUDA: the memory budget is the GPU's free memory and a step beyond it is refused before training; a
-diverging run (CUDA graphs on) fails with training_diverged; an ordinary run is admitted and trains."""
+diverging run (CUDA graphs on) fails with training_diverged; an adapter the fused kernel path does not read fails
+with lora_target_not_training; an ordinary run is admitted and trains."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from families.factories import bypassing
+from worker.engine.families import ENGINES
 from worker.engine.memory import device_budget
-from worker.engine.spec import InsufficientMemory, LoraSpec, TrainHooks, TrainingDiverged, TrainSpec
+from worker.engine.spec import (
+    InsufficientMemory,
+    LoraSpec,
+    LoraTargetNotTraining,
+    TrainHooks,
+    TrainingDiverged,
+    TrainSpec,
+)
 from worker.engine.trainer import train
 
 pytestmark = pytest.mark.gpu
@@ -51,6 +62,17 @@ def test_a_diverging_full_fine_tune_under_cuda_graphs_fails_with_training_diverg
             ),
             TrainHooks(),
         )
+
+
+def test_an_adapter_the_fused_kernel_path_bypasses_fails_under_cuda_graphs(
+    tiny_mamba: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = ENGINES["mamba"]
+    monkeypatch.setitem(
+        ENGINES, "mamba", dataclasses.replace(engine, mixer_forward=bypassing("x_proj", engine.mixer_forward))
+    )
+    with pytest.raises(LoraTargetNotTraining, match=r"mixer\.x_proj \(lora_A, lora_B; 4 of 4 modules\): "):
+        train(_spec(tiny_mamba, tmp_path), TrainHooks())
 
 
 def test_an_ordinary_lora_run_is_admitted_and_trains(tiny_mamba2: Path, tmp_path: Path) -> None:

@@ -129,3 +129,9 @@ class TrainingDiverged(EngineFailure):
     """The loss or the gradients stopped being finite."""
 
     code = "training_diverged"
+
+
+class LoraTargetNotTraining(EngineFailure):
+    """A LoRA tensor got no gradient: the model's forward bypasses that adapter, which would never train."""
+
+    code = "lora_target_not_training"

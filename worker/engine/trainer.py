@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.engine.adapted_layers import adapted_layers, describe
 from worker.engine.checkpoint import (
     all_finite,
     load_checkpoint,
@@ -37,6 +38,7 @@ from worker.engine.families import layer_kinds
 from worker.engine.kernels import fused_kernels_available
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
+from worker.engine.lora_gradients import LoraGradientCheck
 from worker.engine.loss import next_token_loss
 from worker.engine.mamba_forward import set_activation_recompute
 from worker.engine.memory import LOWER, ModelSize, StepShape, check_fits, device_budget, is_out_of_memory
@@ -123,8 +125,12 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
     if device.type == "cuda":  # report this job's peak, not the worker process's
         torch.cuda.reset_peak_memory_stats(device)
     model, tokenizer, family = load_base(spec.model, device=device)
+    adapted: dict[str, dict[str, int]] = {}
     if spec.lora is not None:
         model = attach_lora(model, spec.lora)  # freezes the base; LoRA weights (and SSM params) train
+        adapted = adapted_layers(model)
+        hooks.on_message(describe(adapted))
+    lora_check = LoraGradientCheck(model)
     set_activation_recompute(model, spec.activation_recompute)
     precision = PrecisionPolicy(spec.precision, device)
     precision.prepare(model)
@@ -204,6 +210,9 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         t0 = time.perf_counter()
         inputs, targets = inputs.to(device), targets.to(device)  # (B, T) each
         loss = forward_backward.step(inputs, targets)
+        applied = step - precision.skipped_steps  # optimizer steps applied before this one
+        if lora_check.due(applied_steps=applied, last=step + 1 == total_steps):
+            lora_check.check(settled=applied > 0)
         lr = optimizer.param_groups[0]["lr"]
         precision.step(optimizer)  # clips; under fp16 may skip (counted in precision.skipped_steps)
         forward_backward.zero_grad(optimizer)
@@ -252,6 +261,8 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
         "family": family,
         "trainable_parameters": sum(p.numel() for p in params.values()),
     }
+    if adapted:
+        metrics["adapted_layers"] = adapted
     if valid_blocks is not None:
         metrics["validation_loss"] = evaluate(model, valid_blocks, spec.batch_size, precision)
         metrics["validation_perplexity"] = math.exp(metrics["validation_loss"])

@@ -21,6 +21,7 @@ __all__ = [
     "family_engine",
     "layer_kinds",
     "mixer_engine",
+    "model_layers",
     "ssm_mixers",
 ]
 
@@ -58,3 +59,10 @@ def backbone_engine(module: nn.Module) -> FamilyEngine | None:
 def ssm_mixers(model: nn.Module) -> list[Any]:
     """The SSM mixers of `model`, in layer order."""
     return [m for m in model.modules() if mixer_engine(m) is not None]
+
+
+def model_layers(model: nn.Module) -> list[tuple[nn.Module, dict[str, nn.Module]]]:
+    """Each block of `model` (a causal LM, LoRA-wrapped or not) with its parts by kind, in layer order."""
+    engine = engine_of(model)
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [(block, engine.layer_parts(block)) for block in engine.layers(engine.backbone(lm))]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from worker.engine.families import engine_of
+from worker.engine.families import model_layers
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.spec import Precision
 from worker.evaluation.stability.lyapunov import capture_each
@@ -28,6 +28,7 @@ class LayerDivergence:
     layer: int
     per_position: list[float]  # e_t for t = 0 .. l-1
     slope: float  # least-squares slope of log e_t against t
+    kinds: list[str]  # the block's parts: ["ssm"], or a hybrid's ["attention"], ["ssm", "moe"], ...
 
 
 def growth_rate(curve: Tensor) -> float:
@@ -40,18 +41,11 @@ def growth_rate(curve: Tensor) -> float:
     return float((t_centered * (y - y.mean())).sum() / (t_centered**2).sum())
 
 
-def layer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The block around each SSM mixer: its output is the layer's output, the residual stream."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    engine = engine_of(lm)
-    return [block for block in engine.layers(engine.backbone(lm)) if "ssm" in engine.layer_parts(block)]
-
-
 @torch.no_grad()
 def layer_outputs(model: nn.Module, inputs: Tensor, precision: Precision) -> list[Tensor]:
-    """Each block's output (b, l, d_model) in fp32, in layer order."""
+    """Each block's output (b, l, d_model) in fp32, in layer order: the layer's output, the residual stream."""
     device = next(model.parameters()).device
-    blocks = layer_blocks(model)
+    blocks = [block for block, _ in model_layers(model)]
     with capture_each(blocks, inputs=False) as captured, PrecisionPolicy(precision, device).autocast():
         # Asking for hidden states makes the backbone run its own loop over the blocks: the fused CUDA
         # loop (mamba_forward.backbone_forward) calls the norm kernel and each mixer directly, so the
@@ -64,12 +58,14 @@ def layer_outputs(model: nn.Module, inputs: Tensor, precision: Precision) -> lis
 
 
 def divergence(model: nn.Module, inputs: Tensor, precision: Precision) -> list[LayerDivergence]:
-    """Per layer, e_t of `precision` against fp32 on the token batch `inputs` (b, l)."""
+    """Per layer (every block, a hybrid's attention and MLP layers too), e_t of `precision` against fp32 on the
+    token batch `inputs` (b, l)."""
     reference = layer_outputs(model, inputs, "fp32")
     low = layer_outputs(model, inputs, precision)
+    kinds = [list(parts) for _, parts in model_layers(model)]
     result = []
     for layer, (h32, hlp) in enumerate(zip(reference, low, strict=True)):
         error = (hlp - h32).norm(dim=-1) / h32.norm(dim=-1).clamp_min(_TINY)  # (b, l)
         curve = error.mean(dim=0).cpu()  # (l,)
-        result.append(LayerDivergence(layer, curve.tolist(), growth_rate(curve)))
+        result.append(LayerDivergence(layer, curve.tolist(), growth_rate(curve), kinds=kinds[layer]))
     return result

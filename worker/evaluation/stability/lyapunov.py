@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from worker.engine.companion_scan import all_roots
-from worker.engine.families import mixer_engine, ssm_mixers
+from worker.engine.families import mixer_engine, model_layers
 from worker.engine.sparse_mamba import STABLE_FLOOR, is_companion, is_stable, mixer_roots
 
 
@@ -29,6 +29,25 @@ class LayerLyapunov:
     lyapunov_exponent: float  # λ: max over channels/states of the time-averaged log step contraction
     mean_delta: float  # Δ averaged over batch, time and channels (the step size the model chose)
     stable: bool  # λ < 0
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    """A hybrid's layer part without a recurrence (attention, MLP, experts): it has no Lyapunov exponent."""
+
+    layer: int
+    kind: str
+
+
+def ssm_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
+    """(layer index, SSM mixer) of each block with an SSM part, in layer order."""
+    return [(i, parts["ssm"]) for i, (_, parts) in enumerate(model_layers(model)) if "ssm" in parts]
+
+
+def not_applicable(model: nn.Module) -> list[NotApplicable]:
+    """Every part of `model`'s blocks that is not an SSM mixer; empty for a pure SSM model."""
+    layers = enumerate(model_layers(model))
+    return [NotApplicable(i, kind) for i, (_, parts) in layers for kind in parts if kind != "ssm"]
 
 
 def ssm_A(mixer: nn.Module) -> Tensor:
@@ -84,7 +103,8 @@ def capture_each(modules: list[nn.Module], *, inputs: bool) -> Iterator[list[Ten
 
 @torch.no_grad()
 def lyapunov_exponents(model: nn.Module, inputs: Tensor) -> list[LayerLyapunov]:
-    """λ per layer on the token batch `inputs` (b, l), run in fp32."""
-    with capture_each(ssm_mixers(model), inputs=True) as captured:
+    """λ per SSM layer (a hybrid's other layers have none) on the token batch `inputs` (b, l), run in fp32."""
+    layers = ssm_layers(model)
+    with capture_each([mixer for _, mixer in layers], inputs=True) as captured:
         model(input_ids=inputs.to(next(model.parameters()).device), use_cache=False)
-    return [layer_lyapunov(i, m, h) for i, (m, h) in enumerate(zip(ssm_mixers(model), captured, strict=True))]
+    return [layer_lyapunov(i, m, h) for (i, m), h in zip(layers, captured, strict=True)]

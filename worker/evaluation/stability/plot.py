@@ -15,7 +15,8 @@ def plot_divergence(reports: dict[str, StabilityReport], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4), squeeze=False, sharey=True)
     for ax, (name, report) in zip(axes[0], reports.items(), strict=True):
         for layer in report.divergence:
-            ax.plot(layer.per_position, label=f"layer {layer.layer} (slope {layer.slope:+.3f})", linewidth=1)
+            label = f"layer {layer.layer} {'+'.join(layer.kinds)} (slope {layer.slope:+.3f})"
+            ax.plot(layer.per_position, label=label, linewidth=1)
         ax.set_yscale("log")
         ax.set_xlabel("position")
         ax.set_title(f"{name}: {report.precision} vs fp32, max λ = {report.max_lyapunov_exponent:.3g}", fontsize=9)

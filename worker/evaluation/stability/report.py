@@ -15,7 +15,7 @@ from worker.engine.data import load_blocks
 from worker.engine.spec import Precision
 from worker.evaluation.model import load_for_eval
 from worker.evaluation.stability.divergence import GROWTH_THRESHOLD, LayerDivergence, divergence
-from worker.evaluation.stability.lyapunov import LayerLyapunov, lyapunov_exponents
+from worker.evaluation.stability.lyapunov import LayerLyapunov, NotApplicable, lyapunov_exponents, not_applicable
 from worker.evaluation.stability.structure import LayerStructure, structure_checks
 
 
@@ -25,10 +25,12 @@ class StabilityReport:
     precision: Precision  # the low precision compared against fp32
     n_sequences: int
     seq_len: int
-    layers: list[LayerLyapunov]
-    divergence: list[LayerDivergence]
+    layers: list[LayerLyapunov]  # the SSM layers
+    divergence: list[LayerDivergence]  # every layer
     growth_threshold: float = GROWTH_THRESHOLD
     structure: list[LayerStructure] = field(default_factory=list)  # Sparse Mamba layers only
+    # A hybrid's attention, MLP and expert layers, which have no λ; empty for a pure SSM model.
+    lyapunov_not_applicable: list[NotApplicable] = field(default_factory=list)
 
     @property
     def max_lyapunov_exponent(self) -> float:
@@ -75,6 +77,7 @@ def stability_report(model: nn.Module, family: str, inputs: Tensor, precision: P
         layers=lyapunov_exponents(model, inputs),
         divergence=divergence(model, inputs, precision),
         structure=structure_checks(model),
+        lyapunov_not_applicable=not_applicable(model),
     )
 
 
