@@ -50,7 +50,7 @@ def make(family: str) -> torch.nn.Module:
         return family_engine(family).causal_lm(config)
 
 
-def lora_model(base: torch.nn.Module, family: str, precision: str) -> torch.nn.Module:
+def lora_model(base: torch.nn.Module, family: str, precision: str, device: str = DEV) -> torch.nn.Module:
     """`base` with an adapter on every target of its family, the same adapter for the same base."""
     torch.manual_seed(1)
     model = attach_lora(install_forwards(base), LoraSpec(r=8, alpha=16, target_modules=TARGETS[family]))
@@ -58,7 +58,7 @@ def lora_model(base: torch.nn.Module, family: str, precision: str) -> torch.nn.M
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
-    model = model.to(DEV)
+    model = model.to(device)
     if precision == "bf16":
         for p in model.parameters():
             p.data = p.data.float() if p.requires_grad else p.data.to(torch.bfloat16)
@@ -69,7 +69,7 @@ def run(model: torch.nn.Module, ids: torch.Tensor, precision: str, path: str, tr
     install_forwards(model, path)
     model.train(train)
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     grads = {n: p.grad.detach().float().flatten() for n, p in model.named_parameters() if p.requires_grad}
@@ -94,16 +94,19 @@ def min_cosine_by_target(grads: dict, truth: dict, groups: tuple[str, ...]) -> d
 def parity(
     family: str, precision: str, base: Callable[[], torch.nn.Module] | None = None, batch: int = 4, seq: int = 512
 ) -> dict:
-    """Fused vs reference on `base()` (the same weights at every call; the bench's `make` by default)."""
+    """Fused on CUDA in `precision` vs the reference path in fp32 on the CPU, on `base()` (the same weights at
+    every call; the bench's `make` by default). The reference runs on the CPU because on CUDA a family's own
+    forward takes kernels of its own (transformers' Mamba-2 calls causal_conv1d, which refuses in_proj
+    widths that are not multiples of 8), and its fp32 is the truth both precisions are held to."""
     base = base or (lambda: make(family))
     model = lora_model(base(), family, precision)
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(0, vocab, (batch, seq), device=DEV, generator=torch.Generator(DEV).manual_seed(0))
     fused_logits, fused_grads = run(model, ids, precision, "auto")
     eval_logits, _ = run(model, ids, precision, "auto", train=False)
-    ref_logits, ref_grads = run(model, ids, precision, "reference")
-    # Both bf16 paths round differently; the fp32 reference of the same adapter is the ground truth.
-    _, truth_grads = run(lora_model(base(), family, "fp32"), ids, "fp32", "reference")
+    ref_logits, ref_grads = run(lora_model(base(), family, "fp32", device="cpu"), ids.cpu(), "fp32", "reference")
+    fused_logits, eval_logits = fused_logits.cpu(), eval_logits.cpu()
+    fused_grads = {name: g.cpu() for name, g in fused_grads.items()}
     return dict(
         family=family,
         precision=precision,
@@ -111,7 +114,6 @@ def parity(
         logit_scale=round(ref_logits.abs().max().item(), 3),
         train_vs_eval_max_diff=round((fused_logits - eval_logits).abs().max().item(), 6),
         min_lora_grad_cosine=min_cosine_by_target(fused_grads, ref_grads, GROUPS[family]),
-        min_lora_grad_cosine_fused_vs_fp32_reference=min_cosine_by_target(fused_grads, truth_grads, GROUPS[family]),
         all_lora_grads_nonzero=all(g.norm() > 0 for g in fused_grads.values()),
     )
 

@@ -19,11 +19,9 @@ from worker.engine.tiny_model import create_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-# fp32: the two paths differ only in summation order. bf16: both round, differently; the reference's
-# fp32 run of the same adapter is the truth both are held to (bench/RESULTS.md gives the figures at
-# d_model 512: cosines 0.991 and more between the paths, 0.987 and more against the truth).
-MIN_COSINE = {"fp32": 0.999, "bf16": 0.98}
-MIN_COSINE_VS_FP32_TRUTH = {"fp32": 0.999, "bf16": 0.97}
+# fp32: the two paths differ only in summation order. bf16: the fused path rounds; the reference's fp32 run
+# of the same adapter on the CPU is the truth (bench/RESULTS.md gives the figures).
+MIN_COSINE = {"fp32": 0.999, "bf16": 0.97}
 MAX_RELATIVE_LOGIT_DIFF = {"fp32": 5e-3, "bf16": 0.25}
 
 
@@ -39,11 +37,6 @@ def test_fused_path_matches_the_reference_in_logits_and_every_targets_lora_gradi
     assert result["max_logit_diff"] <= MAX_RELATIVE_LOGIT_DIFF[precision] * result["logit_scale"], result
     assert result["train_vs_eval_max_diff"] == 0, result
     assert result["all_lora_grads_nonzero"], result
-    floors = {
-        "min_lora_grad_cosine": MIN_COSINE[precision],
-        "min_lora_grad_cosine_fused_vs_fp32_reference": MIN_COSINE_VS_FP32_TRUTH[precision],
-    }
-    for key, floor in floors.items():
-        cosines = result[key]
-        assert set(cosines) == set(GROUPS[family]), result
-        assert min(cosines.values()) >= floor, result
+    cosines = result["min_lora_grad_cosine"]
+    assert set(cosines) == set(GROUPS[family]), result
+    assert min(cosines.values()) >= MIN_COSINE[precision], result
