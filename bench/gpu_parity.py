@@ -50,7 +50,7 @@ def make(family: str) -> torch.nn.Module:
         return family_engine(family).causal_lm(config)
 
 
-def lora_model(base: torch.nn.Module, family: str, precision: str, device: str = DEV) -> torch.nn.Module:
+def lora_model(base: torch.nn.Module, family: str, precision: str, device: str | None = None) -> torch.nn.Module:
     """`base` with an adapter on every target of its family, the same adapter for the same base."""
     torch.manual_seed(1)
     model = attach_lora(install_forwards(base), LoraSpec(r=8, alpha=16, target_modules=TARGETS[family]))
@@ -58,7 +58,7 @@ def lora_model(base: torch.nn.Module, family: str, precision: str, device: str =
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
-    model = model.to(device)
+    model = model.to(device or DEV)
     if precision == "bf16":
         for p in model.parameters():
             p.data = p.data.float() if p.requires_grad else p.data.to(torch.bfloat16)
