@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q -m "not soak"
+	$(BIN)/python -m pytest -q -m "not soak" --durations=25
 
 soak: setup
 	$(BIN)/python -m pytest -q -m soak
