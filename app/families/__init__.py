@@ -7,10 +7,11 @@ Standard library only: the API reads it without torch, and the worker's engine r
 
 from app.families.falcon_mamba import FALCON_MAMBA
 from app.families.family import Family
+from app.families.jamba import JAMBA
 from app.families.mamba import MAMBA
 from app.families.mamba2 import MAMBA2
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (MAMBA, MAMBA2, FALCON_MAMBA)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (MAMBA, MAMBA2, FALCON_MAMBA, JAMBA)}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 VARIANT_FIELDS = tuple(dict.fromkeys(f.variant_field for f in FAMILIES.values()))
 

@@ -92,6 +92,9 @@ class Family:
     options: tuple[Option, ...] = ()
     # Rules between a shape's fields (heads dividing d_model, a layer pattern n_layer long): ShapeError if broken.
     check_shape: Callable[[ModelShape], None] = no_shape_rule
+    # Targets that are parameters rather than Linear modules (a mixture's experts, stored experts x out x in),
+    # named `<module>.<parameter>`: peft reaches them through `target_parameters`.
+    parameter_targets: frozenset[str] = frozenset()
 
     def shape(
         self, *, d_model: int, n_layer: int, d_state: int, variant: str | None, options: Mapping[str, object]
@@ -110,5 +113,5 @@ class Family:
 
     def __post_init__(self) -> None:
         targets = set(self.lora_targets)
-        if not (set(self.default_targets) <= targets and self.kernel_read_targets <= targets):
-            raise ValueError(f"{self.model_type}: default and kernel-read targets must be LoRA targets")
+        if not (set(self.default_targets) | self.kernel_read_targets | self.parameter_targets) <= targets:
+            raise ValueError(f"{self.model_type}: default, kernel-read and parameter targets must be LoRA targets")

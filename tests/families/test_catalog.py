@@ -52,9 +52,12 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
     family, engine = FAMILIES[model_type], ENGINES[model_type]
     model = install_forwards(AutoModelForCausalLM.from_pretrained(create_tiny_model(tmp_path, model_type)))
     names = {name.rpartition(".")[2] for name, _ in model.named_modules()}
+    names |= {".".join(name.split(".")[-2:]) for name, _ in model.named_parameters()}  # experts.gate_up_proj
     assert set(family.lora_targets) <= names
-    layers = model.config.num_hidden_layers
-    assert len(ssm_mixers(model)) == layers and all(isinstance(m, engine.mixers) for m in ssm_mixers(model))
+    parts = [engine.layer_parts(block) for block in engine.layers(engine.backbone(model))]
+    assert len(parts) == model.config.num_hidden_layers
+    assert ssm_mixers(model) == [p["ssm"] for p in parts if "ssm" in p]
+    assert ssm_mixers(model) and all(isinstance(m, engine.mixers) for m in ssm_mixers(model))
     stock = {n.rpartition(".")[2] for n, _ in ssm_mixers(model)[0].named_parameters()}
     assert any(p.rpartition(".")[2] in stock for p in family.ssm_params)
     assert engine_of(model) is engine and isinstance(engine.final_norm(engine.backbone(model)), torch.nn.Module)
@@ -68,6 +71,7 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
         ("state-spaces/mamba-130m-hf", "mamba"),
         ("state-spaces/mamba2-130m", "mamba2"),
         ("someone/Mamba-2-small", "mamba2"),
+        ("ai21labs/AI21-Jamba-Mini-1.5", "jamba"),
         ("openai-community/gpt2", None),
     ],
 )

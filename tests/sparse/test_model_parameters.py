@@ -28,3 +28,24 @@ def test_the_counted_parameters_are_those_of_the_built_model(
 
 def test_the_byte_vocabulary_is_the_workers() -> None:
     assert len(byte_tokenizer()) == BYTE_VOCAB_SIZE
+
+
+# Architecture options other than the defaults, of the families that take them.
+JAMBA_ALL_EXPERTS = {"attn_layer_period": 3, "attn_layer_offset": 0, "expert_layer_period": 1, "expert_layer_offset": 0}
+OPTIONS = [
+    ("jamba", {**JAMBA_ALL_EXPERTS, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 48}),
+    ("jamba", {"num_experts": 1, "num_experts_per_tok": 1}),  # one expert is a plain MLP
+]
+
+
+@pytest.mark.parametrize(("family", "options"), OPTIONS)
+def test_the_counted_parameters_follow_the_options(tmp_path: Path, family: str, options: dict[str, int]) -> None:
+    arch = Architecture(id="m", family=family, d_model=32, n_layer=4, d_state=8, options=options)
+
+    built = create_model_folder(arch, tmp_path / "model")
+
+    variant = FAMILIES[family].variants[0]
+    counted = parameter_count(
+        family=family, d_model=32, n_layer=4, d_state=8, variant=variant, vocab_size=BYTE_VOCAB_SIZE, options=options
+    )
+    assert counted == built

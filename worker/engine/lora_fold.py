@@ -60,11 +60,14 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     """Wrap `model` with LoRA on `spec.target_modules` (every target trains on every code path)."""
     model_type = model.config.model_type
     _check_spec(model_type, spec)
+    family = FAMILIES.get(model_type)
+    parameters = [t for t in spec.target_modules if family and t in family.parameter_targets]
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=list(spec.target_modules),
+        target_modules=[t for t in spec.target_modules if t not in parameters],
+        target_parameters=parameters or None,
         bias="none",
     )
     with _kernel_read_targets_allowed(model):

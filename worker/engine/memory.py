@@ -103,7 +103,7 @@ class ModelSize:
             n_layer=config.num_hidden_layers,
             d_model=config.hidden_size,
             d_inner=family_engine(family).d_inner(config),
-            d_state=config.state_size,
+            d_state=family_engine(family).d_state(config),
             vocab=config.vocab_size,
             family=family,
             complex_states=complex_states,

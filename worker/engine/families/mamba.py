@@ -25,9 +25,12 @@ def mixer_forward(
     *,
     path: ForwardPath = "auto",
     bcdt_norms: bool = False,
+    fused_norms: bool = True,
     **kwargs,
 ) -> Tensor:
-    """`bcdt_norms`: normalise dt, B and C with the mixer's weightless RMSNorms first (Falcon-Mamba)."""
+    """`bcdt_norms`: normalise dt, B and C with the mixer's RMSNorms first (Falcon-Mamba, Jamba).
+    `fused_norms`: mamba-ssm's fused mixer applies those norms as the model does (Falcon-Mamba); where it cannot
+    (Jamba's dt norm has weights and comes before dt_proj, the kernel's after), only the scan is a CUDA kernel."""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
@@ -42,7 +45,8 @@ def mixer_forward(
     dt_bias = base_layer(mixer.dt_proj).bias.float()
     out_bias = base_layer(mixer.out_proj).bias
 
-    if fused and bcdt_norms:
+    inner = fused and (fused_norms or not bcdt_norms)
+    if inner and bcdt_norms:
         # mamba-ssm's own fused mixer normalises dt, B and C; out_proj's adapter is folded in there.
         norms = {f"{n}_rms_weight": getattr(mixer, f"{n}_layernorm").weight for n in ("b", "c", "dt")}
         return kernels.mamba_inner_fn(
@@ -62,7 +66,7 @@ def mixer_forward(
             b_c_dt_rms_eps=mixer.rms_eps,
             **norms,
         )
-    if fused:
+    if inner:
         return mamba_inner_lora(
             xz,
             mixer.conv1d.weight,
@@ -84,7 +88,10 @@ def mixer_forward(
     if bcdt_norms:
         dt, B, C = mixer.dt_layernorm(dt), mixer.b_layernorm(B), mixer.c_layernorm(C)
     delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)
-    scan = selective_scan_reference if path == "reference" else selective_scan_chunked
+    if fused:
+        scan = kernels.selective_scan
+    else:
+        scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
 
