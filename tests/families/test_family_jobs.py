@@ -2,6 +2,7 @@
 tiny random-init model, a LoRA job with the family's default targets trains every LoRA tensor and lowers the
 validation loss, and the published adapter reloads to the trained model's logits."""
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from app.storage import storage_from_settings
 from e2e.factories import demo_slice
 from sparse.factories import assert_same_logits, run_keeping_final_model
 from worker.engine import trainer
+from worker.engine.model_builder import Architecture, create_model_folder
+from worker.engine.spec import LoraSpec, Precision, TrainSpec
 from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-ADDED = ["falcon_mamba"]
+ADDED = ["falcon_mamba", "jamba"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
 
 
@@ -36,6 +39,27 @@ def _file(client: TestClient, name: str, lines: int) -> str:
 def _lora_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The LoRA matrices by the names the adapter file stores them under."""
     return {name.replace(".default", ""): p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+def _attached_lora_tensors(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """Filled with the LoRA tensors as the trainer attaches them, before any step."""
+    initial: dict[str, torch.Tensor] = {}
+    real_attach = trainer.attach_lora
+
+    def attach(*args: Any) -> torch.nn.Module:
+        model = real_attach(*args)
+        initial.update(_lora_tensors(model))
+        return model
+
+    monkeypatch.setattr(trainer, "attach_lora", attach)
+    return initial
+
+
+def _assert_every_tensor_moved(initial: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]) -> None:
+    # AdamW without weight decay moves a tensor only where it got a nonzero gradient.
+    assert initial and len(trained) == len(initial)
+    unchanged = [name for name, value in initial.items() if torch.equal(trained[name], value)]
+    assert unchanged == []
 
 
 @pytest.mark.parametrize("model_type", ADDED)
@@ -65,16 +89,7 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
 
-    # The LoRA tensors as attached, before any step.
-    initial: dict[str, torch.Tensor] = {}
-    real_attach = trainer.attach_lora
-
-    def attach(*args: Any) -> torch.nn.Module:
-        model = real_attach(*args)
-        initial.update(_lora_tensors(model))
-        return model
-
-    monkeypatch.setattr(trainer, "attach_lora", attach)
+    initial = _attached_lora_tensors(monkeypatch)
     outcome, final = run_keeping_final_model(settings, job.json()["id"], monkeypatch)
     assert outcome["status"] == JobStatus.SUCCEEDED, outcome["error"]
     assert outcome["metrics"]["validation_loss"] < outcome["metrics"]["base_validation_loss"]
@@ -83,14 +98,38 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     storage.get_file(outcome["adapter_key"], tmp_path / "adapter.tar.gz")
     adapter = unpack(tmp_path / "adapter.tar.gz", tmp_path / "adapter")
     trained = load_file(str(adapter / "adapter_model.safetensors"))
-    targets = {name.split(".lora_")[0].rpartition(".")[2] for name in trained}
-    assert targets == set(family.default_targets)
-    # AdamW without weight decay moves a tensor only where it got a nonzero gradient.
-    assert initial and len(trained) == len(initial)
-    unchanged = [name for name, value in initial.items() if torch.equal(trained[name], value)]
-    assert unchanged == []
+    targets = {name.split(".lora_")[0].replace(".base_layer", "").rpartition(".")[2] for name in trained}
+    # A parameter target's adapter is stored under its module (experts.gate_up_proj: experts).
+    assert targets == {t.rpartition(".")[0] if t in family.parameter_targets else t for t in family.default_targets}
+    _assert_every_tensor_moved(initial, trained)
 
     base = model_source(settings=settings, storage=storage, owner="alice", model_id="tiny")
     reloaded, _, _ = load_for_eval(str(base), adapter=adapter, device="cpu")
     assert final is not None
     assert_same_logits(final, reloaded)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("model_type", ADDED)
+def test_a_created_model_of_the_family_trains_every_lora_tensor_in_half_precision_on_the_cpu(
+    model_type: str, precision: Precision, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_model_folder(Architecture(id="tiny", family=model_type, **SHAPE), tmp_path / "model")
+    (tmp_path / "train.jsonl").write_bytes(demo_slice("train.jsonl", 12))
+    initial = _attached_lora_tensors(monkeypatch)
+    spec = TrainSpec(
+        model=str(tmp_path / "model"),
+        train_path=tmp_path / "train.jsonl",
+        output_dir=tmp_path / "out",
+        precision=precision,
+        lora=LoraSpec.for_family(model_type),
+        batch_size=4,
+        max_seq_len=32,
+        learning_rate=1e-2,
+        device="cpu",
+    )
+
+    result = trainer.train(spec)
+
+    assert math.isfinite(result.metrics["train_loss"]) and result.metrics["skipped_steps"] < result.steps
+    _assert_every_tensor_moved(initial, load_file(str(result.adapter_dir / "adapter_model.safetensors")))
