@@ -1,11 +1,16 @@
-"""Jamba's architecture options over HTTP: a broken one is a 400 naming it, a created model shows them all."""
+"""Jamba's architecture options over HTTP (a broken one is a 400 naming it, a created model shows them all), and
+the stability report of a hybrid: its Mamba layers, the attention layers between them left out."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.families.jamba import JAMBA
+from worker.engine.model_builder import Architecture, create_model_folder
+from worker.evaluation.model import load_for_eval
+from worker.evaluation.stability.report import stability_report, token_batch
 
 TINY = {"id": "tiny-jamba", "family": "jamba", "d_model": 32, "n_layer": 2, "d_state": 8}
 
@@ -42,3 +47,15 @@ def test_a_created_jamba_model_shows_its_options_with_the_defaults_filled(
 
     assert shown == {option.name: option.default for option in JAMBA.options} | {"num_experts": 8}
     assert len(model_requests) == 1
+
+
+def test_a_jamba_models_stability_report_covers_its_mamba_layers(tmp_path: Path) -> None:
+    create_model_folder(Architecture(id="m", family="jamba", d_model=32, n_layer=4, d_state=8), tmp_path)
+    model, tokenizer, family = load_for_eval(str(tmp_path))
+    demo = Path(__file__).resolve().parents[2] / "demo" / "text_valid.jsonl"
+
+    report = stability_report(model, family, token_batch(tokenizer, demo, seq_len=32, n_sequences=2), "bf16")
+
+    # Layers 0 and 2 are Mamba, 1 and 3 attention.
+    assert len(report.layers) == len(report.divergence) == 2
+    assert report.stable and all(0 < max(d.per_position) < 0.1 for d in report.divergence)
