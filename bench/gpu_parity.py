@@ -1,4 +1,4 @@
-"""Fused CUDA path vs pure-torch reference, Mamba and Mamba-2, every LoRA target, fp32 and bf16.
+"""Fused CUDA path vs pure-torch reference, Mamba, Mamba-2, Falcon-Mamba and Jamba, every LoRA target, fp32 and bf16.
 
 Prints one JSON line per case: max logit difference, cosine similarity of every target's LoRA
 gradients (fused vs reference), train-vs-eval agreement, and — for contrast, in the same run — whether
@@ -19,6 +19,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import (
     FalconMambaConfig,
     FalconMambaForCausalLM,
+    JambaConfig,
+    JambaForCausalLM,
     Mamba2Config,
     Mamba2ForCausalLM,
     MambaConfig,
@@ -36,8 +38,10 @@ TARGETS = {
     "mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"),
     "mamba2": ("in_proj", "out_proj"),
     "falcon_mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"),
+    # Its attention and MLP run the model's own code on both paths; they carry the mixers' gradients.
+    "jamba": ("in_proj", "x_proj", "dt_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"),
 }
-REFERENCE_PATH = {"mamba": "reference", "mamba2": "torch", "falcon_mamba": "reference"}
+REFERENCE_PATH = {"mamba": "reference", "mamba2": "torch", "falcon_mamba": "reference", "jamba": "reference"}
 
 
 def make(family: str) -> torch.nn.Module:
@@ -49,6 +53,24 @@ def make(family: str) -> torch.nn.Module:
                 (MambaForCausalLM, MambaConfig) if family == "mamba" else (FalconMambaForCausalLM, FalconMambaConfig)
             )
             return lm(config(vocab_size=1024, hidden_size=512, num_hidden_layers=4, state_size=16))
+        if family == "jamba":
+            # Layers 0 and 2 Mamba, 1 and 3 attention, MLPs only: a router would pick other experts for a
+            # token whose logits the two paths round differently, and its experts run the same code on both.
+            return JambaForCausalLM(
+                JambaConfig(
+                    vocab_size=1024,
+                    hidden_size=512,
+                    num_hidden_layers=4,
+                    mamba_d_state=16,
+                    attn_layer_period=2,
+                    attn_layer_offset=1,
+                    num_attention_heads=8,
+                    num_key_value_heads=2,
+                    intermediate_size=1024,
+                    num_experts=1,
+                    num_experts_per_tok=1,
+                )
+            )
         return Mamba2ForCausalLM(
             Mamba2Config(
                 vocab_size=1024,
@@ -91,7 +113,7 @@ def run(model: torch.nn.Module, ids: torch.Tensor, precision: str, path: str, tr
 
 
 def target_of(name: str) -> str:
-    return next(t for t in ("in_proj", "x_proj", "dt_proj", "out_proj") if f".{t}." in name)
+    return next(t for targets in TARGETS.values() for t in targets if f".{t}." in name)
 
 
 def min_cosine_by_target(grads: dict, truth: dict) -> dict[str, float]:
