@@ -10,8 +10,9 @@ from app.families.family import Family
 from app.families.jamba import JAMBA
 from app.families.mamba import MAMBA
 from app.families.mamba2 import MAMBA2
+from app.families.nemotron_h import NEMOTRON_H
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (MAMBA, MAMBA2, FALCON_MAMBA, JAMBA)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (MAMBA, MAMBA2, FALCON_MAMBA, NEMOTRON_H, JAMBA)}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 VARIANT_FIELDS = tuple(dict.fromkeys(f.variant_field for f in FAMILIES.values()))
 

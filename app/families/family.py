@@ -90,11 +90,11 @@ class Family:
     d_model_rule: str = ""
     # A hybrid's architecture fields beyond d_model, n_layer and d_state, with their tiny-model defaults.
     options: tuple[Option, ...] = ()
+    # Targets that name a parameter, not a module ("experts.up_proj": a mixture's 3-D expert weights): peft
+    # reaches them through `target_parameters`, which folds the adapter into the weight and takes no dropout.
+    parameter_targets: frozenset[str] = frozenset()
     # Rules between a shape's fields (heads dividing d_model, a layer pattern n_layer long): ShapeError if broken.
     check_shape: Callable[[ModelShape], None] = no_shape_rule
-    # Targets that are parameters rather than Linear modules (a mixture's experts, stored experts x out x in),
-    # named `<module>.<parameter>`: peft reaches them through `target_parameters`.
-    parameter_targets: frozenset[str] = frozenset()
 
     def shape(
         self, *, d_model: int, n_layer: int, d_state: int, variant: str | None, options: Mapping[str, object]
@@ -113,5 +113,5 @@ class Family:
 
     def __post_init__(self) -> None:
         targets = set(self.lora_targets)
-        if not (set(self.default_targets) | self.kernel_read_targets | self.parameter_targets) <= targets:
+        if not set(self.default_targets) | self.kernel_read_targets | self.parameter_targets <= targets:
             raise ValueError(f"{self.model_type}: default, kernel-read and parameter targets must be LoRA targets")

@@ -26,8 +26,10 @@ from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-ADDED = ["falcon_mamba", "jamba"]
+ADDED = ["falcon_mamba", "nemotron_h", "jamba"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
+# Families whose blocks hold one kind each need more of them for the default options to give every kind.
+N_LAYER = {"nemotron_h": 4}
 
 
 def _file(client: TestClient, name: str, lines: int) -> str:
@@ -72,7 +74,8 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     family = FAMILIES[model_type]
-    created = client.post("/v1/models", json={"id": "tiny", "family": model_type, **SHAPE})
+    shape = {**SHAPE, "n_layer": N_LAYER.get(model_type, SHAPE["n_layer"])}
+    created = client.post("/v1/models", json={"id": "tiny", "family": model_type, **shape})
     assert created.status_code == 200, created.text
     create_model(settings=settings, model_uid=model_requests[0])  # what the Celery task runs
     listed = client.get("/v1/models/tiny").json()
@@ -98,9 +101,10 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     storage.get_file(outcome["adapter_key"], tmp_path / "adapter.tar.gz")
     adapter = unpack(tmp_path / "adapter.tar.gz", tmp_path / "adapter")
     trained = load_file(str(adapter / "adapter_model.safetensors"))
+    # A parameter target's adapters are stored under its module, one wrapper (".base_layer") per parameter.
     targets = {name.split(".lora_")[0].replace(".base_layer", "").rpartition(".")[2] for name in trained}
-    # A parameter target's adapter is stored under its module (experts.gate_up_proj: experts).
-    assert targets == {t.rpartition(".")[0] if t in family.parameter_targets else t for t in family.default_targets}
+    parameter_modules = {t.rpartition(".")[0] for t in family.parameter_targets}
+    assert targets == (set(family.default_targets) - family.parameter_targets) | parameter_modules
     _assert_every_tensor_moved(initial, trained)
 
     base = model_source(settings=settings, storage=storage, owner="alice", model_id="tiny")
@@ -114,7 +118,8 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
 def test_a_created_model_of_the_family_trains_every_lora_tensor_in_half_precision_on_the_cpu(
     model_type: str, precision: Precision, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    create_model_folder(Architecture(id="tiny", family=model_type, **SHAPE), tmp_path / "model")
+    shape = {**SHAPE, "n_layer": N_LAYER.get(model_type, SHAPE["n_layer"])}
+    create_model_folder(Architecture(id="tiny", family=model_type, **shape), tmp_path / "model")
     (tmp_path / "train.jsonl").write_bytes(demo_slice("train.jsonl", 12))
     initial = _attached_lora_tensors(monkeypatch)
     spec = TrainSpec(

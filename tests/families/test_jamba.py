@@ -1,6 +1,5 @@
-"""Jamba's architecture options over HTTP (a broken one is a 400 naming it, a created model shows them all), the
-stability report of a hybrid (its Mamba layers, the attention layers between them left out), and CUDA graphs
-left to models without experts."""
+"""Jamba's architecture options over HTTP (a broken one is a 400 naming it, a created model shows them all), and
+the stability report of a hybrid: its Mamba layers, the attention layers between them left out."""
 
 from pathlib import Path
 from typing import Any
@@ -9,9 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.families.jamba import JAMBA
-from worker.engine.families import family_engine
-from worker.engine.model_builder import Architecture, build_config, create_model_folder
-from worker.engine.sparse_mamba import graph_capturable
+from worker.engine.model_builder import Architecture, create_model_folder
 from worker.evaluation.model import load_for_eval
 from worker.evaluation.stability.report import stability_report, token_batch
 
@@ -62,13 +59,3 @@ def test_a_jamba_models_stability_report_covers_its_mamba_layers(tmp_path: Path)
     # Layers 0 and 2 are Mamba, 1 and 3 attention.
     assert len(report.layers) == len(report.divergence) == 2
     assert report.stable and all(0 < max(d.per_position) < 0.1 for d in report.divergence)
-
-
-@pytest.mark.parametrize(("experts", "capturable"), [(4, False), (1, True)])
-def test_only_a_jamba_model_without_experts_is_captured_as_a_cuda_graph(experts: int, capturable: bool) -> None:
-    options = {"num_experts": experts, "num_experts_per_tok": 1}
-    config = build_config(
-        Architecture(id="m", family="jamba", d_model=32, n_layer=2, d_state=8, options=options), 257, 256
-    )
-
-    assert graph_capturable(family_engine("jamba").causal_lm(config)) is capturable

@@ -30,22 +30,47 @@ def test_the_byte_vocabulary_is_the_workers() -> None:
     assert len(byte_tokenizer()) == BYTE_VOCAB_SIZE
 
 
-# Architecture options other than the defaults, of the families that take them.
-JAMBA_ALL_EXPERTS = {"attn_layer_period": 3, "attn_layer_offset": 0, "expert_layer_period": 1, "expert_layer_offset": 0}
-OPTIONS = [
-    ("jamba", {**JAMBA_ALL_EXPERTS, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 48}),
-    ("jamba", {"num_experts": 1, "num_experts_per_tok": 1}),  # one expert is a plain MLP
-]
+# A hybrid family's options away from their defaults: other layer kinds and counts, wider heads and experts.
+OPTIONS = {
+    "nemotron_h": {
+        "layer_pattern": "ME*M-E",
+        "attention_heads": 4,
+        "kv_heads": 2,
+        "head_dim": 8,
+        "mlp_size": 48,
+        "experts": 3,
+        "experts_per_token": 1,
+        "expert_size": 24,
+        "shared_expert_size": 40,
+        "mamba_head_dim": 8,
+        "mamba_groups": 2,
+    },
+    # Attention first in every three layers, experts in every layer.
+    "jamba": {
+        "attn_layer_period": 3,
+        "attn_layer_offset": 0,
+        "expert_layer_period": 1,
+        "expert_layer_offset": 0,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 48,
+        "num_experts": 3,
+        "num_experts_per_tok": 1,
+    },
+}
 
 
-@pytest.mark.parametrize(("family", "options"), OPTIONS)
-def test_the_counted_parameters_follow_the_options(tmp_path: Path, family: str, options: dict[str, int]) -> None:
-    arch = Architecture(id="m", family=family, d_model=32, n_layer=4, d_state=8, options=options)
+@pytest.mark.parametrize("family", sorted(OPTIONS))
+def test_the_counted_parameters_of_a_model_with_options_are_those_of_the_built_model(
+    tmp_path: Path, family: str
+) -> None:
+    shape = {"d_model": 32, "n_layer": 6, "d_state": 4}
+    arch = Architecture(id="m", family=family, **shape, options=OPTIONS[family])
 
     built = create_model_folder(arch, tmp_path / "model")
 
     variant = FAMILIES[family].variants[0]
     counted = parameter_count(
-        family=family, d_model=32, n_layer=4, d_state=8, variant=variant, vocab_size=BYTE_VOCAB_SIZE, options=options
+        family=family, **shape, variant=variant, vocab_size=BYTE_VOCAB_SIZE, options=OPTIONS[family]
     )
     assert counted == built

@@ -61,7 +61,7 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     model_type = model.config.model_type
     _check_spec(model_type, spec)
     family = FAMILIES.get(model_type)
-    parameters = [t for t in spec.target_modules if family and t in family.parameter_targets]
+    parameters = [t for t in spec.target_modules if family is not None and t in family.parameter_targets]
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,

@@ -23,6 +23,17 @@ def mask_padding(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
     return (hidden * attention_mask[:, :, None]).to(hidden.dtype)
 
 
+def kernel_aligned(rows: Tensor) -> Tensor:
+    """`rows` (..., n) as a view whose row stride is a multiple of 8, as causal_conv1d's channel-last
+    kernel requires of the column slices the fused Mamba-2 kernel takes (a Mamba-2 in_proj's width,
+    2·d_inner + 2·groups·d_state + heads, often is not: d_model 128 with heads of 64 gives 548). One
+    padded copy when it is not; the view's values and gradients are those of `rows`."""
+    width = rows.shape[-1]
+    if rows.stride(-2) % 8 == 0:
+        return rows
+    return F.pad(rows, (0, -width % 8))[..., :width]
+
+
 def conv_and_gate(mixer: MambaMixer, xz: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """in_proj's output (b, 2·d_inner, l) -> the scan input x (b, l, d_inner) and the gate z (b, d_inner, l)."""
     seq_len = xz.shape[-1]

@@ -35,7 +35,7 @@ from worker.engine.companion_scan import (
     init_root_parameters,
     roots,
 )
-from worker.engine.families import engine_of, mixer_engine
+from worker.engine.families import mixer_engine
 from worker.engine.lora_weights import base_layer, effective_weight
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
 
@@ -67,13 +67,8 @@ def is_companion(mixer: nn.Module) -> bool:
 
 def graph_capturable(model: nn.Module) -> bool:
     """False for SC/SO models: capturing their complex-valued backward as a CUDA graph fails on the GPU
-    (cudaErrorStreamCaptureUnsupported, seen on an H100 with torch 2.11), so the trainer runs them eager.
-    False for a mixture of experts too: its routing sizes each expert's batch on the host (transformers'
-    eager experts loop over `nonzero()`), which a capture refuses."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    engine = engine_of(lm)
-    experts = any("moe" in engine.layer_parts(block) for block in engine.layers(engine.backbone(lm)))
-    return not experts and not any(is_companion(module) for module in model.modules())
+    (cudaErrorStreamCaptureUnsupported, seen on an H100 with torch 2.11), so the trainer runs them eager."""
+    return not any(is_companion(module) for module in model.modules())
 
 
 def is_stable(mixer: nn.Module) -> bool:

@@ -33,6 +33,7 @@ from worker.engine.data import (
     steps_per_epoch,
 )
 from worker.engine.divergence import DivergenceCheck
+from worker.engine.families import layer_kinds
 from worker.engine.kernels import fused_kernels_available
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
@@ -184,10 +185,12 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
 
     # --- train ---------------------------------------------------------------------------------------
     model.train()
+    # Routing tokens to experts finds the experts hit on the host, which a CUDA graph cannot capture.
+    capturable = graph_capturable(model) and "moe" not in layer_kinds(model)
     forward_backward = ForwardBackward(
         lambda inputs, targets: next_token_loss(model, inputs, targets),
         precision,
-        use_graphs=spec.cuda_graphs and device.type == "cuda" and graph_capturable(model),
+        use_graphs=spec.cuda_graphs and device.type == "cuda" and capturable,
     )
     divergence = DivergenceCheck(loss_scaling=precision.scaler.is_enabled())
     # attempt_step counts this process's steps: each attempt compiles and captures anew.

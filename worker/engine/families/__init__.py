@@ -5,11 +5,12 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine.families import falcon_mamba, jamba, mamba, mamba2
+from worker.engine.families import falcon_mamba, jamba, mamba, mamba2, nemotron_h
 from worker.engine.families.family import FamilyEngine
 
 ENGINES: dict[str, FamilyEngine] = {
-    engine.model_type: engine for engine in (mamba.ENGINE, mamba2.ENGINE, falcon_mamba.ENGINE, jamba.ENGINE)
+    engine.model_type: engine
+    for engine in (mamba.ENGINE, mamba2.ENGINE, falcon_mamba.ENGINE, nemotron_h.ENGINE, jamba.ENGINE)
 }
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "backbone_engine",
     "engine_of",
     "family_engine",
+    "layer_kinds",
     "mixer_engine",
     "ssm_mixers",
 ]
@@ -34,6 +36,13 @@ def family_engine(model_type: str) -> FamilyEngine:
 def engine_of(model: nn.Module) -> FamilyEngine:
     """The engine of a (possibly LoRA-wrapped) causal LM, by its config's model_type."""
     return family_engine(model.config.model_type)
+
+
+def layer_kinds(model: nn.Module) -> set[str]:
+    """The kinds of part (LAYER_KINDS) the blocks of a (possibly LoRA-wrapped) causal LM hold."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    engine = engine_of(lm)
+    return {kind for block in engine.layers(engine.backbone(lm)) for kind in engine.layer_parts(block)}
 
 
 def mixer_engine(module: nn.Module) -> FamilyEngine | None:

@@ -1,6 +1,7 @@
-"""Falcon-Mamba (`model_type` "falcon_mamba"): Mamba's mixer forward with the mixer's weightless RMSNorm on dt,
-B and C. The model's own forward reads dt_proj's raw weight on the CPU path too, which would skip a LoRA
-adapter there: ours folds it into every weight the scan reads, on every path."""
+"""Falcon-Mamba (`model_type` "falcon_mamba"): Mamba's mixer forward with the mixer's weightless RMSNorm on Δ,
+B and C, placed as mamba-ssm's kernel places them (families/mamba.py). The model's own forward reads
+dt_proj's raw weight on the CPU path too, which would skip a LoRA adapter there: ours folds it into every
+weight the scan reads, on every path."""
 
 from functools import partial
 from typing import Any

@@ -31,7 +31,7 @@ def mixer_forward(
     **kwargs: Any,
 ) -> Tensor:
     return mamba_mixer_forward(
-        mixer, hidden_states, attention_mask, path=path, bcdt_norms=True, fused_norms=False, **kwargs
+        mixer, hidden_states, attention_mask, path=path, bcdt_norms=True, dt_norm_first=True, **kwargs
     )
 
 
@@ -69,7 +69,7 @@ ENGINE = FamilyEngine(
     layers=lambda backbone: backbone.layers,
     layer_parts=layer_parts,
     norm_weights=tuple(f"{norm}_layernorm.weight" for norm in ("input", "pre_ff", "final", "dt", "b", "c")),
-    delta=partial(mamba_delta, bcdt_norms=True),
+    delta=partial(mamba_delta, bcdt_norms=True, dt_norm_first=True),
     d_inner=lambda config: config.mamba_expand * config.hidden_size,
     scan_copies=MAMBA.scan_copies,  # the same chunked scan
     build_config=build_config,

@@ -16,7 +16,7 @@ from app.families.mamba2 import HEAD_DIM
 from worker.engine import kernels
 from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight
-from worker.engine.mixer_parts import ForwardPath, has_cache, mask_padding
+from worker.engine.mixer_parts import ForwardPath, has_cache, kernel_aligned, mask_padding
 
 # The reference checkpoints' scan chunk (state-spaces/mamba2-*), which bench/step.py measures too.
 CHUNK_SIZE = 256
@@ -38,7 +38,7 @@ def mixer_forward(
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     zxbcdt = mixer.in_proj(mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
     return kernels.mamba_split_conv1d_scan_combined(
-        zxbcdt,
+        kernel_aligned(zxbcdt),
         mixer.conv1d.weight.squeeze(1),
         mixer.conv1d.bias,
         mixer.dt_bias,
