@@ -5,6 +5,7 @@ Standard library only: the API reads it without torch, and the worker's engine r
 (each family's torch side is one module of worker/engine/families/, registered under the same key).
 """
 
+from app.families.falcon_h1 import FALCON_H1
 from app.families.falcon_mamba import FALCON_MAMBA
 from app.families.family import Family
 from app.families.jamba import JAMBA
@@ -12,7 +13,17 @@ from app.families.mamba import MAMBA
 from app.families.mamba2 import MAMBA2
 from app.families.nemotron_h import NEMOTRON_H
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (MAMBA, MAMBA2, FALCON_MAMBA, NEMOTRON_H, JAMBA)}
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        MAMBA,
+        MAMBA2,
+        FALCON_MAMBA,
+        NEMOTRON_H,
+        FALCON_H1,
+        JAMBA,
+    )
+}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 VARIANT_FIELDS = tuple(dict.fromkeys(f.variant_field for f in FAMILIES.values()))
 

@@ -8,6 +8,7 @@ import torch
 
 from worker.engine.lora_fold import attach_lora
 from worker.engine.spec import LoraSpec
+from worker.engine.tiny_model import create_tiny_model
 from worker.evaluation.model import load_for_eval
 from worker.evaluation.stability import lyapunov
 from worker.evaluation.stability.divergence import GROWTH_THRESHOLD, growth_rate
@@ -22,9 +23,10 @@ def _batch(tokenizer) -> torch.Tensor:
     return token_batch(tokenizer, DEMO / "text_valid.jsonl", seq_len=64, n_sequences=2)
 
 
-@pytest.mark.parametrize("family", ["mamba", "mamba2"])
-def test_random_init_models_are_stable(family: str, request: pytest.FixtureRequest) -> None:
-    folder = request.getfixturevalue("tiny_mamba" if family == "mamba" else "tiny_mamba2")
+@pytest.mark.parametrize("family", ["mamba", "mamba2", "falcon_h1"])
+def test_random_init_models_are_stable(family: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    shipped = {"mamba": "tiny_mamba", "mamba2": "tiny_mamba2"}
+    folder = request.getfixturevalue(shipped[family]) if family in shipped else create_tiny_model(tmp_path, family)
     model, tokenizer, found = load_for_eval(str(folder))
     report = stability_report(model, found, _batch(tokenizer), "bf16")
     assert found == family and len(report.layers) == 4

@@ -4,7 +4,6 @@ validation loss, and the published adapter reloads to the trained model's logits
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 from app.storage import storage_from_settings
 from e2e.factories import demo_slice
+from families.factories import record_attached_lora
 from sparse.factories import assert_same_logits, run_keeping_final_model
 from worker.engine import trainer
 from worker.engine.model_builder import Architecture, create_model_folder
@@ -26,7 +26,7 @@ from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-ADDED = ["falcon_mamba", "nemotron_h", "jamba"]
+ADDED = ["falcon_mamba", "nemotron_h", "falcon_h1", "jamba"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
 # Families whose blocks hold one kind each need more of them for the default options to give every kind.
 N_LAYER = {"nemotron_h": 4}
@@ -36,25 +36,6 @@ def _file(client: TestClient, name: str, lines: int) -> str:
     response = upload(client, demo_slice(name, lines), filename=name)
     assert response.status_code == 200, response.text
     return response.json()["id"]
-
-
-def _lora_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA matrices by the names the adapter file stores them under."""
-    return {name.replace(".default", ""): p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
-
-
-def _attached_lora_tensors(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
-    """Filled with the LoRA tensors as the trainer attaches them, before any step."""
-    initial: dict[str, torch.Tensor] = {}
-    real_attach = trainer.attach_lora
-
-    def attach(*args: Any) -> torch.nn.Module:
-        model = real_attach(*args)
-        initial.update(_lora_tensors(model))
-        return model
-
-    monkeypatch.setattr(trainer, "attach_lora", attach)
-    return initial
 
 
 def _assert_every_tensor_moved(initial: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]) -> None:
@@ -92,7 +73,7 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
 
-    initial = _attached_lora_tensors(monkeypatch)
+    initial = record_attached_lora(monkeypatch)
     outcome, final = run_keeping_final_model(settings, job.json()["id"], monkeypatch)
     assert outcome["status"] == JobStatus.SUCCEEDED, outcome["error"]
     assert outcome["metrics"]["validation_loss"] < outcome["metrics"]["base_validation_loss"]
@@ -121,7 +102,7 @@ def test_a_created_model_of_the_family_trains_every_lora_tensor_in_half_precisio
     shape = {**SHAPE, "n_layer": N_LAYER.get(model_type, SHAPE["n_layer"])}
     create_model_folder(Architecture(id="tiny", family=model_type, **shape), tmp_path / "model")
     (tmp_path / "train.jsonl").write_bytes(demo_slice("train.jsonl", 12))
-    initial = _attached_lora_tensors(monkeypatch)
+    initial = record_attached_lora(monkeypatch)
     spec = TrainSpec(
         model=str(tmp_path / "model"),
         train_path=tmp_path / "train.jsonl",

@@ -45,6 +45,7 @@ OPTIONS = {
         "mamba_head_dim": 8,
         "mamba_groups": 2,
     },
+    "falcon_h1": {"attention_heads": 2, "kv_heads": 1, "mlp_size": 40, "ssm_heads": 8, "ssm_norm": "gated"},
     # Attention first in every three layers, experts in every layer.
     "jamba": {
         "attn_layer_period": 3,

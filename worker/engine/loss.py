@@ -21,15 +21,20 @@ IGNORE = -100
 CHUNK_TOKENS = 1024
 
 
-def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
-    logits = lm_head(hidden).float()  # (chunk, vocab)
+def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor, scale: float) -> Tensor:
+    logits = lm_head(hidden)  # (chunk, vocab)
+    if scale != 1:  # a family's muP logits multiplier, applied as its causal LM applies it
+        logits = logits * scale
+    logits = logits.float()
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
 def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
     """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t]."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = engine_of(lm).backbone(lm)(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
+    engine = engine_of(lm)
+    hidden = engine.backbone(lm)(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
+    scale = engine.logits_scale(lm.config)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -37,7 +42,7 @@ def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tok
         end = start + chunk_tokens
         # The checkpoint replays the RNG state too, so LoRA dropout on lm_head recomputes identically.
         total = total + checkpoint(
-            _chunk_loss_sum, lm.lm_head, hidden[start:end], flat_targets[start:end], use_reentrant=False
+            _chunk_loss_sum, lm.lm_head, hidden[start:end], flat_targets[start:end], scale, use_reentrant=False
         )
     # A tensor count, not a Python int: no host sync, so the step can be captured as a CUDA graph.
     return total / (flat_targets != IGNORE).sum().clamp(min=1)

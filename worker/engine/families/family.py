@@ -46,6 +46,9 @@ class FamilyEngine:
     build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
     # The SSM's state size, from the config (the hybrids name the field otherwise).
     d_state: Callable[[PretrainedConfig], int] = lambda config: config.state_size
+    # The factor the causal LM multiplies lm_head's output by (Falcon-H1's muP lm_head_multiplier), which
+    # the trainer's loss applies as it computes the logits itself (loss.py).
+    logits_scale: Callable[[PretrainedConfig], float] = lambda config: 1.0
 
     @property
     def catalog(self) -> Family:

@@ -1,7 +1,7 @@
 """Mamba-2 (`model_type` "mamba2"): its mixer forward through `mamba_split_conv1d_scan_combined` with LoRA
 folded into out_proj, which the kernel reads as a raw weight, or else the model's own torch forward."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,21 +22,46 @@ from worker.engine.mixer_parts import ForwardPath, has_cache, kernel_aligned, ma
 CHUNK_SIZE = 256
 
 
+def in_projection(mixer: Mamba2Mixer, hidden: Tensor) -> Tensor:
+    """in_proj's output zxbcdt (b, l, gate + x + B + C + dt) from the mixer's input (b, l, d_model)."""
+    return mixer.in_proj(hidden)
+
+
+def gated_norm_args(mixer: Mamba2Mixer) -> dict[str, Any]:
+    """The fused kernel's arguments for the gated RMSNorm before out_proj: Mamba-2 normalises y·silu(z)."""
+    return {"rmsnorm_weight": mixer.norm.weight, "rmsnorm_eps": mixer.norm.variance_epsilon, "norm_before_gate": False}
+
+
 def mixer_forward(
     mixer: Mamba2Mixer,
     hidden_states: Tensor,
     attention_mask: Tensor | None = None,
     *,
     path: ForwardPath = "auto",
+    projection: Callable[[nn.Module, Tensor], Tensor] = in_projection,
+    norm_args: Callable[[nn.Module], dict[str, Any]] = gated_norm_args,
     **kwargs,
 ) -> Tensor:
+    """`projection` and `norm_args`: a family with Mamba-2's mixer and its own multipliers or norm (Falcon-H1)."""
     fused = path == "auto" and kernels.mamba_split_conv1d_scan_combined is not None and hidden_states.is_cuda
     if has_cache(kwargs) or not fused:
         # Without the fused kernel the model's own forward calls in_proj and out_proj as modules,
         # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
         with training_off_for_fused(mixer):
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
-    zxbcdt = mixer.in_proj(mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
+    return fused_forward(mixer, hidden_states, attention_mask, projection=projection, norm_args=norm_args)
+
+
+def fused_forward(
+    mixer: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    projection: Callable[[nn.Module, Tensor], Tensor] = in_projection,
+    norm_args: Callable[[nn.Module], dict[str, Any]] = gated_norm_args,
+) -> Tensor:
+    """The mixer through `mamba_split_conv1d_scan_combined` (conv, scan, gated norm and out_proj in one)."""
+    zxbcdt = projection(mixer, mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
     return kernels.mamba_split_conv1d_scan_combined(
         kernel_aligned(zxbcdt),
         mixer.conv1d.weight.squeeze(1),
@@ -46,14 +71,12 @@ def mixer_forward(
         D=mixer.D,
         chunk_size=mixer.chunk_size,
         activation=mixer.activation,
-        rmsnorm_weight=mixer.norm.weight,
-        rmsnorm_eps=mixer.norm.variance_epsilon,
         outproj_weight=effective_weight(mixer.out_proj),
         outproj_bias=base_layer(mixer.out_proj).bias,
         headdim=mixer.head_dim,
         ngroups=mixer.n_groups,
-        norm_before_gate=False,
         dt_limit=mixer.time_step_limit,
+        **norm_args(mixer),
     )
 
 
@@ -69,10 +92,12 @@ def training_off_for_fused(mixer: nn.Module) -> Iterator[None]:
         mixer.training = was_training
 
 
-def delta(mixer: Mamba2Mixer, hidden: Tensor) -> Tensor:
+def delta(
+    mixer: Mamba2Mixer, hidden: Tensor, projection: Callable[[nn.Module, Tensor], Tensor] = in_projection
+) -> Tensor:
     """Δ per head in fp32: hidden (b, l, d_model) -> (b, l, heads). dt is the last `num_heads` columns of
     in_proj's output in every transformers version (older ones put extra MLP columns first)."""
-    dt = mixer.in_proj(hidden)[..., -mixer.num_heads :].float()  # (b, l, heads)
+    dt = projection(mixer, hidden)[..., -mixer.num_heads :].float()  # (b, l, heads)
     delta = F.softplus(dt + mixer.dt_bias.float())
     low, high = mixer.time_step_limit
     return delta.clamp(min=low, max=high)
