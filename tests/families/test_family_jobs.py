@@ -1,6 +1,7 @@
 """Each family added beyond Mamba and Mamba-2, end to end on the embedded default: POST /v1/models creates a
 tiny random-init model, a LoRA job with the family's default targets trains every LoRA tensor and lowers the
-validation loss, and the published adapter reloads to the trained model's logits."""
+validation loss, and the published adapter reloads to the trained model's logits; a short bf16 or fp16 run on
+the CPU trains every LoRA tensor too."""
 
 import math
 from pathlib import Path
