@@ -8,6 +8,7 @@ Standard library only: the API reads it without torch, and the worker's engine r
 from app.families.falcon_h1 import FALCON_H1
 from app.families.falcon_mamba import FALCON_MAMBA
 from app.families.family import Family
+from app.families.jamba import JAMBA
 from app.families.mamba import MAMBA
 from app.families.mamba2 import MAMBA2
 from app.families.nemotron_h import NEMOTRON_H
@@ -20,6 +21,7 @@ FAMILIES: dict[str, Family] = {
         FALCON_MAMBA,
         NEMOTRON_H,
         FALCON_H1,
+        JAMBA,
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)

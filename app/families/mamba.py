@@ -11,21 +11,30 @@ COMPANION_STRUCTURES = frozenset({"controllable", "observable"})
 MAX_COMPANION_STATE = 16
 
 
-def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
-    d_model, d_state = shape.d_model, shape.d_state
+def dt_rank(d_model: int) -> int:
+    """The rank of a Mamba mixer's dt projection, as transformers' "auto" sets it."""
+    return math.ceil(d_model / 16)
+
+
+def mixer_parameter_count(d_model: int, d_state: int, b_and_c: int) -> int:
+    """A Mamba mixer's parameters; `b_and_c`: the x_proj rows that make B and C (2·d_state for the stock mixer)."""
     d_inner = EXPAND * d_model
-    dt_rank = math.ceil(d_model / 16)
-    b_and_c = d_state if shape.variant in COMPANION_STRUCTURES else 2 * d_state  # SC/SO fix one of them
-    mixer = (
+    rank = dt_rank(d_model)
+    return (
         d_model * 2 * d_inner  # in_proj
         + d_inner * (CONV_KERNEL + 1)  # conv1d weight and bias
-        + d_inner * (dt_rank + b_and_c)  # x_proj
-        + (dt_rank + 1) * d_inner  # dt_proj weight and bias
+        + d_inner * (rank + b_and_c)  # x_proj
+        + (rank + 1) * d_inner  # dt_proj weight and bias
         + d_inner * d_state  # A (or its roots: the same count)
         + d_inner  # D
         + d_inner * d_model  # out_proj
     )
-    layer = mixer + d_model  # the block's RMSNorm
+
+
+def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
+    d_model, d_state = shape.d_model, shape.d_state
+    b_and_c = d_state if shape.variant in COMPANION_STRUCTURES else 2 * d_state  # SC/SO fix one of them
+    layer = mixer_parameter_count(d_model, d_state, b_and_c) + d_model  # and the block's RMSNorm
     return vocab_rows * d_model + shape.n_layer * layer + d_model  # tied embeddings, layers, final norm
 
 

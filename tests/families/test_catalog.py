@@ -76,6 +76,7 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
         ("nvidia/Nemotron-H-8B-Base-8K", "nemotron_h"),
         ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nemotron_h"),
         ("tiiuae/Falcon-H1-0.5B-Base", "falcon_h1"),
+        ("ai21labs/AI21-Jamba-Mini-1.5", "jamba"),
         ("openai-community/gpt2", None),
     ],
 )

@@ -46,6 +46,18 @@ OPTIONS = {
         "mamba_groups": 2,
     },
     "falcon_h1": {"attention_heads": 2, "kv_heads": 1, "mlp_size": 40, "ssm_heads": 8, "ssm_norm": "gated"},
+    # Attention first in every three layers, experts in every layer.
+    "jamba": {
+        "attn_layer_period": 3,
+        "attn_layer_offset": 0,
+        "expert_layer_period": 1,
+        "expert_layer_offset": 0,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 48,
+        "num_experts": 3,
+        "num_experts_per_tok": 1,
+    },
 }
 
 

@@ -2,19 +2,34 @@
 (Mamba's own fused mixer, with out_proj's LoRA low-rank, is worker/engine/mamba_inner.py)."""
 
 import torch
+from torch import Tensor
 
 from worker.engine.mamba_inner import selective_scan_cuda
 
 try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d wheels
     # mamba-ssm's own fused Mamba mixer: Falcon-Mamba's, which normalises dt, B and C inside it.
-    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+    from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
     from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
 except ImportError:
     mamba_inner_fn = None
     mamba_split_conv1d_scan_combined = None
     rms_norm_fn = None
+    selective_scan_fn = None
 
 
 def fused_kernels_available() -> bool:
     return selective_scan_cuda is not None and torch.cuda.is_available()
+
+
+def selective_scan(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
+) -> Tensor:
+    """mamba-ssm's selective scan kernel, called as scan.py's torch scans are (softplus of delta + delta_bias).
+
+    The kernel takes delta, B, C and z in u's dtype and D and delta_bias in fp32, and casts nothing: under
+    autocast a norm's fp32 weight leaves B and C fp32 while u is half, which selective_scan_cuda.fwd refuses."""
+    dtype = u.dtype
+    return selective_scan_fn(
+        u, delta.to(dtype), A, B.to(dtype), C.to(dtype), D.float(), z.to(dtype), delta_bias.float(), delta_softplus=True
+    )

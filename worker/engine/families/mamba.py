@@ -25,12 +25,15 @@ def mixer_forward(
     *,
     path: ForwardPath = "auto",
     bcdt_norms: bool = False,
+    dt_norm_first: bool = False,
     **kwargs,
 ) -> Tensor:
     """`bcdt_norms`: normalise B, C and Δ with the mixer's weightless RMSNorms (Falcon-Mamba), where
     mamba-ssm's kernel does, which trained the Falcon-Mamba checkpoints: Δ over its d_inner channels after
     dt_proj. (transformers' own CPU forward normalises dt's dt_rank columns before dt_proj instead, so
-    its CPU and GPU forwards disagree; ours agree on every path.)"""
+    its CPU and GPU forwards disagree; ours agree on every path.)
+    `dt_norm_first`: with the norms, normalise dt's dt_rank columns before dt_proj, as Jamba's mixer does
+    with a weighted norm; mamba-ssm's fused mixer cannot, so then the scan alone is a CUDA kernel."""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
@@ -45,7 +48,8 @@ def mixer_forward(
     dt_bias = base_layer(mixer.dt_proj).bias.float()
     out_bias = base_layer(mixer.out_proj).bias
 
-    if fused and bcdt_norms:
+    inner = fused and not dt_norm_first
+    if inner and bcdt_norms:
         # mamba-ssm's own fused mixer normalises dt, B and C; out_proj's adapter is folded in there.
         norms = {f"{n}_rms_weight": getattr(mixer, f"{n}_layernorm").weight for n in ("b", "c", "dt")}
         return kernels.mamba_inner_fn(
@@ -65,7 +69,7 @@ def mixer_forward(
             b_c_dt_rms_eps=mixer.rms_eps,
             **norms,
         )
-    if fused:
+    if inner:
         return mamba_inner_lora(
             xz,
             mixer.conv1d.weight,
@@ -84,11 +88,13 @@ def mixer_forward(
 
     x, z = conv_and_gate(mixer, xz, attention_mask)
     dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
-    delta = F.linear(dt, dt_proj_w)  # (b, l, d_inner)
+    delta = _delta_before_bias(mixer, dt, dt_proj_w, bcdt_norms, dt_norm_first).transpose(1, 2)  # (b, d_inner, l)
     if bcdt_norms:
-        delta, B, C = mixer.dt_layernorm(delta), mixer.b_layernorm(B), mixer.c_layernorm(C)
-    delta = delta.transpose(1, 2)  # (b, d_inner, l)
-    scan = selective_scan_reference if path == "reference" else selective_scan_chunked
+        B, C = mixer.b_layernorm(B), mixer.c_layernorm(C)
+    if fused:
+        scan = kernels.selective_scan
+    else:
+        scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
 
@@ -113,9 +119,20 @@ def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
     return xz.view(-1, b, length).permute(1, 0, 2)
 
 
-def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False) -> Tensor:
+def _delta_before_bias(
+    mixer: MambaMixer, dt: Tensor, dt_proj_w: Tensor, bcdt_norms: bool, dt_norm_first: bool
+) -> Tensor:
+    """dt_proj's weight times dt (b, l, dt_rank) -> (b, l, d_inner), with the mixer's dt norm as `mixer_forward`
+    places it: on dt before (`dt_norm_first`) or on the product after."""
+    if bcdt_norms and dt_norm_first:
+        dt = mixer.dt_layernorm(dt)
+    delta = F.linear(dt, dt_proj_w)
+    return mixer.dt_layernorm(delta) if bcdt_norms and not dt_norm_first else delta
+
+
+def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False, dt_norm_first: bool = False) -> Tensor:
     """Δ = softplus(dt_proj(x_proj(conv(in_proj(hidden))))) in fp32: hidden (b, l, d_model) -> (b, l, d_inner);
-    `bcdt_norms`: with the mixer's RMSNorm on Δ before its bias (Falcon-Mamba, as in `mixer_forward`)."""
+    `bcdt_norms`, `dt_norm_first`: with the mixer's RMSNorm on dt, as in `mixer_forward`."""
     seq_len = hidden.shape[1]
     x, _ = mixer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l)
     x = F.conv1d(
@@ -123,9 +140,7 @@ def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False) -> Ten
     )[..., :seq_len]
     x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
     dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
-    delta = F.linear(dt, effective_weight(mixer.dt_proj))  # (b, l, d_inner)
-    if bcdt_norms:
-        delta = mixer.dt_layernorm(delta)
+    delta = _delta_before_bias(mixer, dt, effective_weight(mixer.dt_proj), bcdt_norms, dt_norm_first)
     return F.softplus((delta + base_layer(mixer.dt_proj).bias).float())
 
 
