@@ -30,7 +30,7 @@ VARIANT_FIELDS = tuple(dict.fromkeys(f.variant_field for f in FAMILIES.values())
 # A hub id whose family we cannot tell yet: any family's targets are accepted (the worker checks them
 # against the real model), dropout is checked against every kernel, and the default is what all share.
 ANY_FAMILY_TARGETS = tuple(dict.fromkeys(t for f in FAMILIES.values() for t in f.lora_targets))
-ANY_FAMILY_KERNEL_READ = frozenset().union(*(f.kernel_read_targets for f in FAMILIES.values()))
+ANY_FAMILY_UNDROPPABLE = frozenset().union(*(f.undroppable_targets for f in FAMILIES.values()))
 ANY_FAMILY_DEFAULTS = tuple(t for t in ANY_FAMILY_TARGETS if all(t in f.default_targets for f in FAMILIES.values()))
 
 
@@ -39,8 +39,8 @@ def lora_targets(family: str | None) -> tuple[str, ...]:
     return FAMILIES[family].lora_targets if family else ANY_FAMILY_TARGETS
 
 
-def kernel_read_targets(family: str | None) -> frozenset[str]:
-    return FAMILIES[family].kernel_read_targets if family else ANY_FAMILY_KERNEL_READ
+def undroppable_targets(family: str | None) -> frozenset[str]:
+    return FAMILIES[family].undroppable_targets if family else ANY_FAMILY_UNDROPPABLE
 
 
 def default_lora_targets(family: str | None) -> tuple[str, ...]:

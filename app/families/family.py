@@ -111,6 +111,12 @@ class Family:
         self.check_shape(shape)
         return shape
 
+    @property
+    def undroppable_targets(self) -> frozenset[str]:
+        """Targets LoRA dropout cannot apply to: the kernel-read ones (their adapter is folded into the weight)
+        and the parameter targets (peft's parameter LoRA has no input of its own to drop out)."""
+        return self.kernel_read_targets | self.parameter_targets
+
     def __post_init__(self) -> None:
         targets = set(self.lora_targets)
         if not set(self.default_targets) | self.kernel_read_targets | self.parameter_targets <= targets:

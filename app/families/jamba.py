@@ -81,8 +81,7 @@ JAMBA = Family(
     model_type="jamba",
     lora_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS, *EXPERT_TARGETS, "embed_tokens", "lm_head"),
     default_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS, *EXPERT_TARGETS),
-    # peft folds an expert adapter into its parameter, which the experts' forward reads as it is.
-    kernel_read_targets=MAMBA.kernel_read_targets | frozenset(EXPERT_TARGETS),
+    kernel_read_targets=MAMBA.kernel_read_targets,
     parameter_targets=frozenset(EXPERT_TARGETS),
     ssm_params=("A_log", "D", "dt_proj.bias"),
     variant_field=MAMBA.variant_field,

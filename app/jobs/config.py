@@ -3,7 +3,7 @@
 from typing import Any
 
 from app.errors import invalid_request
-from app.families import kernel_read_targets, lora_targets
+from app.families import lora_targets, undroppable_targets
 from app.jobs.contract import HyperparameterSpec, LoraSpec
 from app.jobs.schemas import Integration, JobCreate, LoraRequest
 from app.settings import Settings
@@ -25,11 +25,12 @@ def resolve_lora(lora: LoraRequest | None, *, family: str | None) -> LoraSpec | 
             param="lora.target_modules",
             code="invalid_target_module",
         )
-    if spec.dropout > 0 and (folded := [t for t in spec.target_modules if t in kernel_read_targets(family)]):
+    if spec.dropout > 0 and (folded := [t for t in spec.target_modules if t in undroppable_targets(family)]):
         raise invalid_request(
-            f"LoRA dropout must be 0 when targeting {', '.join(folded)}: the fused kernel reads those"
-            " weights directly, so the adapter is folded into the weight (W + scale * B @ A) and there is"
-            " no separate adapter input to apply dropout to. Set lora.dropout to 0 or drop those targets.",
+            f"LoRA dropout must be 0 when targeting {', '.join(folded)}: a fused kernel reads those"
+            " weights directly, so the adapter is folded into the weight (W + scale * B @ A), or they are"
+            " expert weights whose adapter peft applies to the parameter; either way there is no separate"
+            " adapter input to apply dropout to. Set lora.dropout to 0 or drop those targets.",
             param="lora.dropout",
             code="invalid_lora_dropout",
         )

@@ -48,11 +48,11 @@ def _kernel_read_targets_allowed(model: nn.Module) -> Iterator[None]:
 
 def _check_spec(model_type: str, spec: LoraSpec) -> None:
     family = FAMILIES.get(model_type)
-    folded = set(spec.target_modules) & family.kernel_read_targets if family else set()
+    folded = set(spec.target_modules) & family.undroppable_targets if family else set()
     if spec.dropout > 0 and folded:
         raise ValueError(
-            f"LoRA dropout must be 0 with targets {sorted(folded)}: the fused kernel reads their weight "
-            "directly, so the adapter is folded into it and there is no separate input to drop out"
+            f"LoRA dropout must be 0 with targets {sorted(folded)}: the adapter is folded into a weight a fused "
+            "kernel reads, or applied to an expert parameter, so there is no separate input to drop out"
         )
 
 
