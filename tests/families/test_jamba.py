@@ -56,6 +56,9 @@ def test_a_jamba_models_stability_report_covers_its_mamba_layers(tmp_path: Path)
 
     report = stability_report(model, family, token_batch(tokenizer, demo, seq_len=32, n_sequences=2), "bf16")
 
-    # Layers 0 and 2 are Mamba, 1 and 3 attention.
-    assert len(report.layers) == len(report.divergence) == 2
+    # Layers 0 and 2 are Mamba, 1 and 3 attention: λ for the Mamba layers, divergence for every layer.
+    assert [layer.layer for layer in report.layers] == [0, 2]
+    not_applicable = {(na.layer, na.kind) for na in report.lyapunov_not_applicable}
+    assert {(1, "attention"), (3, "attention")} <= not_applicable and all(k != "ssm" for _, k in not_applicable)
+    assert len(report.divergence) == 4
     assert report.stable and all(0 < max(d.per_position) < 0.1 for d in report.divergence)
