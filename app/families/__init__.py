@@ -5,12 +5,13 @@ Standard library only: the API reads it without torch, and the worker's engine r
 (each family's torch side is one module of worker/engine/families/, registered under the same key).
 """
 
+from app.families.bamba import BAMBA
 from app.families.falcon_mamba import FALCON_MAMBA
 from app.families.family import Family
 from app.families.mamba import MAMBA
 from app.families.mamba2 import MAMBA2
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (MAMBA, MAMBA2, FALCON_MAMBA)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (MAMBA, MAMBA2, FALCON_MAMBA, BAMBA)}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 VARIANT_FIELDS = tuple(dict.fromkeys(f.variant_field for f in FAMILIES.values()))
 

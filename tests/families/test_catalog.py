@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from app.families import FAMILIES, hub_family
 from worker.engine.families import ENGINES, engine_of, ssm_mixers
+from worker.engine.families.family import LAYER_KINDS
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.tiny_model import create_tiny_model
 
@@ -53,8 +54,11 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
     model = install_forwards(AutoModelForCausalLM.from_pretrained(create_tiny_model(tmp_path, model_type)))
     names = {name.rpartition(".")[2] for name, _ in model.named_modules()}
     assert set(family.lora_targets) <= names
-    layers = model.config.num_hidden_layers
-    assert len(ssm_mixers(model)) == layers and all(isinstance(m, engine.mixers) for m in ssm_mixers(model))
+    parts = [engine.layer_parts(block) for block in engine.layers(engine.backbone(model))]
+    assert len(parts) == model.config.num_hidden_layers and set().union(*parts) <= set(LAYER_KINDS)
+    # The SSM mixers are the "ssm" parts of the layers (a hybrid has attention or MLP layers beside them).
+    assert ssm_mixers(model) == [p["ssm"] for p in parts if "ssm" in p]
+    assert ssm_mixers(model) and all(isinstance(m, engine.mixers) for m in ssm_mixers(model))
     stock = {n.rpartition(".")[2] for n, _ in ssm_mixers(model)[0].named_parameters()}
     assert any(p.rpartition(".")[2] in stock for p in family.ssm_params)
     assert engine_of(model) is engine and isinstance(engine.final_norm(engine.backbone(model)), torch.nn.Module)
@@ -68,6 +72,7 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
         ("state-spaces/mamba-130m-hf", "mamba"),
         ("state-spaces/mamba2-130m", "mamba2"),
         ("someone/Mamba-2-small", "mamba2"),
+        ("ibm-ai-platform/Bamba-9B-v2", "bamba"),
         ("openai-community/gpt2", None),
     ],
 )

@@ -23,7 +23,7 @@ from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-ADDED = ["falcon_mamba"]
+ADDED = ["falcon_mamba", "bamba"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
 
 

@@ -5,11 +5,11 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine.families import falcon_mamba, mamba, mamba2
+from worker.engine.families import bamba, falcon_mamba, mamba, mamba2
 from worker.engine.families.family import FamilyEngine
 
 ENGINES: dict[str, FamilyEngine] = {
-    engine.model_type: engine for engine in (mamba.ENGINE, mamba2.ENGINE, falcon_mamba.ENGINE)
+    engine.model_type: engine for engine in (mamba.ENGINE, mamba2.ENGINE, falcon_mamba.ENGINE, bamba.ENGINE)
 }
 
 __all__ = [
