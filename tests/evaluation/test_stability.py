@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.families import FAMILIES
+from worker.engine.families import engine_of
 from worker.engine.lora_fold import attach_lora
 from worker.engine.spec import LoraSpec
+from worker.engine.tiny_model import create_tiny_model
 from worker.evaluation.model import load_for_eval
 from worker.evaluation.stability import lyapunov
 from worker.evaluation.stability.divergence import GROWTH_THRESHOLD, growth_rate
@@ -35,6 +38,17 @@ def test_random_init_models_are_stable(family: str, request: pytest.FixtureReque
     assert len(data["divergence"][0]["per_position"]) == 64
     # bf16 really differs from fp32, but only by rounding.
     assert all(0 < max(d["per_position"]) < 0.1 for d in data["divergence"])
+
+
+@pytest.mark.parametrize("family", [f.model_type for f in FAMILIES.values() if f.options])
+def test_a_hybrids_report_covers_each_ssm_layer_and_no_other(family: str, tmp_path: Path) -> None:
+    model, tokenizer, _ = load_for_eval(str(create_tiny_model(tmp_path, family)))
+    engine = engine_of(model)
+    ssm_layers = [b for b in engine.layers(engine.backbone(model)) if "ssm" in engine.layer_parts(b)]
+    report = stability_report(model, family, _batch(tokenizer), "bf16")
+    assert 0 < len(ssm_layers) < model.config.num_hidden_layers  # the tiny model has other layers too
+    assert len(report.layers) == len(report.divergence) == len(ssm_layers)
+    assert report.stable and not report.exponential_growth
 
 
 def test_planted_nonnegative_A_is_reported_unstable(tiny_mamba: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,9 @@
 """Each family added beyond Mamba and Mamba-2, end to end on the embedded default: POST /v1/models creates a
 tiny random-init model, a LoRA job with the family's default targets trains every LoRA tensor and lowers the
-validation loss, and the published adapter reloads to the trained model's logits."""
+validation loss, and the published adapter reloads to the trained model's logits; in bf16 and fp16 on the CPU
+too, every LoRA tensor trains."""
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ from app.storage import storage_from_settings
 from e2e.factories import demo_slice
 from sparse.factories import assert_same_logits, run_keeping_final_model
 from worker.engine import trainer
+from worker.engine.model_builder import Architecture, create_model_folder
+from worker.engine.spec import LoraSpec, Precision, TrainSpec
 from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
@@ -38,6 +42,21 @@ def _lora_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name.replace(".default", ""): p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
 
 
+@pytest.fixture
+def initial(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of the next training run as attached, before any step."""
+    attached: dict[str, torch.Tensor] = {}
+    real_attach = trainer.attach_lora
+
+    def attach(*args: Any) -> torch.nn.Module:
+        model = real_attach(*args)
+        attached.update(_lora_tensors(model))
+        return model
+
+    monkeypatch.setattr(trainer, "attach_lora", attach)
+    return attached
+
+
 @pytest.mark.parametrize("model_type", ADDED)
 def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_reloads(
     model_type: str,
@@ -46,6 +65,7 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     model_requests: list[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    initial: dict[str, torch.Tensor],
 ) -> None:
     family = FAMILIES[model_type]
     created = client.post("/v1/models", json={"id": "tiny", "family": model_type, **SHAPE})
@@ -65,16 +85,6 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
 
-    # The LoRA tensors as attached, before any step.
-    initial: dict[str, torch.Tensor] = {}
-    real_attach = trainer.attach_lora
-
-    def attach(*args: Any) -> torch.nn.Module:
-        model = real_attach(*args)
-        initial.update(_lora_tensors(model))
-        return model
-
-    monkeypatch.setattr(trainer, "attach_lora", attach)
     outcome, final = run_keeping_final_model(settings, job.json()["id"], monkeypatch)
     assert outcome["status"] == JobStatus.SUCCEEDED, outcome["error"]
     assert outcome["metrics"]["validation_loss"] < outcome["metrics"]["base_validation_loss"]
@@ -94,3 +104,31 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     reloaded, _, _ = load_for_eval(str(base), adapter=adapter, device="cpu")
     assert final is not None
     assert_same_logits(final, reloaded)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("model_type", ADDED)
+def test_a_family_trains_every_lora_tensor_in_half_precision_on_the_cpu(
+    model_type: str, precision: Precision, tmp_path: Path, initial: dict[str, torch.Tensor]
+) -> None:
+    folder = tmp_path / "model"
+    create_model_folder(Architecture(id="tiny", family=model_type, **SHAPE), folder)
+    (tmp_path / "train.jsonl").write_bytes(demo_slice("train.jsonl", 12))
+    spec = TrainSpec(
+        model=str(folder),
+        train_path=tmp_path / "train.jsonl",
+        output_dir=tmp_path / "out",
+        precision=precision,
+        lora=LoraSpec(target_modules=FAMILIES[model_type].default_targets),
+        batch_size=4,
+        max_seq_len=32,
+        learning_rate=1e-2,
+        device="cpu",
+    )
+    result = trainer.train(spec)
+
+    assert result.metrics["precision"] == precision and math.isfinite(result.metrics["train_loss"])
+    assert result.steps > result.metrics["skipped_steps"]
+    trained = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    assert initial and len(trained) == len(initial)
+    assert [name for name, value in initial.items() if torch.equal(trained[name].to(value.dtype), value)] == []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from worker.engine.families import ssm_mixers
+from worker.engine.families import engine_of
 from worker.engine.precision import PrecisionPolicy
 from worker.engine.spec import Precision
 from worker.evaluation.stability.lyapunov import capture_each
@@ -41,9 +41,10 @@ def growth_rate(curve: Tensor) -> float:
 
 
 def layer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The block around each mixer: its output is the layer's output, the residual stream."""
-    mixer_ids = {id(m) for m in ssm_mixers(model)}
-    return [m for m in model.modules() if id(getattr(m, "mixer", None)) in mixer_ids]
+    """The block around each SSM mixer, in layer order: its output is the layer's output, the residual stream."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    engine = engine_of(lm)
+    return [block for block in engine.layers(engine.backbone(lm)) if "ssm" in engine.layer_parts(block)]
 
 
 @torch.no_grad()
