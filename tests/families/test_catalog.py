@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM
 
 from app.families import FAMILIES, hub_family
 from worker.engine.families import ENGINES, engine_of, ssm_mixers
-from worker.engine.families.family import LAYER_KINDS
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.tiny_model import create_tiny_model
 
@@ -53,12 +52,13 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
     family, engine = FAMILIES[model_type], ENGINES[model_type]
     model = install_forwards(AutoModelForCausalLM.from_pretrained(create_tiny_model(tmp_path, model_type)))
     names = {name.rpartition(".")[2] for name, _ in model.named_modules()}
+    # A parameter target is a parameter's name below its module ("experts.up_proj").
+    names |= {".".join(name.split(".")[-2:]) for name, _ in model.named_parameters()}
     assert set(family.lora_targets) <= names
-    parts = [engine.layer_parts(block) for block in engine.layers(engine.backbone(model))]
-    assert len(parts) == model.config.num_hidden_layers and set().union(*parts) <= set(LAYER_KINDS)
-    # The SSM mixers are the "ssm" parts of the layers (a hybrid has attention or MLP layers beside them).
-    assert ssm_mixers(model) == [p["ssm"] for p in parts if "ssm" in p]
-    assert ssm_mixers(model) and all(isinstance(m, engine.mixers) for m in ssm_mixers(model))
+    blocks = engine.layers(engine.backbone(model))
+    assert len(blocks) == model.config.num_hidden_layers
+    ssm_blocks = [parts["ssm"] for parts in map(engine.layer_parts, blocks) if "ssm" in parts]
+    assert ssm_mixers(model) == ssm_blocks and all(isinstance(m, engine.mixers) for m in ssm_blocks)
     stock = {n.rpartition(".")[2] for n, _ in ssm_mixers(model)[0].named_parameters()}
     assert any(p.rpartition(".")[2] in stock for p in family.ssm_params)
     assert engine_of(model) is engine and isinstance(engine.final_norm(engine.backbone(model)), torch.nn.Module)
@@ -69,10 +69,10 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
 @pytest.mark.parametrize(
     ("model_id", "family"),
     [
+        ("ibm-ai-platform/Bamba-9B-v2", "bamba"),
         ("state-spaces/mamba-130m-hf", "mamba"),
         ("state-spaces/mamba2-130m", "mamba2"),
         ("someone/Mamba-2-small", "mamba2"),
-        ("ibm-ai-platform/Bamba-9B-v2", "bamba"),
         ("openai-community/gpt2", None),
     ],
 )

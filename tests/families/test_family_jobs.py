@@ -5,7 +5,6 @@ too, every LoRA tensor trains."""
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from app.jobs.lifecycle import JobStatus
 from app.settings import Settings
 from app.storage import storage_from_settings
 from e2e.factories import demo_slice
+from families.factories import record_attached_lora
 from sparse.factories import assert_same_logits, run_keeping_final_model
 from worker.engine import trainer
 from worker.engine.model_builder import Architecture, create_model_folder
@@ -37,26 +37,6 @@ def _file(client: TestClient, name: str, lines: int) -> str:
     return response.json()["id"]
 
 
-def _lora_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA matrices by the names the adapter file stores them under."""
-    return {name.replace(".default", ""): p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
-
-
-@pytest.fixture
-def initial(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
-    """The LoRA tensors of the next training run as attached, before any step."""
-    attached: dict[str, torch.Tensor] = {}
-    real_attach = trainer.attach_lora
-
-    def attach(*args: Any) -> torch.nn.Module:
-        model = real_attach(*args)
-        attached.update(_lora_tensors(model))
-        return model
-
-    monkeypatch.setattr(trainer, "attach_lora", attach)
-    return attached
-
-
 @pytest.mark.parametrize("model_type", ADDED)
 def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_reloads(
     model_type: str,
@@ -65,7 +45,6 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     model_requests: list[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    initial: dict[str, torch.Tensor],
 ) -> None:
     family = FAMILIES[model_type]
     created = client.post("/v1/models", json={"id": "tiny", "family": model_type, **SHAPE})
@@ -85,6 +64,7 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
 
+    initial = record_attached_lora(monkeypatch)
     outcome, final = run_keeping_final_model(settings, job.json()["id"], monkeypatch)
     assert outcome["status"] == JobStatus.SUCCEEDED, outcome["error"]
     assert outcome["metrics"]["validation_loss"] < outcome["metrics"]["base_validation_loss"]
@@ -109,11 +89,12 @@ def test_a_created_model_of_the_family_trains_lora_on_its_default_targets_and_re
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("model_type", ADDED)
 def test_a_family_trains_every_lora_tensor_in_half_precision_on_the_cpu(
-    model_type: str, precision: Precision, tmp_path: Path, initial: dict[str, torch.Tensor]
+    model_type: str, precision: Precision, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "model"
     create_model_folder(Architecture(id="tiny", family=model_type, **SHAPE), folder)
     (tmp_path / "train.jsonl").write_bytes(demo_slice("train.jsonl", 12))
+    initial = record_attached_lora(monkeypatch)
     spec = TrainSpec(
         model=str(folder),
         train_path=tmp_path / "train.jsonl",

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.engine.families import family_engine, ssm_mixers
+from worker.engine.families import family_engine
 from worker.engine.loss import CHUNK_TOKENS
 from worker.engine.spec import InsufficientMemory, Precision
 
@@ -103,7 +103,7 @@ class ModelSize:
             n_layer=config.num_hidden_layers,
             d_model=config.hidden_size,
             d_inner=family_engine(family).d_inner(config),
-            d_state=ssm_mixers(model)[0].ssm_state_size,  # the configs name it differently per family
+            d_state=family_engine(family).d_state(config),
             vocab=config.vocab_size,
             family=family,
             complex_states=complex_states,

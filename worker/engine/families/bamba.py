@@ -10,7 +10,7 @@ from torch import nn
 from transformers import BambaConfig, BambaForCausalLM
 from transformers.models.bamba.modeling_bamba import BambaMixer
 
-from app.families.bamba import attention_layers
+from app.families.bamba import attention_layers, mamba_heads
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
 from worker.engine.families.family import FamilyEngine
 from worker.engine.families.mamba2 import CHUNK_SIZE
@@ -25,11 +25,10 @@ def layer_parts(block: nn.Module) -> dict[str, nn.Module]:
 
 def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> BambaConfig:
     options = shape.options
-    head_dim = int(options["mamba_head_dim"])
     mixer = {
-        "n_heads": EXPAND * shape.d_model // head_dim,
-        "d_head": head_dim,
-        "n_groups": 1,
+        "n_heads": mamba_heads(shape),
+        "d_head": int(options["mamba_head_dim"]),
+        "n_groups": int(options["mamba_groups"]),
         "d_state": shape.d_state,
         "d_conv": CONV_KERNEL,
         "expand": EXPAND,
@@ -53,18 +52,20 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Bam
 ENGINE = FamilyEngine(
     model_type="bamba",
     causal_lm=BambaForCausalLM,
-    mixers=(BambaMixer,),
-    mixer_forward=MAMBA2.mixer_forward,
-    fused_backbone=None,
-    backbone_output=None,
+    build_config=build_config,
     backbone=lambda lm: lm.model,
-    final_norm=lambda backbone: backbone.final_layernorm,
     layers=lambda backbone: backbone.layers,
     layer_parts=layer_parts,
+    final_norm=lambda backbone: backbone.final_layernorm,
     # The layers' two RMSNorms, the mixer's gated RMSNorm (`mamba.norm`) and the final one.
     norm_weights=("input_layernorm.weight", "pre_ff_layernorm.weight", "norm.weight", "final_layernorm.weight"),
-    delta=MAMBA2.delta,  # dt is the last mamba_n_heads columns of in_proj's output, as in Mamba-2
+    # The Mamba-2 mixers, with Mamba-2's forward, Δ (dt is the last heads columns of in_proj) and scan.
+    mixers=(BambaMixer,),
+    mixer_forward=MAMBA2.mixer_forward,
+    delta=MAMBA2.delta,
+    scan_copies=MAMBA2.scan_copies,
     d_inner=lambda config: config.mamba_n_heads * config.mamba_d_head,
-    scan_copies=MAMBA2.scan_copies,  # the same chunked scan
-    build_config=build_config,
+    d_state=lambda config: config.mamba_d_state,
+    fused_backbone=None,  # the model's own layer loop
+    backbone_output=None,
 )

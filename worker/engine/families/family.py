@@ -44,6 +44,8 @@ class FamilyEngine:
     # (kept, backward) copies of a layer's fp32 scan states per token on the torch path (memory.py).
     scan_copies: tuple[float, float]
     build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
+    # The SSM's state size, from the config (the hybrids name the field otherwise).
+    d_state: Callable[[PretrainedConfig], int] = lambda config: config.state_size
 
     @property
     def catalog(self) -> Family:

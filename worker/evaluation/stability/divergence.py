@@ -41,7 +41,7 @@ def growth_rate(curve: Tensor) -> float:
 
 
 def layer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The block around each SSM mixer, in layer order: its output is the layer's output, the residual stream."""
+    """The block around each SSM mixer: its output is the layer's output, the residual stream."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     engine = engine_of(lm)
     return [block for block in engine.layers(engine.backbone(lm)) if "ssm" in engine.layer_parts(block)]
