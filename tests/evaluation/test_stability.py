@@ -6,8 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.families import FAMILIES
-from worker.engine.families import engine_of
 from worker.engine.lora_fold import attach_lora
 from worker.engine.spec import LoraSpec
 from worker.engine.tiny_model import create_tiny_model
@@ -40,15 +38,11 @@ def test_random_init_models_are_stable(family: str, request: pytest.FixtureReque
     assert all(0 < max(d["per_position"]) < 0.1 for d in data["divergence"])
 
 
-@pytest.mark.parametrize("family", [f.model_type for f in FAMILIES.values() if f.options])
-def test_a_hybrids_report_covers_each_ssm_layer_and_no_other(family: str, tmp_path: Path) -> None:
-    model, tokenizer, _ = load_for_eval(str(create_tiny_model(tmp_path, family)))
-    engine = engine_of(model)
-    ssm_layers = [b for b in engine.layers(engine.backbone(model)) if "ssm" in engine.layer_parts(b)]
-    report = stability_report(model, family, _batch(tokenizer), "bf16")
-    assert 0 < len(ssm_layers) < model.config.num_hidden_layers  # the tiny model has other layers too
-    assert len(report.layers) == len(report.divergence) == len(ssm_layers)
-    assert report.stable and not report.exponential_growth
+def test_a_bamba_models_report_gives_lambda_for_its_mamba_layers(tmp_path: Path) -> None:
+    model, tokenizer, _ = load_for_eval(str(create_tiny_model(tmp_path, "bamba")))
+    report = stability_report(model, "bamba", _batch(tokenizer), "bf16")
+    assert model.config.attn_layer_indices == [1]  # of 4 layers: the other three are Mamba-2 layers
+    assert len(report.layers) == 3 and report.stable and not report.exponential_growth
 
 
 def test_planted_nonnegative_A_is_reported_unstable(tiny_mamba: Path, monkeypatch: pytest.MonkeyPatch) -> None:
