@@ -5,6 +5,7 @@ Standard library only: the API reads it without torch, and the worker's engine r
 (each family's torch side is one module of worker/engine/families/, registered under the same key).
 """
 
+from app.families.bamba import BAMBA
 from app.families.falcon_h1 import FALCON_H1
 from app.families.falcon_mamba import FALCON_MAMBA
 from app.families.family import Family
@@ -22,6 +23,7 @@ FAMILIES: dict[str, Family] = {
         NEMOTRON_H,
         FALCON_H1,
         JAMBA,
+        BAMBA,
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)

@@ -39,6 +39,13 @@ def test_random_init_models_are_stable(family: str, request: pytest.FixtureReque
     assert all(0 < max(d["per_position"]) < 0.1 for d in data["divergence"])
 
 
+def test_a_bamba_models_report_gives_lambda_for_its_mamba_layers(tmp_path: Path) -> None:
+    model, tokenizer, _ = load_for_eval(str(create_tiny_model(tmp_path, "bamba")))
+    report = stability_report(model, "bamba", _batch(tokenizer), "bf16")
+    assert model.config.attn_layer_indices == [1]  # of 4 layers: the other three are Mamba-2 layers
+    assert len(report.layers) == 3 and report.stable and not report.exponential_growth
+
+
 def test_planted_nonnegative_A_is_reported_unstable(tiny_mamba: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tokenizer, _ = load_for_eval(str(tiny_mamba))
     monkeypatch.setattr(lyapunov, "ssm_A", lambda mixer: torch.exp(mixer.A_log.float()))  # A = +exp(A_log) > 0

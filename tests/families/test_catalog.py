@@ -69,6 +69,7 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
 @pytest.mark.parametrize(
     ("model_id", "family"),
     [
+        ("ibm-ai-platform/Bamba-9B-v2", "bamba"),
         ("state-spaces/mamba-130m-hf", "mamba"),
         ("state-spaces/mamba2-130m", "mamba2"),
         ("someone/Mamba-2-small", "mamba2"),

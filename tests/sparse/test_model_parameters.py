@@ -58,6 +58,14 @@ OPTIONS = {
         "num_experts": 3,
         "num_experts_per_tok": 1,
     },
+    "bamba": {
+        "layer_pattern": "*MM*M",
+        "attention_heads": 8,
+        "kv_heads": 8,
+        "mlp_size": 40,
+        "mamba_head_dim": 8,
+        "mamba_groups": 2,
+    },
 }
 
 

@@ -10,12 +10,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.base_models.parameters import parameter_count
+from app.base_models.parameters import BYTE_VOCAB_SIZE, parameter_count
 from app.settings import Settings
 from worker import model_creation
 from worker.model_creation import create_model
 
 SC = {"id": "sc-tiny", "family": "mamba", "d_model": 32, "n_layer": 2, "d_state": 8, "ssm_structure": "controllable"}
+BAMBA = {"family": "bamba", "ssm_structure": None}  # over SC: a hybrid family with options
 
 
 def upload_text(client: TestClient) -> str:
@@ -53,6 +54,12 @@ def built(client: TestClient, settings: Settings, requests: list[str], body: dic
         ({"seed": "0"}, "seed"),
         ({"options": {"attention_layers": "1"}}, "options.attention_layers"),  # Mamba has no hybrid layers
         ({"options": {"x": 1}}, "options.x"),
+        ({**BAMBA, "options": {"layer_pattern": "M-"}}, "options.layer_pattern"),  # Bamba's layers are M or *
+        ({**BAMBA, "options": {"layer_pattern": "*"}}, "options.layer_pattern"),  # no Mamba-2 layer
+        ({**BAMBA, "options": {"attention_heads": 3}}, "options.attention_heads"),  # 32 channels
+        ({**BAMBA, "options": {"kv_heads": 3}}, "options.kv_heads"),
+        ({**BAMBA, "options": {"mamba_head_dim": 0}}, "options.mamba_head_dim"),
+        ({**BAMBA, "options": {"mamba_groups": 3}}, "options.mamba_groups"),  # 4 heads
     ],
 )
 def test_bad_configs_are_400_naming_the_field_and_leave_nothing_behind(
@@ -64,6 +71,20 @@ def test_bad_configs_are_400_naming_the_field_and_leave_nothing_behind(
     assert response.json()["error"]["param"] == param
     assert model_requests == []
     assert client.get("/v1/models").json()["data"] == []
+
+
+def test_a_hybrid_shows_its_options_with_the_defaults_filled(client: TestClient, model_requests: list[str]) -> None:
+    response = client.post("/v1/models", json={**SC, **BAMBA, "options": {"kv_heads": 1, "layer_pattern": "*M"}})
+
+    assert response.status_code == 200, response.text
+    shown = client.get("/v1/models/sc-tiny").json()
+    filled = {"layer_pattern": "*M", "attention_heads": 4, "kv_heads": 1, "mlp_size": 64, "mamba_head_dim": 16}
+    filled |= {"mamba_groups": 1}
+    assert (shown["family"], shown["options"]) == ("bamba", filled)
+    shape = {k: SC[k] for k in ("d_model", "n_layer", "d_state")}
+    counted = parameter_count(family="bamba", variant="none", vocab_size=BYTE_VOCAB_SIZE, options=filled, **shape)
+    assert shown["parameters"] == counted
+    assert len(model_requests) == 1
 
 
 def test_stock_mamba_accepts_a_state_the_companion_forms_refuse(client: TestClient, model_requests: list[str]) -> None:
