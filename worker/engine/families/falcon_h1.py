@@ -15,8 +15,11 @@ from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
 
 from app.families.falcon_h1 import SSM_NORMS
 from app.families.family import EXPAND, ModelShape
-from worker.engine.families import mamba2
 from worker.engine.families.family import FamilyEngine
+from worker.engine.families.mamba2 import CHUNK_SIZE
+from worker.engine.families.mamba2 import ENGINE as MAMBA2
+from worker.engine.families.mamba2 import delta as mamba2_delta
+from worker.engine.families.mamba2 import mixer_forward as mamba2_mixer_forward
 
 
 def in_projection(mixer: FalconH1Mixer, hidden: Tensor) -> Tensor:
@@ -39,8 +42,8 @@ def gated_norm_args(mixer: FalconH1Mixer) -> dict[str, Any]:
     }
 
 
-mixer_forward = partial(mamba2.mixer_forward, projection=in_projection, norm_args=gated_norm_args)
-delta = partial(mamba2.delta, projection=in_projection)
+mixer_forward = partial(mamba2_mixer_forward, projection=in_projection, norm_args=gated_norm_args)
+delta = partial(mamba2_delta, projection=in_projection)
 
 
 def layer_parts(block: nn.Module) -> dict[str, nn.Module]:
@@ -61,7 +64,7 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Fal
         mamba_n_heads=options["ssm_heads"],
         mamba_d_state=shape.d_state,
         mamba_n_groups=1,
-        mamba_chunk_size=mamba2.CHUNK_SIZE,
+        mamba_chunk_size=CHUNK_SIZE,
         mamba_rms_norm=options["ssm_norm"] == SSM_NORMS[1],
         mamba_norm_before_gate=False,  # as the released checkpoints, and the model's own fused branch
         tie_word_embeddings=True,
@@ -83,7 +86,7 @@ ENGINE = FamilyEngine(
     norm_weights=("input_layernorm.weight", "pre_ff_layernorm.weight", "final_layernorm.weight", "mamba.norm.weight"),
     delta=delta,
     d_inner=lambda config: config.mamba_n_heads * config.mamba_d_head,
-    scan_copies=mamba2.ENGINE.scan_copies,  # the same chunked Mamba-2 scan
+    scan_copies=MAMBA2.scan_copies,  # the same chunked Mamba-2 scan
     build_config=build_config,
     d_state=lambda config: config.mamba_d_state,
     logits_scale=lambda config: config.lm_head_multiplier,
