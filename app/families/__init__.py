@@ -9,6 +9,7 @@ from app.families.bamba import BAMBA
 from app.families.falcon_h1 import FALCON_H1
 from app.families.falcon_mamba import FALCON_MAMBA
 from app.families.family import Family
+from app.families.granitemoehybrid import GRANITEMOEHYBRID
 from app.families.jamba import JAMBA
 from app.families.mamba import MAMBA
 from app.families.mamba2 import MAMBA2
@@ -24,6 +25,7 @@ FAMILIES: dict[str, Family] = {
         FALCON_H1,
         JAMBA,
         BAMBA,
+        GRANITEMOEHYBRID,
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)

@@ -66,6 +66,16 @@ OPTIONS = {
         "mamba_head_dim": 8,
         "mamba_groups": 2,
     },
+    "granitemoehybrid": {
+        "layer_pattern": "AMM",
+        "attention_heads": 8,
+        "kv_heads": 8,
+        "mlp_size": 48,
+        "experts": 3,
+        "experts_per_token": 3,
+        "expert_size": 24,
+        "mamba_head_dim": 16,
+    },
 }
 
 

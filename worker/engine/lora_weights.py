@@ -45,3 +45,13 @@ def effective_weight(module: nn.Module) -> Tensor:
 def base_layer(module: nn.Module) -> nn.Module:
     """The wrapped nn.Linear of a LoRA layer (for its bias), or the module itself."""
     return module.get_base_layer() if isinstance(module, LoraLayer) else module
+
+
+def adapted_weight(name: str, module: LoraLayer) -> tuple[str, Tensor]:
+    """The base weight the LoRA layer `name` adapts (what merging it changes), with that weight's name: the
+    wrapped layer's `weight`, or the parameter a peft ParamWrapper adapts (a mixture's 3-D expert weight; a
+    module's second adapted parameter is wrapped again, at `.base_layer`)."""
+    parameter = getattr(module, "parameter_name", None)
+    if parameter is None:
+        return f"{name}.weight", base_layer(module).weight
+    return f"{name.replace('.base_layer', '')}.{parameter}", getattr(module.get_base_layer(), parameter)

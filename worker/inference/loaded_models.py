@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import load_adapter, merge_adapter, ssm_parameters
-from worker.engine.lora_weights import base_layer
+from worker.engine.lora_weights import adapted_weight
 
 PEFT_PREFIX = "base_model.model."
 
@@ -70,9 +70,8 @@ def _merge(loaded: _Loaded, adapter: Path) -> None:
     peft_model = load_adapter(loaded.model, adapter)
     for name, module in peft_model.named_modules():
         if isinstance(module, LoraLayer):
-            originals[f"{name.removeprefix(PEFT_PREFIX)}.weight"] = (
-                base_layer(module).weight.detach().to("cpu", copy=True)
-            )
+            weight_name, weight = adapted_weight(name.removeprefix(PEFT_PREFIX), module)
+            originals[weight_name] = weight.detach().to("cpu", copy=True)
     loaded.model = merge_adapter(peft_model).eval()
     loaded.originals, loaded.adapter = originals, adapter
 

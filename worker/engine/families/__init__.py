@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine.families import bamba, falcon_h1, falcon_mamba, jamba, mamba, mamba2, nemotron_h
+from worker.engine.families import bamba, falcon_h1, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h
 from worker.engine.families.family import FamilyEngine
 
 ENGINES: dict[str, FamilyEngine] = {
@@ -18,6 +18,7 @@ ENGINES: dict[str, FamilyEngine] = {
         falcon_h1.ENGINE,
         jamba.ENGINE,
         bamba.ENGINE,
+        granitemoehybrid.ENGINE,
     )
 }
 
