@@ -5,19 +5,23 @@ from app.families.family import CONV_KERNEL, EXPAND, Family, ModelShape
 HEAD_DIM = 64  # as the reference checkpoints: a random-init model has EXPAND · d_model / HEAD_DIM heads, one group
 
 
-def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
-    d_model, d_state = shape.d_model, shape.d_state
+def mixer_parameters(d_model: int, d_state: int) -> int:
+    """One Mamba-2 mixer of a random-init model (Zamba2's mixers are the same)."""
     d_inner = EXPAND * d_model
     heads = d_inner // HEAD_DIM
     conv_dim = d_inner + 2 * d_state  # one group
-    mixer = (
+    return (
         d_model * (2 * d_inner + 2 * d_state + heads)  # in_proj: gate, x, B, C, dt
         + conv_dim * (CONV_KERNEL + 1)
         + 3 * heads  # dt_bias, A_log, D
         + d_inner  # gated RMSNorm
         + d_inner * d_model  # out_proj
     )
-    layer = mixer + d_model  # the block's RMSNorm
+
+
+def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
+    d_model = shape.d_model
+    layer = mixer_parameters(d_model, shape.d_state) + d_model  # the block's RMSNorm
     return vocab_rows * d_model + shape.n_layer * layer + d_model  # tied embeddings, layers, final norm
 
 

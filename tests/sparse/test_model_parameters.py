@@ -58,6 +58,15 @@ OPTIONS = {
         "num_experts": 3,
         "num_experts_per_tok": 1,
     },
+    "zamba2": {
+        "layer_pattern": "HMH",
+        "attention_heads": 8,
+        "kv_heads": 2,
+        "mlp_size": 48,
+        "shared_blocks": 2,
+        "attention_adapters": 0,
+        "adapter_rank": 3,
+    },
 }
 
 

@@ -5,12 +5,20 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine.families import falcon_h1, falcon_mamba, jamba, mamba, mamba2, nemotron_h
+from worker.engine.families import falcon_h1, falcon_mamba, jamba, mamba, mamba2, nemotron_h, zamba2
 from worker.engine.families.family import FamilyEngine
 
 ENGINES: dict[str, FamilyEngine] = {
     engine.model_type: engine
-    for engine in (mamba.ENGINE, mamba2.ENGINE, falcon_mamba.ENGINE, nemotron_h.ENGINE, falcon_h1.ENGINE, jamba.ENGINE)
+    for engine in (
+        mamba.ENGINE,
+        mamba2.ENGINE,
+        falcon_mamba.ENGINE,
+        nemotron_h.ENGINE,
+        falcon_h1.ENGINE,
+        jamba.ENGINE,
+        zamba2.ENGINE,
+    )
 }
 
 __all__ = [
