@@ -14,6 +14,7 @@ from app.families.jamba import JAMBA
 from app.families.mamba import MAMBA
 from app.families.mamba2 import MAMBA2
 from app.families.nemotron_h import NEMOTRON_H
+from app.families.zamba2 import ZAMBA2
 
 FAMILIES: dict[str, Family] = {
     f.model_type: f
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Family] = {
         JAMBA,
         BAMBA,
         GRANITEMOEHYBRID,
+        ZAMBA2,
     )
 }
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)

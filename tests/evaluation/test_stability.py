@@ -24,7 +24,7 @@ def _batch(tokenizer) -> torch.Tensor:
     return token_batch(tokenizer, DEMO / "text_valid.jsonl", seq_len=64, n_sequences=2)
 
 
-@pytest.mark.parametrize("family", ["mamba", "mamba2", "falcon_h1", "granitemoehybrid"])
+@pytest.mark.parametrize("family", ["mamba", "mamba2", "falcon_h1", "granitemoehybrid", "zamba2"])
 def test_random_init_models_are_stable(family: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     shipped = {"mamba": "tiny_mamba", "mamba2": "tiny_mamba2"}
     folder = request.getfixturevalue(shipped[family]) if family in shipped else create_tiny_model(tmp_path, family)

@@ -79,6 +79,7 @@ def test_a_familys_tiny_model_has_what_its_entries_name(model_type: str, tmp_pat
         ("tiiuae/Falcon-H1-0.5B-Base", "falcon_h1"),
         ("ai21labs/AI21-Jamba-Mini-1.5", "jamba"),
         ("ibm-granite/granite-4.0-h-tiny", "granitemoehybrid"),
+        ("Zyphra/Zamba2-1.2B-instruct", "zamba2"),
         ("openai-community/gpt2", None),
     ],
 )

@@ -26,7 +26,7 @@ from worker.evaluation.model import load_for_eval
 from worker.model_creation import create_model
 from worker.model_store import model_source
 
-ADDED = ["falcon_mamba", "nemotron_h", "falcon_h1", "jamba", "bamba", "granitemoehybrid"]
+ADDED = ["falcon_mamba", "nemotron_h", "falcon_h1", "jamba", "bamba", "granitemoehybrid", "zamba2"]
 SHAPE = {"d_model": 32, "n_layer": 2, "d_state": 8}
 # Families whose blocks hold one kind each need more of them for the default options to give every kind.
 N_LAYER = {"nemotron_h": 4}

@@ -76,6 +76,15 @@ OPTIONS = {
         "expert_size": 24,
         "mamba_head_dim": 16,
     },
+    "zamba2": {
+        "layer_pattern": "HMH",
+        "attention_heads": 8,
+        "kv_heads": 2,
+        "mlp_size": 48,
+        "shared_blocks": 2,
+        "attention_adapters": 0,
+        "adapter_rank": 3,
+    },
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -72,10 +73,29 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     )
     with _kernel_read_targets_allowed(model):
         peft_model = get_peft_model(model, config)
+    share_tied_adapters(peft_model)
     if spec.train_ssm_params:
         for param in ssm_parameters(peft_model).values():
             param.requires_grad_(True)
     return peft_model
+
+
+def share_tied_adapters(model: nn.Module) -> None:
+    """One adapter per weight, where the model ties one weight into several layers.
+
+    Zamba2 builds its shared transformer block once per hybrid layer and ties their parameters, so peft wraps
+    each layer's copy with an adapter of its own: the shared weight would get one adapter per use, which no
+    merged model can hold (its uses share the merged weight too). The later copies take the first one's
+    adapter instead; every use trains it, and `merge_adapter` folds it into the weight once."""
+    first: dict[int, nn.Module] = {}
+    for module in model.modules():
+        if not isinstance(module, LoraLayer) or not len(module.lora_A):  # embeddings keep theirs
+            continue
+        # The weight adapted: a Linear's, or the parameter a ParamWrapper targets (experts).
+        weight = getattr(module.get_base_layer(), getattr(module, "parameter_name", "weight"), None)
+        owner = first.setdefault(id(weight), module) if weight is not None else module
+        if owner is not module:
+            module.lora_A, module.lora_B = owner.lora_A, owner.lora_B
 
 
 def ssm_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -109,6 +129,7 @@ def load_adapter(base_model: nn.Module, folder: Path, *, is_trainable: bool = Fa
     install_forwards(base_model)
     with _kernel_read_targets_allowed(base_model):
         model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+    share_tied_adapters(model)
     ssm_file = folder / SSM_PARAMS_FILE
     if ssm_file.is_file():
         params = ssm_parameters(model)
@@ -119,5 +140,11 @@ def load_adapter(base_model: nn.Module, folder: Path, *, is_trainable: bool = Fa
 
 
 def merge_adapter(model: PeftModel) -> nn.Module:
-    """Fold the adapter into the base weights for good: a plain HF model any tool can load."""
-    return model.merge_and_unload()
+    """Fold the adapter into the base weights for good: a plain HF model any tool can load. An adapter that
+    several copies of one tied weight share (`share_tied_adapters`) is folded into that weight once."""
+    merged: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and id(module.lora_A) not in merged:
+            merged.add(id(module.lora_A))
+            module.merge()
+    return model.unload()

@@ -5,7 +5,17 @@ from typing import Any
 
 from torch import nn
 
-from worker.engine.families import bamba, falcon_h1, falcon_mamba, granitemoehybrid, jamba, mamba, mamba2, nemotron_h
+from worker.engine.families import (
+    bamba,
+    falcon_h1,
+    falcon_mamba,
+    granitemoehybrid,
+    jamba,
+    mamba,
+    mamba2,
+    nemotron_h,
+    zamba2,
+)
 from worker.engine.families.family import FamilyEngine
 
 ENGINES: dict[str, FamilyEngine] = {
@@ -19,6 +29,7 @@ ENGINES: dict[str, FamilyEngine] = {
         jamba.ENGINE,
         bamba.ENGINE,
         granitemoehybrid.ENGINE,
+        zamba2.ENGINE,
     )
 }
 
