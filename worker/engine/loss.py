@@ -26,10 +26,19 @@ def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor) -> Tenso
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
-def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
-    """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t]."""
+def next_token_loss(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    documents: Tensor | None = None,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> Tensor:
+    """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t].
+    `documents` (b, l) int32: the packed document of each input (data.Blocks), handed to the backbone as
+    `seq_idx` so that none reads another; None: each row is one document."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = engine_of(lm).backbone(lm)(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
+    packed = {} if documents is None else {"seq_idx": documents}
+    hidden = engine_of(lm).backbone(lm)(input_ids=inputs, use_cache=False, **packed)[0]  # (b, l, d)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)

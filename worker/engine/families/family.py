@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from app.families import FAMILIES
 from app.families.family import Family, ModelShape
 
-# (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, **kwargs) -> (b, l, d_model)
+# (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, seq_idx=None, **kwargs) -> (b, l, d_model)
 MixerForward = Callable[..., Tensor]
 
 # The kinds of a block's parts: an SSM mixer, self-attention, a dense MLP, a mixture of experts.
@@ -30,7 +30,11 @@ class FamilyEngine:
     # returning `backbone_output`.
     fused_backbone: type[nn.Module] | None
     backbone_output: type | None
-    backbone: Callable[[nn.Module], nn.Module]  # causal LM -> the layer stack below its head
+    # causal LM -> the layer stack below its head. Training calls it with `seq_idx` (b, l), the packed document
+    # of each token (worker/engine/documents.py): a fused backbone's loop hands it to every mixer's forward
+    # (which resets the state where a document starts); a hybrid's engine must hand it on too, and give its
+    # attention the per-document positions and mask that documents.py builds from it.
+    backbone: Callable[[nn.Module], nn.Module]
     final_norm: Callable[[nn.Module], nn.Module]  # backbone -> its last RMSNorm
     layers: Callable[[nn.Module], Sequence[nn.Module]]  # backbone -> its blocks, in order
     # A block's parts by kind (LAYER_KINDS): what a job's adapter counts and the stability report go by.

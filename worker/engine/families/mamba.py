@@ -1,6 +1,7 @@
 """Mamba (`model_type` "mamba"): its mixer forward through `mamba_inner_fn` or a torch scan, with LoRA folded
 into x_proj, dt_proj and out_proj, which the kernel reads as raw weights."""
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -11,11 +12,12 @@ from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, Mam
 
 from app.families.family import EXPAND, ModelShape
 from worker.engine import kernels
+from worker.engine.documents import document_starts
 from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
 from worker.engine.mamba_inner import mamba_inner_lora
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
-from worker.engine.scan import selective_scan_chunked, selective_scan_reference
+from worker.engine.scan import scan_with_resets, selective_scan_chunked, selective_scan_reference
 
 
 def mixer_forward(
@@ -25,13 +27,17 @@ def mixer_forward(
     *,
     path: ForwardPath = "auto",
     bcdt_norms: bool = False,
+    seq_idx: Tensor | None = None,
     **kwargs,
 ) -> Tensor:
-    """`bcdt_norms`: normalise dt, B and C with the mixer's weightless RMSNorms first (Falcon-Mamba)."""
+    """`bcdt_norms`: normalise dt, B and C with the mixer's weightless RMSNorms first (Falcon-Mamba).
+    `seq_idx` (b, l): packed documents, each from a zero state. The fused mixer kernels cannot reset the
+    state, so then the conv runs in torch and only the selective scan in CUDA (`scan_with_resets`)."""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
-    fused = path == "auto" and kernels.fused_kernels_available() and hidden_states.is_cuda
+    on_cuda = path == "auto" and kernels.fused_kernels_available() and hidden_states.is_cuda
+    fused = on_cuda and seq_idx is None
     if fused:
         xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
     else:
@@ -79,13 +85,16 @@ def mixer_forward(
 
     out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
 
-    x, z = conv_and_gate(mixer, xz, attention_mask)
+    x, z = conv_and_gate(mixer, xz, attention_mask, seq_idx)
     dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
     if bcdt_norms:
         dt, B, C = mixer.dt_layernorm(dt), mixer.b_layernorm(B), mixer.c_layernorm(C)
     delta = F.linear(dt, dt_proj_w).transpose(1, 2)  # (b, d_inner, l)
     scan = selective_scan_reference if path == "reference" else selective_scan_chunked
-    y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
+    if on_cuda:
+        scan = partial(scan_with_resets, kernels.selective_scan_fn)
+    resets = {} if seq_idx is None else {"reset": document_starts(seq_idx)}
+    y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias, **resets)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
 
 

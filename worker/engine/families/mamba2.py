@@ -14,9 +14,11 @@ from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer, Mamba2Model,
 from app.families.family import EXPAND, ModelShape
 from app.families.mamba2 import HEAD_DIM
 from worker.engine import kernels
+from worker.engine.documents import causal_conv1d, document_starts
 from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight
 from worker.engine.mixer_parts import ForwardPath, has_cache, mask_padding
+from worker.engine.ssd import ssd_scan
 
 # The reference checkpoints' scan chunk (state-spaces/mamba2-*), which bench/step.py measures too.
 CHUNK_SIZE = 256
@@ -28,14 +30,18 @@ def mixer_forward(
     attention_mask: Tensor | None = None,
     *,
     path: ForwardPath = "auto",
+    seq_idx: Tensor | None = None,
     **kwargs,
 ) -> Tensor:
+    """`seq_idx` (b, l) int32: packed documents, each from a zero state (the kernel takes it as it is)."""
     fused = path == "auto" and kernels.mamba_split_conv1d_scan_combined is not None and hidden_states.is_cuda
-    if has_cache(kwargs) or not fused:
+    if has_cache(kwargs) or (not fused and seq_idx is None):
         # Without the fused kernel the model's own forward calls in_proj and out_proj as modules,
         # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
         with training_off_for_fused(mixer):
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
+    if not fused:
+        return _documents_forward(mixer, hidden_states, attention_mask, seq_idx)
     zxbcdt = mixer.in_proj(mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
     return kernels.mamba_split_conv1d_scan_combined(
         zxbcdt,
@@ -54,7 +60,32 @@ def mixer_forward(
         ngroups=mixer.n_groups,
         norm_before_gate=False,
         dt_limit=mixer.time_step_limit,
+        seq_idx=None if seq_idx is None else seq_idx.int().contiguous(),
     )
+
+
+def _documents_forward(mixer: Mamba2Mixer, hidden: Tensor, attention_mask: Tensor | None, seq_idx: Tensor) -> Tensor:
+    """The model's own torch forward (no cache) with packed documents kept apart: the conv reads no earlier
+    document and the scan resets where one starts (transformers' scan cannot)."""
+    b, length, _ = hidden.shape
+    projected = mixer.in_proj(mask_padding(hidden, attention_mask))  # (b, l, in_proj_out)
+    gate, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
+    xBC = mixer.act(causal_conv1d(xBC.transpose(1, 2), mixer.conv1d.weight, mixer.conv1d.bias, seq_idx))
+    state = mixer.n_groups * mixer.ssm_state_size
+    x, B, C = mask_padding(xBC.transpose(1, 2), attention_mask).split([mixer.intermediate_size, state, state], dim=-1)
+    y = ssd_scan(
+        x.view(b, length, mixer.num_heads, mixer.head_dim),
+        dt,
+        -torch.exp(mixer.A_log.float()),
+        B.view(b, length, mixer.n_groups, -1),
+        C.view(b, length, mixer.n_groups, -1),
+        mixer.chunk_size,
+        mixer.D,
+        mixer.dt_bias,
+        mixer.time_step_limit,
+        reset=document_starts(seq_idx),
+    )
+    return mixer.out_proj(mixer.norm(y.reshape(b, length, -1), gate).to(hidden.dtype))
 
 
 @contextmanager
