@@ -15,6 +15,7 @@ from worker.engine.spec import LoraSpec
 
 VOCAB = 64
 LENGTHS = (5, 11, 7)  # three documents, crossing the scan's chunks of 8
+FAMILIES_TESTED = ("mamba", "mamba2", "falcon_mamba")
 
 
 def documents(seed: int = 0) -> list[tuple[list[int], list[bool]]]:
@@ -54,33 +55,37 @@ def gradients(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Ten
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("model_type", ["mamba", "mamba2", "falcon_mamba"])
-def test_a_packed_row_gives_each_document_its_own_logits_loss_and_gradients(model_type: str) -> None:
-    model = tiny_lm(model_type)
+def assert_each_document_as_alone(model: torch.nn.Module, atol: float) -> None:
+    """A packed row of `documents()` gives each its logits, loss and gradients alone, on the model's device."""
+    device = next(model.parameters()).device
     examples = documents()
     blocks = pack(examples, max_seq_len=sum(LENGTHS) - 1, pad_id=0)  # one row, no padding
-    inputs, targets, docs = blocks.inputs, blocks.targets, blocks.documents
+    inputs, targets, docs = (t.to(device) for t in (blocks.inputs, blocks.targets, blocks.documents))
     assert docs.tolist() == [[0] * 5 + [1] * 11 + [2] * 6]
 
     packed_logits = logits(model, inputs, seq_idx=docs)
-    packed_sum = next_token_loss(model, inputs, targets, docs) * (targets != IGNORE).sum()
-    packed_grads = gradients(model, packed_sum)
+    packed_grads = gradients(model, next_token_loss(model, inputs, targets, docs) * (targets != IGNORE).sum())
     alone_sum, start = 0.0, 0
     for i, (ids, trained) in enumerate(examples):
-        ids = torch.tensor(ids)
-        labels = torch.where(torch.tensor(trained), ids, IGNORE)
+        ids = torch.tensor(ids, device=device)
+        labels = torch.where(torch.tensor(trained, device=device), ids, IGNORE)
         alone_logits = logits(model, ids[None, :-1])
         rows = slice(start, start + len(ids) - 1)  # the document's inputs but its last (which predicts nothing)
-        assert torch.allclose(packed_logits[:, rows], alone_logits[:, : len(ids) - 1], atol=1e-5), i
+        assert torch.allclose(packed_logits[:, rows], alone_logits, atol=atol), i
         alone = next_token_loss(model, ids[None, :-1], labels[None, 1:])
         packed = next_token_loss(model, inputs, targets.masked_fill(docs != i, IGNORE), docs)
-        assert torch.allclose(packed, alone, atol=1e-5), i
+        assert torch.allclose(packed, alone, atol=atol), i
         alone_sum = alone_sum + alone * (labels[1:] != IGNORE).sum()
         start += len(ids)
     alone_grads = gradients(model, alone_sum)
     assert packed_grads.keys() == alone_grads.keys()
     for name, grad in packed_grads.items():
-        assert torch.allclose(grad, alone_grads[name], atol=1e-5), name
+        assert torch.allclose(grad, alone_grads[name], atol=atol), name
+
+
+@pytest.mark.parametrize("model_type", FAMILIES_TESTED)
+def test_a_packed_row_gives_each_document_its_own_logits_loss_and_gradients(model_type: str) -> None:
+    assert_each_document_as_alone(tiny_lm(model_type), atol=1e-5)
 
 
 def test_the_documents_convolution_is_the_models_own_where_nothing_crosses() -> None:

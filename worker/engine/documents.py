@@ -35,7 +35,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tenso
     weight = weight.reshape(weight.shape[0], width)  # (channels, width), from Conv1d's (channels, 1, width) too
     if seq_idx is None:
         return F.conv1d(x, weight[:, None], bias, padding=width - 1, groups=x.shape[1])[..., :length]
-    if kernels.causal_conv1d_fn is not None and x.is_cuda and x.stride(1) == 1:  # it reads seq_idx channel-last
+    if kernels.causal_conv1d_fn is not None and x.is_cuda and _channel_last(x):
         return kernels.causal_conv1d_fn(x, weight, bias, seq_idx=seq_idx.int().contiguous())
     padded = F.pad(x, (width - 1, 0))
     padded_idx = F.pad(seq_idx, (width - 1, 0), value=-1)
@@ -44,6 +44,12 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tenso
         same = (padded_idx[:, tap : tap + length] == seq_idx)[:, None]  # (b, 1, l)
         out = out + weight[:, tap, None] * padded[..., tap : tap + length] * same
     return out
+
+
+def _channel_last(x: Tensor) -> bool:
+    """Whether causal-conv1d's kernel reads `seq_idx` with `x` (b, channels, l): channels contiguous, the other
+    strides multiples of 8."""
+    return x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.stride(2) % 8 == 0
 
 
 def document_positions(seq_idx: Tensor) -> Tensor:
