@@ -35,10 +35,11 @@ def next_token_loss(
 ) -> Tensor:
     """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t].
     `documents` (b, l) int32: the packed document of each input (data.Blocks), handed to the backbone as
-    `seq_idx` so that none reads another; None: each row is one document."""
+    `seq_idx` so that none reads another, where the family's backbone takes it; None: each row is one."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    packed = {} if documents is None else {"seq_idx": documents}
-    hidden = engine_of(lm).backbone(lm)(input_ids=inputs, use_cache=False, **packed)[0]  # (b, l, d)
+    engine = engine_of(lm)
+    packed = {"seq_idx": documents} if documents is not None and engine.separates_documents else {}
+    hidden = engine.backbone(lm)(input_ids=inputs, use_cache=False, **packed)[0]  # (b, l, d)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)

@@ -30,11 +30,7 @@ class FamilyEngine:
     # returning `backbone_output`.
     fused_backbone: type[nn.Module] | None
     backbone_output: type | None
-    # causal LM -> the layer stack below its head. Training calls it with `seq_idx` (b, l), the packed document
-    # of each token (worker/engine/documents.py): a fused backbone's loop hands it to every mixer's forward
-    # (which resets the state where a document starts); a hybrid's engine must hand it on too, and give its
-    # attention the per-document positions and mask that documents.py builds from it.
-    backbone: Callable[[nn.Module], nn.Module]
+    backbone: Callable[[nn.Module], nn.Module]  # causal LM -> the layer stack below its head
     final_norm: Callable[[nn.Module], nn.Module]  # backbone -> its last RMSNorm
     layers: Callable[[nn.Module], Sequence[nn.Module]]  # backbone -> its blocks, in order
     # A block's parts by kind (LAYER_KINDS): what a job's adapter counts and the stability report go by.
@@ -48,6 +44,12 @@ class FamilyEngine:
     # (kept, backward) copies of a layer's fp32 scan states per token on the torch path (memory.py).
     scan_copies: tuple[float, float]
     build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
+    # Whether the backbone keeps packed documents apart: training then calls it with `seq_idx` (b, l), each
+    # token's document (worker/engine/documents.py). Our layer loop (mamba_forward.backbone_forward) hands it
+    # to every mixer, which resets its state where a document starts. A family on its model's own loop has
+    # to hand it on itself, and give its attention the per-document positions and mask documents.py builds;
+    # until then its packed rows train as one sequence each.
+    separates_documents: bool = False
 
     @property
     def catalog(self) -> Family:

@@ -166,4 +166,5 @@ ENGINE = FamilyEngine(
     d_inner=lambda config: config.intermediate_size,
     scan_copies=(4, 12),
     build_config=build_config,
+    separates_documents=True,
 )

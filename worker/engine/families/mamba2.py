@@ -144,4 +144,5 @@ ENGINE = FamilyEngine(
     d_inner=lambda config: config.num_heads * config.head_dim,
     scan_copies=(1.5, 3),
     build_config=build_config,
+    separates_documents=True,
 )
