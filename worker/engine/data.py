@@ -145,7 +145,8 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_seq_len: int, pad_id:
     stream = torch.tensor([i for ids, _ in examples for i in ids], dtype=torch.long)  # (L,)
     trained = torch.tensor([t for _, mask in examples for t in mask], dtype=torch.bool)  # (L,)
     labels = torch.where(trained, stream, IGNORE)  # (L,)
-    example_of = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor([len(i) for i, _ in examples]))
+    sizes = torch.tensor([len(ids) for ids, _ in examples], dtype=torch.long)
+    example_of = torch.repeat_interleave(torch.arange(len(examples)), sizes)  # (L,)
     T = max_seq_len
     n = max(1, -(-(len(stream) - 1) // T))  # blocks needed to predict every token after the first
     # Pad to n*T + 1 so that inputs are stream[k*T : (k+1)*T] and targets are labels shifted by one.
