@@ -125,21 +125,32 @@ def test_packing_keeps_targets_aligned_across_examples_and_blocks():
     # Target t is the next stream token when that token trains: 2, 3 (example 1), 6, 7 (example 2).
     assert blocks.targets.tolist() == [[2, 3, IGNORE, IGNORE], [6, 7, IGNORE, IGNORE]]
     assert blocks.lengths.tolist() == [4, 3]
+    # Each input's example, from 0 in each block; the padding is one of its own.
+    assert blocks.documents.tolist() == [[0, 0, 0, 1], [0, 0, 0, 1]]
+
+
+def test_an_examples_last_input_predicts_nothing_of_the_next_example():
+    # Both examples train every token, yet 3 -> 4 crosses examples: it trains as neither alone would.
+    blocks = pack([([1, 2, 3], [True] * 3), ([4, 5, 6], [True] * 3)], max_seq_len=5, pad_id=0)
+    assert blocks.inputs.tolist() == [[1, 2, 3, 4, 5]]
+    assert blocks.targets.tolist() == [[2, 3, IGNORE, 5, 6]]
+    assert blocks.documents.tolist() == [[0, 0, 0, 1, 1]]
 
 
 def test_batches_are_seeded_per_epoch_and_replay_from_any_position():
     blocks = pack([(list(range(1, 42)), [True] * 41)], max_seq_len=4, pad_id=0)  # 10 blocks
     assert steps_per_epoch(blocks, 3) == 4  # the last batch of an epoch is short
     full = list(batches(blocks, 3, n_epochs=2, seed=7))
-    first_ids = [b[1][:, 0].tolist() for b in full]  # one id per block identifies it
-    assert [b[1][:, 0].tolist() for b in batches(blocks, 3, n_epochs=2, seed=7)] == first_ids
+    first_ids = [b[1].inputs[:, 0].tolist() for b in full]  # one id per block identifies it
+    assert [b[1].inputs[:, 0].tolist() for b in batches(blocks, 3, n_epochs=2, seed=7)] == first_ids
     epochs = [sorted(i for batch in first_ids[e * 4 : (e + 1) * 4] for i in batch) for e in (0, 1)]
     assert epochs[0] == epochs[1] == sorted(blocks.inputs[:, 0].tolist())  # each epoch sees every block once
     assert first_ids[:4] != first_ids[4:]  # in a different order
-    assert [b[1][:, 0].tolist() for b in batches(blocks, 3, n_epochs=2, seed=8)] != first_ids
+    assert [b[1].inputs[:, 0].tolist() for b in batches(blocks, 3, n_epochs=2, seed=8)] != first_ids
     tail = list(batches(blocks, 3, n_epochs=2, seed=7, start=DataPosition(epoch=1, batch=1)))
     assert [b[0] for b in tail] == [b[0] for b in full[5:]]
-    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(tail, full[5:], strict=True))
+    for a, b in zip(tail, full[5:], strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a[1], b[1], strict=True)) and a[2] == b[2]
 
 
 def test_demo_files_load_in_all_three_formats(tokenizer, demo_dir):

@@ -5,7 +5,7 @@ import torch
 from transformers import MambaConfig, MambaForCausalLM
 
 from worker.engine.mamba_forward import install_forwards
-from worker.engine.scan import selective_scan_chunked, selective_scan_reference
+from worker.engine.scan import scan_with_resets, selective_scan_chunked, selective_scan_reference
 
 # fp32 sums in a different order: agreement to ~1e-5 relative is the expected rounding, no more.
 ATOL = 1e-4
@@ -32,6 +32,33 @@ def test_chunked_scan_matches_reference_values_and_gradients(length):
     (out * weights).sum().backward()
     for a, b in zip(ref_inputs, chunk_inputs, strict=True):
         assert torch.allclose(a.grad, b.grad, atol=ATOL, rtol=1e-4)
+
+
+def _resets_through_the_reference_as_a_kernel(*inputs: torch.Tensor, reset: torch.Tensor) -> torch.Tensor:
+    """What the CUDA path computes, with the reference standing in for mamba-ssm's selective_scan_fn."""
+    return scan_with_resets(selective_scan_reference, *inputs, reset=reset)
+
+
+@pytest.mark.parametrize(
+    "scan", [selective_scan_reference, selective_scan_chunked, _resets_through_the_reference_as_a_kernel]
+)
+def test_a_reset_starts_a_document_from_a_zero_state_values_and_gradients(scan):
+    starts = (0, 9, 10, 23)  # documents of 9, 1 and 13 tokens; then one of 7
+    reset = torch.zeros(2, 30, dtype=torch.bool)
+    reset[:, list(starts[1:])] = True
+    inputs = _scan_inputs(2, 30, requires_grad=True)
+    u, delta, A, B, C, D, z, bias = inputs
+    pieces = [
+        selective_scan_reference(u[..., a:e], delta[..., a:e], A, B[..., a:e], C[..., a:e], D, z[..., a:e], bias)
+        for a, e in zip(starts, (*starts[1:], 30), strict=True)
+    ]
+    alone = torch.cat(pieces, dim=-1)  # each document scanned alone
+    weights = torch.randn_like(alone)
+    alone_grads = torch.autograd.grad((alone * weights).sum(), inputs)
+    packed = scan(*inputs, reset=reset)
+    assert torch.allclose(packed, alone, atol=ATOL)
+    for a, b in zip(torch.autograd.grad((packed * weights).sum(), inputs), alone_grads, strict=True):
+        assert torch.allclose(a, b, atol=ATOL, rtol=1e-4)
 
 
 def test_chunked_scan_survives_huge_decay():

@@ -205,10 +205,10 @@ def test_reported_tokens_per_second_leaves_out_the_warm_up_steps(
     real_step = cuda_graph.ForwardBackward.step
     calls: list[int] = []
 
-    def timed_step(self, inputs, targets):
+    def timed_step(self, *batch):
         calls.append(1)
         clock.now += 10.0 if len(calls) <= trainer_module.WARMUP_STEPS else 1.0
-        return real_step(self, inputs, targets)
+        return real_step(self, *batch)
 
     monkeypatch.setattr(cuda_graph.ForwardBackward, "step", timed_step)
     progress: list[Progress] = []

@@ -76,11 +76,12 @@ def split_scan_stand_in(
     rmsnorm_weight: torch.Tensor | None,
     rmsnorm_eps: float = 1e-6,
     norm_before_gate: bool = True,
+    seq_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """mamba-ssm's `mamba_split_conv1d_scan_combined` as its reference `mamba_split_conv1d_scan_ref` defines it,
     one step per token (one group): z | xBC | dt, causal conv on xBC, the scan with D, then z's gate, in the
     scan without a norm, else around the gated RMSNorm; then out_proj."""
-    assert ngroups == 1 and activation == "silu"
+    assert ngroups == 1 and activation == "silu" and seq_idx is None  # one document a row
     b, length, _ = zxbcdt.shape
     heads = A.shape[0]
     dim = heads * headdim

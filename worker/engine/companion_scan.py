@@ -105,10 +105,11 @@ def companion_scan_reference(
     D: Tensor | None = None,
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
+    *,
+    reset: Tensor | None = None,
 ) -> Tensor:
     """Dense recurrence. u, delta, z: (b, d, l); A: (d, n, n); B, C: (b, n, l); D: (d,). Returns (b, d, l).
-
-    Runs in A's dtype (fp64 in the parity tests)."""
+    h_{t-1} is dropped where `reset` (b, l). Runs in A's dtype (fp64 in the parity tests)."""
     dt = step_size(delta, delta_bias).to(A.dtype)
     b, d, length = u.shape
     h = torch.zeros(b, d, A.shape[-1], dtype=A.dtype, device=u.device)
@@ -116,6 +117,8 @@ def companion_scan_reference(
     for t in range(length):
         step = torch.linalg.matrix_exp(dt[:, :, t, None, None] * A[None])  # (b, d, n, n)
         dBu = (dt[:, :, t] * u[:, :, t].to(A.dtype))[..., None] * B[:, None, :, t].to(A.dtype)  # (b, d, n)
+        if reset is not None:
+            step = step * ~reset[:, t, None, None, None]
         h = (step @ h[..., None])[..., 0] + dBu
         ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t].to(A.dtype)))
     return skip_and_gate(torch.stack(ys, dim=-1), u, D, z)
@@ -130,6 +133,8 @@ def companion_scan_fast(
     D: Tensor | None = None,
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
+    *,
+    reset: Tensor | None = None,
 ) -> Tensor:
     """Diagonalized scan. lam: (d, n/2) complex pair representatives; P: (b, n, l) the input-dependent
     matrix (C_t for SC, B_t for SO). Same result as the reference with the matching dense A."""
@@ -142,9 +147,9 @@ def companion_scan_fast(
     log_decay = dt[..., None] * lam[None, :, None, :]  # (b, d, l, m)
     dtu = (dt * u.float())[..., None]  # (b, d, l, 1)
     if observable:
-        states = chunked_states(log_decay, dtu * at_roots)
+        states = chunked_states(log_decay, dtu * at_roots, reset=reset)
         y = torch.einsum("bdlm,dm->bdl", states, w)
     else:
-        states = chunked_states(log_decay, dtu * w[None, :, None, :])
+        states = chunked_states(log_decay, dtu * w[None, :, None, :], reset=reset)
         y = (states * at_roots).sum(-1)
     return skip_and_gate(2 * y.real, u, D, z)

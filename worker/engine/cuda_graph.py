@@ -14,13 +14,14 @@ from torch import Tensor
 
 from worker.engine.precision import PrecisionPolicy
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[..., Tensor]  # (the batch's tensors) -> loss
 # Eager steps before capture, on a side stream as CUDA graphs require (allocator and cuBLAS warm-up).
 WARMUP_STEPS = 2
 
 
 class ForwardBackward:
-    """`step(inputs, targets)` computes the loss and fills `.grad`; `zero_grad` readies the next step."""
+    """`step(*batch)` computes the loss of a batch's tensors (inputs, targets, ...) and fills `.grad`;
+    `zero_grad` readies the next step."""
 
     def __init__(self, loss_fn: LossFn, precision: PrecisionPolicy, *, use_graphs: bool) -> None:
         self.loss_fn = loss_fn
@@ -28,44 +29,44 @@ class ForwardBackward:
         self.use_graphs = use_graphs
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: tuple[Tensor, Tensor, Tensor] | None = None  # inputs, targets, loss
+        self.static: tuple[tuple[Tensor, ...], Tensor] | None = None  # the batch's tensors, the loss
 
-    def _eager(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def _eager(self, *batch: Tensor) -> Tensor:
         with self.precision.autocast(cache_enabled=not self.use_graphs):
-            loss = self.loss_fn(inputs, targets)
+            loss = self.loss_fn(*batch)
         self.precision.scale(loss).backward()
         return loss.detach()
 
-    def step(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def step(self, *batch: Tensor) -> Tensor:
         self.calls += 1
         if not self.use_graphs:
-            return self._eager(inputs, targets)
+            return self._eager(*batch)
         if self.graph is None and self.calls <= WARMUP_STEPS:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                loss = self._eager(inputs, targets)
+                loss = self._eager(*batch)
             torch.cuda.current_stream().wait_stream(side)
             return loss
         if self.graph is None:
-            self._capture(inputs, targets)
-        static_inputs, static_targets, static_loss = self.static
-        if inputs.shape != static_inputs.shape:
+            self._capture(batch)
+        static_batch, static_loss = self.static
+        if batch[0].shape != static_batch[0].shape:
             # A short last batch: run it eagerly into the graph's gradient buffers.
-            return self._eager(inputs, targets)
-        static_inputs.copy_(inputs)
-        static_targets.copy_(targets)
+            return self._eager(*batch)
+        for static, tensor in zip(static_batch, batch, strict=True):
+            static.copy_(tensor)
         self.graph.replay()
         return static_loss
 
-    def _capture(self, inputs: Tensor, targets: Tensor) -> None:
-        static_inputs, static_targets = inputs.clone(), targets.clone()
+    def _capture(self, batch: tuple[Tensor, ...]) -> None:
+        static_batch = tuple(t.clone() for t in batch)
         self.graph = torch.cuda.CUDAGraph()
         # Gradients are None here (zero_grad set them so), so the captured backward writes fresh
         # buffers instead of accumulating: every replay overwrites them with this step's gradients.
         with torch.cuda.graph(self.graph):
-            static_loss = self._eager(static_inputs, static_targets)
-        self.static = (static_inputs, static_targets, static_loss)
+            static_loss = self._eager(*static_batch)
+        self.static = (static_batch, static_loss)
 
     def zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
         if self.graph is None:

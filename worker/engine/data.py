@@ -12,13 +12,17 @@ Three line formats:
   so at inference a prompt ends with "assistant: " and generation stops at EOS (`chat_prompt`).
 Every example ends with EOS. Examples are concatenated into one stream and cut into blocks of
 `max_seq_len` inputs; each block's targets are the next tokens of the stream, so the loss mask stays
-aligned across example and block boundaries.
+aligned across example and block boundaries. Examples packed together stay apart: each block says which
+example (document) each input belongs to, the model's mixers reset their state where one starts, and
+an example's last input predicts nothing (its target, the next example's first token, is IGNORE), so an
+example's loss is what it would be alone. An example cut by a block boundary continues in the next
+block as a document of its own, from a fresh state.
 """
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -36,6 +40,20 @@ class Blocks:
     inputs: torch.Tensor  # (N, T) int64 token ids; the last block is padded
     targets: torch.Tensor  # (N, T) int64 next-token ids, IGNORE where untrained or padding
     lengths: torch.Tensor  # (N,) real (non-padding) inputs per block
+    # (N, T) int32: the document each input belongs to, counted from 0 in each block (non-decreasing;
+    # padding is a document of its own): mamba-ssm's `seq_idx`.
+    documents: torch.Tensor
+
+
+class Batch(NamedTuple):
+    """What one step trains on, rows of Blocks: inputs, targets (B, T) int64 and documents (B, T) int32."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    documents: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device) for t in self))
 
 
 @dataclass(frozen=True)
@@ -127,14 +145,20 @@ def pack(examples: list[tuple[list[int], list[bool]]], max_seq_len: int, pad_id:
     stream = torch.tensor([i for ids, _ in examples for i in ids], dtype=torch.long)  # (L,)
     trained = torch.tensor([t for _, mask in examples for t in mask], dtype=torch.bool)  # (L,)
     labels = torch.where(trained, stream, IGNORE)  # (L,)
+    sizes = torch.tensor([len(ids) for ids, _ in examples], dtype=torch.long)
+    example_of = torch.repeat_interleave(torch.arange(len(examples)), sizes)  # (L,)
     T = max_seq_len
     n = max(1, -(-(len(stream) - 1) // T))  # blocks needed to predict every token after the first
     # Pad to n*T + 1 so that inputs are stream[k*T : (k+1)*T] and targets are labels shifted by one.
     padded_ids = torch.full((n * T + 1,), pad_id, dtype=torch.long)
     padded_labels = torch.full((n * T + 1,), IGNORE, dtype=torch.long)
-    padded_ids[: len(stream)], padded_labels[: len(stream)] = stream, labels
+    padded_docs = torch.full((n * T + 1,), len(examples), dtype=torch.long)
+    padded_ids[: len(stream)], padded_labels[: len(stream)], padded_docs[: len(stream)] = stream, labels, example_of
+    # An example's last input would predict the next example's first token: a target across documents.
+    targets = padded_labels[1:].masked_fill(padded_docs[1:] != padded_docs[:-1], IGNORE).view(n, T)
+    documents = padded_docs[:-1].view(n, T)
     lengths = (len(stream) - torch.arange(n) * T).clamp(max=T)  # (N,)
-    return Blocks(padded_ids[:-1].view(n, T), padded_labels[1:].view(n, T), lengths)
+    return Blocks(padded_ids[:-1].view(n, T), targets, lengths, (documents - documents[:, :1]).int())
 
 
 def load_blocks(path: Path, tokenizer: Any, max_seq_len: int) -> Blocks:
@@ -167,15 +191,16 @@ def steps_per_epoch(blocks: Blocks, batch_size: int) -> int:
 
 def batches(
     blocks: Blocks, batch_size: int, n_epochs: int, seed: int, start: DataPosition = DataPosition()
-) -> Iterator[tuple[DataPosition, torch.Tensor, torch.Tensor, int]]:
-    """Yield (position, inputs (B, T), targets (B, T), real tokens) from `start` to the end of the last
-    epoch. Each epoch's order depends only on seed + epoch, so resuming at a position replays exactly."""
+) -> Iterator[tuple[DataPosition, Batch, int]]:
+    """Yield (position, batch, real tokens) from `start` to the end of the last epoch.
+    Each epoch's order depends only on seed + epoch, so resuming at a position replays exactly."""
     per_epoch = steps_per_epoch(blocks, batch_size)
     for epoch in range(start.epoch, n_epochs):
         order = torch.randperm(len(blocks.inputs), generator=torch.Generator().manual_seed(seed + epoch))
         for b in range(start.batch if epoch == start.epoch else 0, per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            yield DataPosition(epoch, b), blocks.inputs[idx], blocks.targets[idx], int(blocks.lengths[idx].sum())
+            batch = Batch(blocks.inputs[idx], blocks.targets[idx], blocks.documents[idx])
+            yield DataPosition(epoch, b), batch, int(blocks.lengths[idx].sum())
 
 
 def next_position(position: DataPosition, per_epoch: int) -> DataPosition:

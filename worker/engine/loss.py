@@ -29,11 +29,20 @@ def _chunk_loss_sum(lm_head: nn.Module, hidden: Tensor, labels: Tensor, scale: f
     return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
 
 
-def next_token_loss(model: nn.Module, inputs: Tensor, targets: Tensor, chunk_tokens: int = CHUNK_TOKENS) -> Tensor:
-    """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t]."""
+def next_token_loss(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    documents: Tensor | None = None,
+    chunk_tokens: int = CHUNK_TOKENS,
+) -> Tensor:
+    """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t].
+    `documents` (b, l) int32: the packed document of each input (data.Blocks), handed to the backbone as
+    `seq_idx` so that none reads another, where the family's backbone takes it; None: each row is one."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     engine = engine_of(lm)
-    hidden = engine.backbone(lm)(input_ids=inputs, use_cache=False)[0]  # (b, l, d)
+    packed = {"seq_idx": documents} if documents is not None and engine.separates_documents else {}
+    hidden = engine.backbone(lm)(input_ids=inputs, use_cache=False, **packed)[0]  # (b, l, d)
     scale = engine.logits_scale(lm.config)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)

@@ -11,6 +11,7 @@ So that a plain `model(input_ids)` in eval mode does not ask for a cache, `insta
 `config.use_cache` off; `generate()` still asks for one explicitly.
 """
 
+from collections.abc import Callable
 from functools import partial
 
 from torch import Tensor, nn
@@ -47,54 +48,68 @@ def backbone_forward(
     *,
     engine: FamilyEngine,
     path: ForwardPath = "auto",
+    seq_idx: Tensor | None = None,
     **kwargs,
 ) -> object:
     """The layer stack with residual-add and RMSNorm fused into one Triton kernel per layer.
 
     The model's own blocks cast to fp32, normalise, cast back and add the residual in separate
     kernels, each a full pass over the activations: that glue costs more GPU time than the matrix
-    products. Anything unusual (a cache, per-layer hidden states, no kernels) takes the model's own loop.
+    products. Anything unusual (a cache, per-layer hidden states) takes the model's own loop, and so does
+    a call without kernels, unless it packs documents (`seq_idx` (b, l)): the model's own loop would not
+    hand them to the mixers, so this loop runs with the blocks' own norms.
     """
     on_cuda = (input_ids if input_ids is not None else inputs_embeds).is_cuda
     fused = path == "auto" and kernels.rms_norm_fn is not None and on_cuda
-    if not fused or has_cache(kwargs) or kwargs.get("use_cache") or kwargs.get("output_hidden_states"):
+    unusual = has_cache(kwargs) or kwargs.get("use_cache") or kwargs.get("output_hidden_states")
+    if unusual and seq_idx is not None:
+        raise ValueError("packed documents (seq_idx) run without a cache or per-layer hidden states")
+    if unusual or not (fused or seq_idx is not None):
         return backbone.hf_forward(
             input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
         )
+    add_norm = _fused_add_norm if fused else _add_norm
     hidden = backbone.embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d_model)
     residual = None
     for block in backbone.layers:
+        args = (add_norm, block, hidden, residual, attention_mask, seq_idx)
         if getattr(block, "gradient_checkpointing", False) and backbone.training:
-            hidden, residual = checkpoint(_fused_block, block, hidden, residual, attention_mask, use_reentrant=False)
+            hidden, residual = checkpoint(_block, *args, use_reentrant=False)
         else:
-            hidden, residual = _fused_block(block, hidden, residual, attention_mask)
-    final_norm = engine.final_norm(backbone)
-    hidden = kernels.rms_norm_fn(
-        hidden,
-        final_norm.weight,
-        None,
-        residual=residual,
-        prenorm=False,
-        residual_in_fp32=backbone.layers[-1].residual_in_fp32,
-        eps=final_norm.variance_epsilon,
-    )
+            hidden, residual = _block(*args)
+    hidden = add_norm(engine.final_norm(backbone), hidden, residual, backbone.layers[-1].residual_in_fp32)[0]
     return engine.backbone_output(last_hidden_state=hidden)
 
 
-def _fused_block(
-    block: nn.Module, hidden: Tensor, residual: Tensor | None, attention_mask: Tensor | None
+AddNorm = Callable[[nn.Module, Tensor, Tensor | None, bool], tuple[Tensor, Tensor]]
+
+
+def _block(
+    add_norm: AddNorm,
+    block: nn.Module,
+    hidden: Tensor,
+    residual: Tensor | None,
+    attention_mask: Tensor | None,
+    seq_idx: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """residual += hidden; hidden = mixer(RMSNorm(residual)), with the add and the norm in one kernel."""
-    normed, residual = kernels.rms_norm_fn(
-        hidden,
-        block.norm.weight,
-        None,
-        residual=residual,
-        prenorm=True,
-        residual_in_fp32=block.residual_in_fp32,
-        eps=block.norm.variance_epsilon,
+    """residual += hidden; hidden = mixer(RMSNorm(residual))."""
+    normed, residual = add_norm(block.norm, hidden, residual, block.residual_in_fp32)
+    documents = {} if seq_idx is None else {"seq_idx": seq_idx}
+    return block.mixer(normed, attention_mask=attention_mask, **documents), residual
+
+
+def _fused_add_norm(norm: nn.Module, hidden: Tensor, residual: Tensor | None, in_fp32: bool) -> tuple[Tensor, Tensor]:
+    """(RMSNorm(residual + hidden), residual + hidden), the add and the norm in one kernel."""
+    return kernels.rms_norm_fn(
+        hidden, norm.weight, None, residual=residual, prenorm=True, residual_in_fp32=in_fp32, eps=norm.variance_epsilon
     )
-    return block.mixer(normed, attention_mask=attention_mask), residual
+
+
+def _add_norm(norm: nn.Module, hidden: Tensor, residual: Tensor | None, in_fp32: bool) -> tuple[Tensor, Tensor]:
+    """`_fused_add_norm` as the model's own blocks compute it."""
+    residual = hidden if residual is None else residual + hidden
+    normed = norm(residual.to(norm.weight.dtype))
+    return normed, residual.float() if in_fp32 else residual
 
 
 def set_activation_recompute(model: nn.Module, enabled: bool) -> None:

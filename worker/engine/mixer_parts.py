@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
+from worker.engine.documents import causal_conv1d
+
 # auto: fused kernel on CUDA when importable, else the chunked torch scan.
 # torch: chunked torch scan everywhere. reference: one Python step per token (the executable spec).
 ForwardPath = Literal["auto", "torch", "reference"]
@@ -34,11 +36,11 @@ def kernel_aligned(rows: Tensor) -> Tensor:
     return F.pad(rows, (0, -width % 8))[..., :width]
 
 
-def conv_and_gate(mixer: MambaMixer, xz: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """in_proj's output (b, 2·d_inner, l) -> the scan input x (b, l, d_inner) and the gate z (b, d_inner, l)."""
-    seq_len = xz.shape[-1]
+def conv_and_gate(
+    mixer: MambaMixer, xz: Tensor, attention_mask: Tensor | None, seq_idx: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """in_proj's output (b, 2·d_inner, l) -> the scan input x (b, l, d_inner) and the gate z (b, d_inner, l);
+    with `seq_idx` (b, l) the convolution reads no earlier document."""
     x, z = xz.chunk(2, dim=1)  # (b, d_inner, l) each
-    x = F.conv1d(
-        x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1, groups=mixer.intermediate_size
-    )[..., :seq_len]
+    x = causal_conv1d(x, mixer.conv1d.weight, mixer.conv1d.bias, seq_idx)
     return mask_padding(mixer.act(x).transpose(1, 2), attention_mask), z

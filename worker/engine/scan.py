@@ -6,6 +6,9 @@ Both compute, per batch b, channel d and state n (shapes as in mamba-ssm's `sele
     h_t   = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t          A: (d, n); B, C: (b, n, l)
     y_t   = <h_t, C_t> + D * u_t,  then  y_t * silu(z_t)        D: (d,)
 
+With `reset` (b, l) bool, h_{t-1} is dropped where reset_t (exp(dt_t * A) = 0 there, the input term
+kept): a packed row's documents then each scan from a zero state (worker/engine/documents.py).
+
 `selective_scan_reference` is the executable spec: one Python step per token. The chunked version
 gives the same numbers with about 2·sqrt(l) Python steps instead of l, each over many tokens at once,
 and a backward written out (the same recurrence, run backwards in time), which is what makes a LoRA
@@ -14,18 +17,19 @@ step on the CPU fast: the work is the same, the per-step and autograd overhead a
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def step_size(delta: Tensor, delta_bias: Tensor | None) -> Tensor:
-    """dt = softplus(delta + delta_bias), (b, d, l) in fp32."""
+def step_size(delta: Tensor, delta_bias: Tensor | None, softplus: bool = True) -> Tensor:
+    """dt = softplus(delta + delta_bias), (b, d, l) in fp32; `softplus` False: delta + delta_bias."""
     delta = delta.float()
     if delta_bias is not None:
         delta = delta + delta_bias.float()[None, :, None]
-    return F.softplus(delta)
+    return F.softplus(delta) if softplus else delta
 
 
 def skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
@@ -37,10 +41,14 @@ def skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> T
     return y.to(u.dtype)
 
 
-def _discretize(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Log-decay dt·A and input dt·B·u, both (b, d, l, n) in fp32."""
-    dt = step_size(delta, delta_bias)  # (b, d, l)
+def _discretize(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, delta_bias: Tensor | None, softplus: bool, reset: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Log-decay dt·A (-inf where reset) and input dt·B·u, both (b, d, l, n) in fp32."""
+    dt = step_size(delta, delta_bias, softplus)  # (b, d, l)
     log_decay = dt[..., None] * A.float()[None, :, None, :]
+    if reset is not None:
+        log_decay = log_decay.masked_fill(reset[:, None, :, None], -torch.inf)
     dBu = (dt * u.float())[..., None] * B.float().transpose(1, 2)[:, None, :, :]
     return log_decay, dBu
 
@@ -59,8 +67,12 @@ def selective_scan_reference(
     D: Tensor | None = None,
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
+    *,
+    delta_softplus: bool = True,
+    reset: Tensor | None = None,
 ) -> Tensor:
-    log_decay, dBu = _discretize(u, delta, A, B, delta_bias)
+    """`delta_softplus` False: dt = delta + delta_bias, as mamba-ssm's kernels take it."""
+    log_decay, dBu = _discretize(u, delta, A, B, delta_bias, delta_softplus, reset)
     h = torch.zeros_like(dBu[:, :, 0])  # (b, d, n)
     states = []
     for t in range(u.shape[-1]):
@@ -79,10 +91,31 @@ def selective_scan_chunked(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     chunk: int | None = None,
+    *,
+    reset: Tensor | None = None,
 ) -> Tensor:
     dt = step_size(delta, delta_bias)  # (b, d, l)
     c = chunk or max(1, math.isqrt(u.shape[-1]))
-    y = _SelectiveScan.apply(dt, dt * u.float(), A.float(), B.float(), C.float(), c)
+    y = _SelectiveScan.apply(dt, dt * u.float(), A.float(), B.float(), C.float(), c, reset)
+    return skip_and_gate(y, u, D, z)
+
+
+# exp(-RESET_EXPONENT) is 0 in fp32 (below its smallest subnormal, 1.4e-45 = exp(-103.3)).
+RESET_EXPONENT = 128.0
+
+
+def scan_with_resets(scan: Callable[..., Tensor], *inputs: Tensor | None, reset: Tensor) -> Tensor:
+    """The selective scan of `inputs` (u, delta, A, B, C, D, z, delta_bias) with resets, through a scan that
+    has none: mamba-ssm's `selective_scan_fn` (same arguments, dt taken as given). Where reset,
+    dt' = RESET_EXPONENT / min|A| per channel, so exp(dt'·A) is exactly 0, and u' = u·dt/dt', so dt'·B·u' is
+    dt·B·u to rounding. D·u and the gate are applied here, on the true u. dt' is a constant (detached): the
+    true recurrence does not depend on it, and u' carries dt's gradient."""
+    u, delta, A, B, C, D, z, delta_bias = inputs
+    dt = step_size(delta, delta_bias)  # (b, d, l)
+    big = (RESET_EXPONENT / -A.detach().float().max(dim=-1).values)[None, :, None]  # (1, d, 1); A < 0
+    at_reset = reset[:, None, :]
+    u_kept = torch.where(at_reset, u.float() * dt / big, u.float())
+    y = scan(u_kept, torch.where(at_reset, big, dt), A, B.float(), C.float(), None, None, None, delta_softplus=False)
     return skip_and_gate(y, u, D, z)
 
 
@@ -91,18 +124,21 @@ class _SelectiveScan(torch.autograd.Function):
 
     Left to autograd, the (b, d, l, n) log-decay and input would be kept, and each broadcast product
     reduced in a pass of its own; here only the decays and the states are kept, and each gradient is
-    one multiply-and-reduce or one matrix product. dt, dtu: (b, d, l); A: (d, n); B, C: (b, n, l)."""
+    one multiply-and-reduce or one matrix product. dt, dtu: (b, d, l); A: (d, n); B, C: (b, n, l).
+    A zero decay where `reset` needs nothing more in backward: it zeroes those tokens' dt·A gradient too."""
 
     @staticmethod
-    def forward(ctx, dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tensor:
-        decay = _product(dt, A[:, None, :]).exp_()  # (b, d, l, n)
+    def forward(
+        ctx, dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, reset: Tensor | None
+    ) -> Tensor:
+        decay = _reset(_product(dt, A[:, None, :]).exp_(), reset)  # (b, d, l, n)
         states = _recur(decay, _product(dtu, B.transpose(1, 2)[:, None]), chunk, in_place=True)
         ctx.save_for_backward(dt, dtu, A, B, C, decay, states)
         ctx.chunk = chunk
         return _sum_over_state(states, C)
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None]:
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None, None]:
         dt, dtu, A, B, C, decay, states = ctx.saved_tensors
         grad_states = _product(grad_y, C.transpose(1, 2)[:, None])  # (b, d, l, n)
         g, grad_log_decay = _recurrence_backward(decay, states, grad_states, ctx.chunk)
@@ -110,7 +146,12 @@ class _SelectiveScan(torch.autograd.Function):
         grad_B = (g * dtu[..., None]).sum(1).transpose(1, 2)
         grad_dt = (grad_log_decay @ A[:, :, None])[..., 0]  # (b, d, l)
         grad_A = (grad_log_decay.transpose(-1, -2) @ dt[..., None]).sum(0)[..., 0]  # (d, n)
-        return grad_dt, _sum_over_state(g, B), grad_A, grad_B, grad_C, None
+        return grad_dt, _sum_over_state(g, B), grad_A, grad_B, grad_C, None, None
+
+
+def _reset(decay: Tensor, reset: Tensor | None) -> Tensor:
+    """Zero `decay` (b, d, l, n) in place where `reset` (b, l): the state entering those tokens is dropped."""
+    return decay if reset is None else decay.masked_fill_(reset[:, None, :, None], 0)
 
 
 def _product(x: Tensor, by_state: Tensor) -> Tensor:
@@ -125,11 +166,12 @@ def _sum_over_state(states: Tensor, C: Tensor) -> Tensor:
     return (states * C.transpose(1, 2)[:, None]).sum(-1)
 
 
-def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None) -> Tensor:
-    """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 2·sqrt(l) steps.
+def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None, reset: Tensor | None = None) -> Tensor:
+    """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 2·sqrt(l) steps; h_{t-1} is
+    dropped where `reset` (b, l).
 
     Works for complex inputs too (companion_scan.py runs diagonalized companion states through it)."""
-    return _Recurrence.apply(log_decay, dBu, chunk or max(1, math.isqrt(log_decay.shape[2])))
+    return _Recurrence.apply(log_decay, dBu, chunk or max(1, math.isqrt(log_decay.shape[2])), reset)
 
 
 class _Recurrence(torch.autograd.Function):
@@ -139,19 +181,19 @@ class _Recurrence(torch.autograd.Function):
     step's intermediates would be kept; here backward keeps only the decays and the states."""
 
     @staticmethod
-    def forward(ctx, log_decay: Tensor, dBu: Tensor, chunk: int) -> Tensor:
-        decay = torch.exp(log_decay)
+    def forward(ctx, log_decay: Tensor, dBu: Tensor, chunk: int, reset: Tensor | None) -> Tensor:
+        decay = _reset(torch.exp(log_decay), reset)
         states = _recur(decay, dBu, chunk)
         ctx.save_for_backward(decay, states)
         ctx.chunk = chunk
         return states
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
         decay, states = ctx.saved_tensors
         scratch = grad.clone(memory_format=torch.contiguous_format)  # the backward overwrites it
         g, grad_log_decay = _recurrence_backward(decay, states, scratch, ctx.chunk)
-        return grad_log_decay, g, None
+        return grad_log_decay, g, None, None
 
 
 def _recurrence_backward(decay: Tensor, states: Tensor, grad: Tensor, chunk: int) -> tuple[Tensor, Tensor]:

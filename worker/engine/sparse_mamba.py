@@ -35,6 +35,7 @@ from worker.engine.companion_scan import (
     init_root_parameters,
     roots,
 )
+from worker.engine.documents import document_starts
 from worker.engine.families import mixer_engine
 from worker.engine.lora_weights import base_layer, effective_weight
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
@@ -155,14 +156,17 @@ def companion_mixer_forward(
     attention_mask: Tensor | None = None,
     *,
     path: ForwardPath = "auto",
+    seq_idx: Tensor | None = None,
     **kwargs: Any,
 ) -> Tensor:
-    """SC/SO mixer: like the stock torch path, with the companion scan. "reference" runs the dense one."""
+    """SC/SO mixer: like the stock torch path, with the companion scan. "reference" runs the dense one.
+    `seq_idx` (b, l): packed documents, each from a zero state."""
     if has_cache(kwargs):
         raise NotImplementedError("generation with a cache is not implemented for SC/SO Mamba models")
     hidden_states = mask_padding(hidden_states, attention_mask)
     xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
-    x, z = conv_and_gate(mixer, xz, attention_mask)  # (b, l, d_inner), (b, d_inner, l)
+    x, z = conv_and_gate(mixer, xz, attention_mask, seq_idx)  # (b, l, d_inner), (b, d_inner, l)
+    reset = None if seq_idx is None else document_starts(seq_idx)
     dt, P = F.linear(x, effective_weight(mixer.x_proj)).split([mixer.time_step_rank, mixer.ssm_state_size], dim=-1)
     delta = F.linear(dt, effective_weight(mixer.dt_proj)).transpose(1, 2)  # (b, d_inner, l)
     dt_bias = base_layer(mixer.dt_proj).bias.float()
@@ -172,9 +176,9 @@ def companion_mixer_forward(
         fixed = torch.zeros_like(P)
         fixed[:, -1] = 1  # e_n at every step
         B, C = (P, fixed) if observable else (fixed, P)
-        y = companion_scan_reference(u, delta, mixer_A(mixer, torch.float32), B, C, mixer.D, z, dt_bias)
+        y = companion_scan_reference(u, delta, mixer_A(mixer, torch.float32), B, C, mixer.D, z, dt_bias, reset=reset)
     else:
-        y = companion_scan_fast(u, delta, mixer_roots(mixer), P, observable, mixer.D, z, dt_bias)
+        y = companion_scan_fast(u, delta, mixer_roots(mixer), P, observable, mixer.D, z, dt_bias, reset=reset)
     return F.linear(
         y.transpose(1, 2).to(hidden_states.dtype), effective_weight(mixer.out_proj), base_layer(mixer.out_proj).bias
     )

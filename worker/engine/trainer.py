@@ -26,6 +26,7 @@ from worker.engine.cuda_graph import WARMUP_STEPS as GRAPH_WARMUP_STEPS
 from worker.engine.cuda_graph import ForwardBackward
 from worker.engine.data import (
     IGNORE,
+    Batch,
     Blocks,
     DataPosition,
     batches,
@@ -76,11 +77,11 @@ def evaluate(model: nn.Module, blocks: Blocks, batch_size: int, policy: Precisio
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(blocks.inputs), batch_size):
-        inputs = blocks.inputs[start : start + batch_size].to(device)
-        targets = blocks.targets[start : start + batch_size].to(device)
-        n = int((targets != IGNORE).sum())
+        rows = slice(start, start + batch_size)
+        batch = Batch(blocks.inputs[rows], blocks.targets[rows], blocks.documents[rows]).to(device)
+        n = int((batch.targets != IGNORE).sum())
         with policy.autocast():
-            loss = next_token_loss(model, inputs, targets)
+            loss = next_token_loss(model, *batch)
         total, count = total + loss.item() * n, count + n
     model.train(was_training)
     return total / count  # load_blocks refuses a file without trained tokens
@@ -194,13 +195,13 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
     # Routing tokens to experts finds the experts hit on the host, which a CUDA graph cannot capture.
     capturable = graph_capturable(model) and "moe" not in layer_kinds(model)
     forward_backward = ForwardBackward(
-        lambda inputs, targets: next_token_loss(model, inputs, targets),
+        lambda inputs, targets, documents: next_token_loss(model, inputs, targets, documents),
         precision,
         use_graphs=spec.cuda_graphs and device.type == "cuda" and capturable,
     )
     divergence = DivergenceCheck(loss_scaling=precision.scaler.is_enabled())
     # attempt_step counts this process's steps: each attempt compiles and captures anew.
-    for attempt_step, (position, inputs, targets, n_tokens) in enumerate(
+    for attempt_step, (position, batch, n_tokens) in enumerate(
         batches(train_blocks, spec.batch_size, spec.n_epochs, spec.seed, start=start), start=1
     ):
         if hooks.should_stop():
@@ -208,8 +209,7 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
                 last_checkpoint = checkpoint(position)
             raise TrainingStopped(step, last_checkpoint)
         t0 = time.perf_counter()
-        inputs, targets = inputs.to(device), targets.to(device)  # (B, T) each
-        loss = forward_backward.step(inputs, targets)
+        loss = forward_backward.step(*batch.to(device))  # inputs, targets, documents: (B, T) each
         applied = step - precision.skipped_steps  # optimizer steps applied before this one
         if lora_check.due(applied_steps=applied, last=step + 1 == total_steps):
             lora_check.check(settled=applied > 0)

@@ -53,4 +53,5 @@ ENGINE = FamilyEngine(
     d_inner=lambda config: config.intermediate_size,
     scan_copies=MAMBA.scan_copies,  # the same chunked scan
     build_config=partial(mamba_config, config_class=FalconMambaConfig),
+    separates_documents=True,
 )

@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from app.families import FAMILIES
 from app.families.family import Family, ModelShape
 
-# (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, **kwargs) -> (b, l, d_model)
+# (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, seq_idx=None, **kwargs) -> (b, l, d_model)
 MixerForward = Callable[..., Tensor]
 
 # The kinds of a block's parts: an SSM mixer, self-attention, a dense MLP, a mixture of experts.
@@ -49,6 +49,12 @@ class FamilyEngine:
     # The factor the causal LM multiplies lm_head's output by (Falcon-H1's muP lm_head_multiplier), which
     # the trainer's loss applies as it computes the logits itself (loss.py).
     logits_scale: Callable[[PretrainedConfig], float] = lambda config: 1.0
+    # Whether the backbone keeps packed documents apart: training then calls it with `seq_idx` (b, l), each
+    # token's document (worker/engine/documents.py). Our layer loop (mamba_forward.backbone_forward) hands it
+    # to every mixer, which resets its state where a document starts. A family on its model's own loop has
+    # to hand it on itself, and give its attention the per-document positions and mask documents.py builds;
+    # until then its packed rows train as one sequence each.
+    separates_documents: bool = False
 
     @property
     def catalog(self) -> Family:

@@ -1,6 +1,7 @@
 """Mamba (`model_type` "mamba"): its mixer forward through `mamba_inner_fn` or a torch scan, with LoRA folded
 into x_proj, dt_proj and out_proj, which the kernel reads as raw weights."""
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -11,11 +12,12 @@ from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, Mam
 
 from app.families.family import EXPAND, ModelShape
 from worker.engine import kernels
+from worker.engine.documents import document_starts
 from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
 from worker.engine.mamba_inner import mamba_inner_lora
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
-from worker.engine.scan import selective_scan_chunked, selective_scan_reference
+from worker.engine.scan import scan_with_resets, selective_scan_chunked, selective_scan_reference
 
 
 def mixer_forward(
@@ -26,6 +28,7 @@ def mixer_forward(
     path: ForwardPath = "auto",
     bcdt_norms: bool = False,
     dt_norm_first: bool = False,
+    seq_idx: Tensor | None = None,
     **kwargs,
 ) -> Tensor:
     """`bcdt_norms`: normalise B, C and Δ with the mixer's weightless RMSNorms (Falcon-Mamba), where
@@ -33,11 +36,14 @@ def mixer_forward(
     dt_proj. (transformers' own CPU forward normalises dt's dt_rank columns before dt_proj instead, so
     its CPU and GPU forwards disagree; ours agree on every path.)
     `dt_norm_first`: with the norms, normalise dt's dt_rank columns before dt_proj, as Jamba's mixer does
-    with a weighted norm; mamba-ssm's fused mixer cannot, so then the scan alone is a CUDA kernel."""
+    with a weighted norm; mamba-ssm's fused mixer cannot, so then the scan alone is a CUDA kernel.
+    `seq_idx` (b, l): packed documents, each from a zero state. The fused mixer kernels cannot reset the
+    state, so then the conv runs in torch and only the selective scan in CUDA (`scan_with_resets`)."""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
-    fused = path == "auto" and kernels.fused_kernels_available() and hidden_states.is_cuda
+    on_cuda = path == "auto" and kernels.fused_kernels_available() and hidden_states.is_cuda
+    fused = on_cuda and seq_idx is None
     if fused:
         xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
     else:
@@ -86,16 +92,17 @@ def mixer_forward(
 
     out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
 
-    x, z = conv_and_gate(mixer, xz, attention_mask)
+    x, z = conv_and_gate(mixer, xz, attention_mask, seq_idx)
     dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
     delta = _delta_before_bias(mixer, dt, dt_proj_w, bcdt_norms, dt_norm_first).transpose(1, 2)  # (b, d_inner, l)
     if bcdt_norms:
         B, C = mixer.b_layernorm(B), mixer.c_layernorm(C)
-    if fused:
-        scan = kernels.selective_scan
+    resets = {} if seq_idx is None else {"reset": document_starts(seq_idx)}
+    if on_cuda:
+        scan = kernels.selective_scan if seq_idx is None else partial(scan_with_resets, kernels.selective_scan_fn)
     else:
         scan = selective_scan_reference if path == "reference" else selective_scan_chunked
-    y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias)
+    y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias, **resets)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
 
 
@@ -176,4 +183,5 @@ ENGINE = FamilyEngine(
     d_inner=lambda config: config.intermediate_size,
     scan_copies=(4, 12),
     build_config=build_config,
+    separates_documents=True,
 )

@@ -14,9 +14,11 @@ from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer, Mamba2Model,
 from app.families.family import EXPAND, ModelShape
 from app.families.mamba2 import HEAD_DIM
 from worker.engine import kernels
+from worker.engine.documents import causal_conv1d, document_starts
 from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight
 from worker.engine.mixer_parts import ForwardPath, has_cache, kernel_aligned, mask_padding
+from worker.engine.ssd import ssd_scan
 
 # The reference checkpoints' scan chunk (state-spaces/mamba2-*), which bench/step.py measures too.
 CHUNK_SIZE = 256
@@ -40,16 +42,22 @@ def mixer_forward(
     path: ForwardPath = "auto",
     projection: Callable[[nn.Module, Tensor], Tensor] = in_projection,
     norm_args: Callable[[nn.Module], dict[str, Any]] = gated_norm_args,
+    seq_idx: Tensor | None = None,
     **kwargs,
 ) -> Tensor:
-    """`projection` and `norm_args`: a family with Mamba-2's mixer and its own multipliers or norm (Falcon-H1)."""
+    """`projection` and `norm_args`: a family with Mamba-2's mixer and its own multipliers or norm (Falcon-H1).
+    `seq_idx` (b, l) int32: packed documents, each from a zero state (the kernel takes it as it is)."""
     fused = path == "auto" and kernels.mamba_split_conv1d_scan_combined is not None and hidden_states.is_cuda
-    if has_cache(kwargs) or not fused:
+    if has_cache(kwargs) or (not fused and seq_idx is None):
         # Without the fused kernel the model's own forward calls in_proj and out_proj as modules,
         # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
         with training_off_for_fused(mixer):
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
-    return fused_forward(mixer, hidden_states, attention_mask, projection=projection, norm_args=norm_args)
+    if not fused:
+        return _documents_forward(mixer, hidden_states, attention_mask, seq_idx, projection)
+    return fused_forward(
+        mixer, hidden_states, attention_mask, projection=projection, norm_args=norm_args, seq_idx=seq_idx
+    )
 
 
 def fused_forward(
@@ -59,6 +67,7 @@ def fused_forward(
     *,
     projection: Callable[[nn.Module, Tensor], Tensor] = in_projection,
     norm_args: Callable[[nn.Module], dict[str, Any]] = gated_norm_args,
+    seq_idx: Tensor | None = None,
 ) -> Tensor:
     """The mixer through `mamba_split_conv1d_scan_combined` (conv, scan, gated norm and out_proj in one)."""
     zxbcdt = projection(mixer, mask_padding(hidden_states, attention_mask))  # (b, l, in_proj_out)
@@ -77,7 +86,38 @@ def fused_forward(
         ngroups=mixer.n_groups,
         dt_limit=mixer.time_step_limit,
         **norm_args(mixer),
+        seq_idx=None if seq_idx is None else seq_idx.int().contiguous(),
     )
+
+
+def _documents_forward(
+    mixer: Mamba2Mixer,
+    hidden: Tensor,
+    attention_mask: Tensor | None,
+    seq_idx: Tensor,
+    projection: Callable[[nn.Module, Tensor], Tensor] = in_projection,
+) -> Tensor:
+    """The model's own torch forward (no cache) with packed documents kept apart: the conv reads no earlier
+    document and the scan resets where one starts (transformers' scan cannot)."""
+    b, length, _ = hidden.shape
+    projected = projection(mixer, mask_padding(hidden, attention_mask))  # (b, l, in_proj_out)
+    gate, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
+    xBC = mixer.act(causal_conv1d(xBC.transpose(1, 2), mixer.conv1d.weight, mixer.conv1d.bias, seq_idx))
+    state = mixer.n_groups * mixer.ssm_state_size
+    x, B, C = mask_padding(xBC.transpose(1, 2), attention_mask).split([mixer.intermediate_size, state, state], dim=-1)
+    y = ssd_scan(
+        x.view(b, length, mixer.num_heads, mixer.head_dim),
+        dt,
+        -torch.exp(mixer.A_log.float()),
+        B.view(b, length, mixer.n_groups, -1),
+        C.view(b, length, mixer.n_groups, -1),
+        mixer.chunk_size,
+        mixer.D,
+        mixer.dt_bias,
+        mixer.time_step_limit,
+        reset=document_starts(seq_idx),
+    )
+    return mixer.out_proj(mixer.norm(y.reshape(b, length, -1), gate).to(hidden.dtype))
 
 
 @contextmanager
@@ -138,4 +178,5 @@ ENGINE = FamilyEngine(
     d_inner=lambda config: config.num_heads * config.head_dim,
     scan_copies=(1.5, 3),
     build_config=build_config,
+    separates_documents=True,
 )
