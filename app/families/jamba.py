@@ -1,5 +1,5 @@
 """Jamba (transformers' `jamba`): Mamba-1 mixers with RMSNorms on dt, B and C, an attention layer every
-`attn_layer_period` layers and a mixture of experts in place of the MLP every `expert_layer_period` layers."""
+`attention_period` layers and a mixture of experts in place of the MLP every `expert_period` layers."""
 
 from app.families.family import Family, ModelShape, Option, ShapeError
 from app.families.mamba import MAMBA, dt_rank, mixer_parameter_count
@@ -12,15 +12,15 @@ MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 
 # The tiny defaults make two layers hold every kind: 0 is Mamba with an MLP, 1 attention with experts.
 OPTIONS = (
-    Option("attn_layer_period", 2, "every this many layers one is attention, the others Mamba", low=2),
-    Option("attn_layer_offset", 1, "the index of the first attention layer, below attn_layer_period", low=0),
-    Option("expert_layer_period", 2, "every this many layers one has a mixture of experts in place of its MLP"),
-    Option("expert_layer_offset", 1, "the index of the first layer with experts, below expert_layer_period", low=0),
-    Option("num_attention_heads", 4, "attention heads; they divide d_model"),
-    Option("num_key_value_heads", 2, "key and value heads; they divide num_attention_heads"),
-    Option("intermediate_size", 64, "the hidden width of the MLPs and of each expert"),
-    Option("num_experts", 4, "experts per mixture (1: MLPs only)"),
-    Option("num_experts_per_tok", 2, "experts each token is routed to, at most num_experts"),
+    Option("attention_period", 2, "every this many layers one is attention, the others Mamba", low=2),
+    Option("attention_offset", 1, "the index of the first attention layer, below attention_period", low=0),
+    Option("expert_period", 2, "every this many layers one has a mixture of experts in place of its MLP"),
+    Option("expert_offset", 1, "the index of the first layer with experts, below expert_period", low=0),
+    Option("attention_heads", 4, "attention heads; they divide d_model"),
+    Option("kv_heads", 2, "key and value heads; they divide attention_heads"),
+    Option("mlp_size", 64, "the hidden width of the MLPs and of each expert"),
+    Option("experts", 4, "experts per mixture (1: MLPs only)"),
+    Option("experts_per_token", 2, "experts each token is routed to, at most experts"),
 )
 
 
@@ -30,48 +30,47 @@ def _int(shape: ModelShape, name: str) -> int:
 
 def _kind(shape: ModelShape, layer: int, prefix: str) -> bool:
     """Whether `layer` is one of the periodic layers `<prefix>_layer_period` / `_offset` pick."""
-    return layer % _int(shape, f"{prefix}_layer_period") == _int(shape, f"{prefix}_layer_offset")
+    return layer % _int(shape, f"{prefix}_period") == _int(shape, f"{prefix}_offset")
 
 
 def layer_kinds(shape: ModelShape) -> list[tuple[str, str]]:
     """(mixer, feed-forward) of each layer: ("ssm" | "attention", "mlp" | "moe"), as JambaConfig lays them out."""
-    experts = _int(shape, "num_experts") > 1  # one expert is built as a plain MLP
+    experts = _int(shape, "experts") > 1  # one expert is built as a plain MLP
     return [
-        ("attention" if _kind(shape, i, "attn") else "ssm", "moe" if experts and _kind(shape, i, "expert") else "mlp")
+        (
+            "attention" if _kind(shape, i, "attention") else "ssm",
+            "moe" if experts and _kind(shape, i, "expert") else "mlp",
+        )
         for i in range(shape.n_layer)
     ]
 
 
 def check_shape(shape: ModelShape) -> None:
-    for prefix in ("attn", "expert"):
-        if _int(shape, f"{prefix}_layer_offset") >= _int(shape, f"{prefix}_layer_period"):
-            raise ShapeError(
-                f"options.{prefix}_layer_offset", f"{prefix}_layer_offset must be below {prefix}_layer_period"
-            )
-    heads, kv_heads = _int(shape, "num_attention_heads"), _int(shape, "num_key_value_heads")
+    for prefix in ("attention", "expert"):
+        if _int(shape, f"{prefix}_offset") >= _int(shape, f"{prefix}_period"):
+            raise ShapeError(f"options.{prefix}_offset", f"{prefix}_offset must be below {prefix}_period")
+    heads, kv_heads = _int(shape, "attention_heads"), _int(shape, "kv_heads")
     if shape.d_model % heads:
-        raise ShapeError(
-            "options.num_attention_heads", f"num_attention_heads {heads} must divide d_model {shape.d_model}"
-        )
+        raise ShapeError("options.attention_heads", f"attention_heads {heads} must divide d_model {shape.d_model}")
     if heads % kv_heads:
-        raise ShapeError("options.num_key_value_heads", f"num_key_value_heads {kv_heads} must divide {heads} heads")
-    if _int(shape, "num_experts_per_tok") > _int(shape, "num_experts"):
-        raise ShapeError("options.num_experts_per_tok", "num_experts_per_tok must be at most num_experts")
+        raise ShapeError("options.kv_heads", f"kv_heads {kv_heads} must divide {heads} heads")
+    if _int(shape, "experts_per_token") > _int(shape, "experts"):
+        raise ShapeError("options.experts_per_token", "experts_per_token must be at most experts")
     if all(mixer == "attention" for mixer, _ in layer_kinds(shape)):
         raise ShapeError("n_layer", "a jamba model needs a Mamba layer: these layers are all attention")
 
 
 def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
     d_model, d_state = shape.d_model, shape.d_state
-    head_dim = d_model // _int(shape, "num_attention_heads")
-    kv_width = _int(shape, "num_key_value_heads") * head_dim
-    mlp = 3 * d_model * _int(shape, "intermediate_size")  # gate, up and down projections
+    head_dim = d_model // _int(shape, "attention_heads")
+    kv_width = _int(shape, "kv_heads") * head_dim
+    mlp = 3 * d_model * _int(shape, "mlp_size")  # gate, up and down projections
     parts = {
         # The mixer's RMSNorms on dt, B and C have weights.
         "ssm": mixer_parameter_count(d_model, d_state, 2 * d_state) + dt_rank(d_model) + 2 * d_state,
         "attention": 2 * d_model * d_model + 2 * d_model * kv_width,  # q and o, k and v
         "mlp": mlp,
-        "moe": _int(shape, "num_experts") * (mlp + d_model),  # each expert and its router row
+        "moe": _int(shape, "experts") * (mlp + d_model),  # each expert and its router row
     }
     layers = sum(parts[mixer] + parts[feed_forward] + 2 * d_model for mixer, feed_forward in layer_kinds(shape))
     return vocab_rows * d_model + layers + d_model  # tied embeddings, layers with their two norms, final norm

@@ -18,12 +18,12 @@ TINY = {"id": "tiny-jamba", "family": "jamba", "d_model": 32, "n_layer": 2, "d_s
 @pytest.mark.parametrize(
     ("change", "param"),
     [
-        ({"options": {"num_attention_heads": 3}}, "options.num_attention_heads"),  # 3 does not divide d_model 32
-        ({"options": {"num_key_value_heads": 3}}, "options.num_key_value_heads"),  # nor the 4 heads
-        ({"options": {"attn_layer_offset": 2}}, "options.attn_layer_offset"),  # not below the period, 2
-        ({"options": {"num_experts_per_tok": 5}}, "options.num_experts_per_tok"),  # more than the 4 experts
-        ({"options": {"attn_layer_period": 1}}, "options.attn_layer_period"),  # every layer attention
-        ({"n_layer": 1, "options": {"attn_layer_offset": 0}}, "n_layer"),  # its one layer attention
+        ({"options": {"attention_heads": 3}}, "options.attention_heads"),  # 3 does not divide d_model 32
+        ({"options": {"kv_heads": 3}}, "options.kv_heads"),  # nor the 4 heads
+        ({"options": {"attention_offset": 2}}, "options.attention_offset"),  # not below the period, 2
+        ({"options": {"experts_per_token": 5}}, "options.experts_per_token"),  # more than the 4 experts
+        ({"options": {"attention_period": 1}}, "options.attention_period"),  # every layer attention
+        ({"n_layer": 1, "options": {"attention_offset": 0}}, "n_layer"),  # its one layer attention
         ({"options": {"attention_layers": 2}}, "options.attention_layers"),
     ],
 )
@@ -40,12 +40,12 @@ def test_a_jamba_model_with_a_broken_option_is_400_naming_it(
 def test_a_created_jamba_model_shows_its_options_with_the_defaults_filled(
     client: TestClient, model_requests: list[str]
 ) -> None:
-    response = client.post("/v1/models", json={**TINY, "options": {"num_experts": 8}})
+    response = client.post("/v1/models", json={**TINY, "options": {"experts": 8}})
     assert response.status_code == 200, response.text
 
     shown = client.get("/v1/models/tiny-jamba").json()["options"]
 
-    assert shown == {option.name: option.default for option in JAMBA.options} | {"num_experts": 8}
+    assert shown == {option.name: option.default for option in JAMBA.options} | {"experts": 8}
     assert len(model_requests) == 1
 
 

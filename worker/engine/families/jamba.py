@@ -42,8 +42,21 @@ def layer_parts(block: nn.Module) -> dict[str, nn.Module]:
     return mixer | {"moe" if hasattr(feed_forward, "experts") else "mlp": feed_forward}
 
 
+# The catalog's options (named as every hybrid names them) as JambaConfig's fields, in 5.17 and 5.24 alike.
+CONFIG_FIELDS = {
+    "attention_period": "attn_layer_period",
+    "attention_offset": "attn_layer_offset",
+    "expert_period": "expert_layer_period",
+    "expert_offset": "expert_layer_offset",
+    "attention_heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "mlp_size": "intermediate_size",
+    "experts": "num_experts",
+    "experts_per_token": "num_experts_per_tok",
+}
+
+
 def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> JambaConfig:
-    # The option names are JambaConfig's own fields, in transformers 5.17 and 5.24 alike.
     return JambaConfig(
         vocab_size=vocab_size,
         hidden_size=shape.d_model,
@@ -52,7 +65,7 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Jam
         mamba_d_conv=CONV_KERNEL,
         mamba_expand=EXPAND,
         tie_word_embeddings=True,
-        **shape.options,
+        **{CONFIG_FIELDS[name]: value for name, value in shape.options.items()},
         **ids,
     )
 
