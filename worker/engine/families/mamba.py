@@ -1,5 +1,5 @@
-"""Mamba (`model_type` "mamba"): its mixer forward through `mamba_inner_fn` or a torch scan, with LoRA folded
-into x_proj, dt_proj and out_proj, which the kernel reads as raw weights."""
+"""Mamba (`model_type` "mamba"): its mixer forward through our fused mixer (mamba_inner.py) or a torch scan,
+with LoRA folded into x_proj, dt_proj and out_proj, which the kernel reads as raw weights."""
 
 from functools import partial
 from typing import Any
@@ -36,7 +36,7 @@ def mixer_forward(
     dt_proj. (transformers' own CPU forward normalises dt's dt_rank columns before dt_proj instead, so
     its CPU and GPU forwards disagree; ours agree on every path.)
     `dt_norm_first`: with the norms, normalise dt's dt_rank columns before dt_proj, as Jamba's mixer does
-    with a weighted norm; mamba-ssm's fused mixer cannot, so then the scan alone is a CUDA kernel.
+    with a weighted norm. With either, the scan alone is a CUDA kernel (see below).
     `seq_idx` (b, l): packed documents, each from a zero state. The fused mixer kernels cannot reset the
     state, so then the conv runs in torch and only the selective scan in CUDA (`scan_with_resets`)."""
     if has_cache(kwargs):
@@ -54,27 +54,10 @@ def mixer_forward(
     dt_bias = base_layer(mixer.dt_proj).bias.float()
     out_bias = base_layer(mixer.out_proj).bias
 
-    inner = fused and not dt_norm_first
-    if inner and bcdt_norms:
-        # mamba-ssm's own fused mixer normalises dt, B and C; out_proj's adapter is folded in there.
-        norms = {f"{n}_rms_weight": getattr(mixer, f"{n}_layernorm").weight for n in ("b", "c", "dt")}
-        return kernels.mamba_inner_fn(
-            xz,
-            mixer.conv1d.weight,
-            mixer.conv1d.bias,
-            x_proj_w,
-            dt_proj_w,
-            effective_weight(mixer.out_proj),
-            out_bias,
-            A,
-            None,
-            None,
-            mixer.D.float(),
-            delta_bias=dt_bias,
-            delta_softplus=True,
-            b_c_dt_rms_eps=mixer.rms_eps,
-            **norms,
-        )
+    # With norms on Δ, B and C the projections and norms run in torch and only the scan is a CUDA kernel:
+    # mamba-ssm's fused mixer normalises them in forward but its backward skips the norms (dB, dC and dΔ
+    # land on x_proj's output as if unnormalised), so the LoRA gradients it gives are wrong.
+    inner = fused and not bcdt_norms
     if inner:
         return mamba_inner_lora(
             xz,
