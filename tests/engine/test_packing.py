@@ -6,8 +6,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from app.families import FAMILIES
 from worker.engine.data import IGNORE, pack
-from worker.engine.documents import causal_conv1d, document_causal_mask, document_positions
-from worker.engine.families import family_engine
+from worker.engine.documents import attention_mask_dtype, causal_conv1d, document_causal_mask, document_positions
+from worker.engine.families import engine_of, family_engine, ssm_mixers
 from worker.engine.lora_fold import attach_lora
 from worker.engine.loss import next_token_loss
 from worker.engine.mamba_forward import install_forwards
@@ -15,7 +15,8 @@ from worker.engine.spec import LoraSpec
 
 VOCAB = 64
 LENGTHS = (5, 11, 7)  # three documents, crossing the scan's chunks of 8
-FAMILIES_TESTED = ("mamba", "mamba2", "falcon_mamba")
+# Our layer loop, then the hybrids on their model's own (with every kind of layer in their default pattern).
+FAMILIES_TESTED = ("mamba", "mamba2", "falcon_mamba", "nemotron_h", "bamba", "granitemoehybrid", "zamba2")
 
 
 def documents(seed: int = 0) -> list[tuple[list[int], list[bool]]]:
@@ -25,18 +26,20 @@ def documents(seed: int = 0) -> list[tuple[list[int], list[bool]]]:
     return [(ids[0], [True] * 5), (ids[1], [False] * 5 + [True] * 6), (ids[2], [True] * 7)]
 
 
-def tiny_lm(model_type: str) -> torch.nn.Module:
-    """A random-init d_model 32 x 2 layers model of the family with LoRA (B non-zero) on in_proj and out_proj."""
+def tiny_lm(model_type: str, attention: str | None = None) -> torch.nn.Module:
+    """A random-init d_model 32 x 4 layers model of the family with LoRA (B non-zero) on its default targets,
+    scanning in chunks of 8; `attention`: the attention implementation, else the model's default."""
     engine = family_engine(model_type)
-    config = engine.build_config(
-        FAMILIES[model_type].shape(d_model=32, n_layer=2, d_state=8, variant=None, options={}), VOCAB, {}
-    )
-    if hasattr(config, "chunk_size"):
-        config.chunk_size = 8
+    family = FAMILIES[model_type]
+    config = engine.build_config(family.shape(d_model=32, n_layer=4, d_state=8, variant=None, options={}), VOCAB, {})
+    if attention is not None:
+        config._attn_implementation = attention
     torch.manual_seed(0)
-    model = attach_lora(
-        install_forwards(engine.causal_lm(config)), LoraSpec(r=4, alpha=8, target_modules=("in_proj", "out_proj"))
-    )
+    model = install_forwards(engine.causal_lm(config))
+    for mixer in ssm_mixers(model):
+        if hasattr(mixer, "chunk_size"):  # Mamba-2's
+            mixer.chunk_size = 8
+    model = attach_lora(model, LoraSpec(r=4, alpha=8, target_modules=family.default_targets))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -44,9 +47,13 @@ def tiny_lm(model_type: str) -> torch.nn.Module:
     return model
 
 
-def logits(model: torch.nn.Module, inputs: torch.Tensor, **packed: torch.Tensor) -> torch.Tensor:
+def logits(model: torch.nn.Module, inputs: torch.Tensor, docs: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits (b, l, vocab), with packed documents `docs` (b, l) as training hands them to the backbone."""
     lm = model.get_base_model()
-    return lm.lm_head(lm.backbone(input_ids=inputs, use_cache=False, **packed)[0])
+    engine = engine_of(lm)
+    packed = {} if docs is None else engine.backbone_kwargs(docs, attention_mask_dtype(lm.config))
+    hidden = engine.backbone(lm)(input_ids=inputs, use_cache=False, **packed)[0]
+    return lm.lm_head(hidden) * engine.logits_scale(lm.config)
 
 
 def gradients(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -63,7 +70,7 @@ def assert_each_document_as_alone(model: torch.nn.Module, atol: float) -> None:
     inputs, targets, docs = (t.to(device) for t in (blocks.inputs, blocks.targets, blocks.documents))
     assert docs.tolist() == [[0] * 5 + [1] * 11 + [2] * 6]
 
-    packed_logits = logits(model, inputs, seq_idx=docs)
+    packed_logits = logits(model, inputs, docs)
     packed_grads = gradients(model, next_token_loss(model, inputs, targets, docs) * (targets != IGNORE).sum())
     alone_sum, start = 0.0, 0
     for i, (ids, trained) in enumerate(examples):
@@ -86,6 +93,10 @@ def assert_each_document_as_alone(model: torch.nn.Module, atol: float) -> None:
 @pytest.mark.parametrize("model_type", FAMILIES_TESTED)
 def test_a_packed_row_gives_each_document_its_own_logits_loss_and_gradients(model_type: str) -> None:
     assert_each_document_as_alone(tiny_lm(model_type), atol=1e-5)
+
+
+def test_a_hybrid_with_eager_attention_keeps_the_documents_apart_with_the_float_mask() -> None:
+    assert_each_document_as_alone(tiny_lm("bamba", attention="eager"), atol=1e-5)
 
 
 def test_the_documents_convolution_is_the_models_own_where_nothing_crosses() -> None:

@@ -1,5 +1,6 @@
 """On CUDA: packed documents stay apart through the kernels too (Mamba: the selective scan with resets through
-its inputs and causal-conv1d's seq_idx; Mamba-2: the fused kernel's seq_idx; the fused layer loop)."""
+its inputs and causal-conv1d's seq_idx; Mamba-2: the fused kernel's seq_idx; the fused layer loop; the hybrids'
+own loops and attention)."""
 
 import pytest
 

@@ -6,7 +6,7 @@ must see only its own document: an SSM resets its state where a document starts 
 causal convolution reads no earlier document (`causal_conv1d`), and attention is block-diagonal causal.
 
 Attention in a hybrid family's engine (one that sets `separates_documents`: FamilyEngine says what that
-takes): besides `seq_idx` to its mixers, pass the model's own backbone
+takes): besides `seq_idx` to its mixers, pass the model's own backbone (`hybrid_documents`)
     position_ids=document_positions(seq_idx), attention_mask=document_causal_mask(seq_idx, dtype)
 Positions restart at 0 per document, so rotary embeddings match each document alone; the 4D mask is taken
 as it is by transformers' `create_causal_mask` (sdpa and flex read the boolean mask; eager adds the float
@@ -18,6 +18,7 @@ to the host every step; the mask here costs b·l² bytes and no sync.
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from transformers import PretrainedConfig
 
 from worker.engine import kernels
 
@@ -71,3 +72,25 @@ def document_causal_mask(seq_idx: Tensor, dtype: torch.dtype | None = None) -> T
     return torch.zeros(allowed.shape, dtype=dtype, device=seq_idx.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min
     )[:, None]
+
+
+def attention_mask_dtype(config: PretrainedConfig) -> torch.dtype | None:
+    """The mask dtype the model's attention takes: eager adds a float mask (promoted to its scores' dtype), the
+    others read a boolean one."""
+    return torch.float32 if config._attn_implementation == "eager" else None
+
+
+def mixer_documents(seq_idx: Tensor, mask_dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """A backbone's arguments for packed documents where our layer loop hands `seq_idx` to the mixers."""
+    return {"seq_idx": seq_idx}
+
+
+def hybrid_documents(seq_idx: Tensor, mask_dtype: torch.dtype | None) -> dict[str, Tensor]:
+    """A hybrid's arguments for packed documents, where its model's own layer loop runs: the loop hands
+    `seq_idx` on to every layer and mixer through their keyword arguments (transformers 5.17 and 5.24 alike),
+    and its attention reads each document alone from the positions and the mask."""
+    return {
+        "seq_idx": seq_idx,
+        "position_ids": document_positions(seq_idx),
+        "attention_mask": document_causal_mask(seq_idx, mask_dtype),
+    }

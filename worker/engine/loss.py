@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from worker.engine.documents import attention_mask_dtype
 from worker.engine.families import engine_of
 
 IGNORE = -100
@@ -38,10 +39,13 @@ def next_token_loss(
 ) -> Tensor:
     """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t].
     `documents` (b, l) int32: the packed document of each input (data.Blocks), handed to the backbone as
-    `seq_idx` so that none reads another, where the family's backbone takes it; None: each row is one."""
+    the family's `backbone_kwargs` so that none reads another, where its backbone keeps them apart; None: each
+    row is one."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     engine = engine_of(lm)
-    packed = {"seq_idx": documents} if documents is not None and engine.separates_documents else {}
+    packed = {}
+    if documents is not None and engine.separates_documents:
+        packed = engine.backbone_kwargs(documents, attention_mask_dtype(lm.config))
     hidden = engine.backbone(lm)(input_ids=inputs, use_cache=False, **packed)[0]  # (b, l, d)
     scale = engine.logits_scale(lm.config)
     hidden = hidden.reshape(-1, hidden.shape[-1])

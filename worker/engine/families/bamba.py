@@ -12,6 +12,7 @@ from transformers.models.bamba.modeling_bamba import BambaMixer
 
 from app.families.bamba import attention_layers, mamba_heads
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
+from worker.engine.documents import hybrid_documents
 from worker.engine.families.family import FamilyEngine
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
@@ -68,4 +69,6 @@ ENGINE = FamilyEngine(
     d_state=lambda config: config.mamba_d_state,
     fused_backbone=None,  # the model's own layer loop
     backbone_output=None,
+    separates_documents=True,
+    backbone_kwargs=hybrid_documents,
 )

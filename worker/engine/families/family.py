@@ -6,11 +6,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from app.families import FAMILIES
 from app.families.family import Family, ModelShape
+from worker.engine.documents import mixer_documents
 
 # (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, seq_idx=None, **kwargs) -> (b, l, d_model)
 MixerForward = Callable[..., Tensor]
@@ -49,12 +51,13 @@ class FamilyEngine:
     # The factor the causal LM multiplies lm_head's output by (Falcon-H1's muP lm_head_multiplier), which
     # the trainer's loss applies as it computes the logits itself (loss.py).
     logits_scale: Callable[[PretrainedConfig], float] = lambda config: 1.0
-    # Whether the backbone keeps packed documents apart: training then calls it with `seq_idx` (b, l), each
-    # token's document (worker/engine/documents.py). Our layer loop (mamba_forward.backbone_forward) hands it
-    # to every mixer, which resets its state where a document starts. A family on its model's own loop has
-    # to hand it on itself, and give its attention the per-document positions and mask documents.py builds;
-    # until then its packed rows train as one sequence each.
+    # Whether the backbone keeps packed documents apart: training then calls it with `backbone_kwargs` of each
+    # token's document (worker/engine/documents.py); otherwise its packed rows train as one sequence each.
     separates_documents: bool = False
+    # The backbone's arguments for packed documents `seq_idx` (b, l), its attention's mask in `mask_dtype` (None:
+    # boolean): `seq_idx` alone for our layer loop (mamba_forward.backbone_forward), which hands it to every mixer;
+    # a hybrid's own loop takes its attention's positions and mask too (documents.hybrid_documents).
+    backbone_kwargs: Callable[[Tensor, torch.dtype | None], dict[str, Tensor]] = mixer_documents
 
     @property
     def catalog(self) -> Family:

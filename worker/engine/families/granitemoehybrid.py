@@ -13,6 +13,7 @@ from transformers.models.granitemoehybrid.modeling_granitemoehybrid import Grani
 
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
 from app.families.granitemoehybrid import MAMBA, layer_kinds
+from worker.engine.documents import hybrid_documents
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 
@@ -79,4 +80,5 @@ ENGINE = replace(
     d_state=lambda config: config.mamba_d_state,
     logits_scale=lambda config: 1 / config.logits_scaling,
     build_config=build_config,
+    backbone_kwargs=hybrid_documents,  # separates_documents as Mamba-2, through the model's own loop and attention
 )

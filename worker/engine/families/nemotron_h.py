@@ -14,6 +14,7 @@ from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mi
 
 from app.families.family import ModelShape
 from app.families.nemotron_h import block_pattern, mamba_heads
+from worker.engine.documents import hybrid_documents
 from worker.engine.families.family import FamilyEngine
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 
@@ -79,4 +80,6 @@ ENGINE = FamilyEngine(
     scan_copies=MAMBA2.scan_copies,  # the same chunked scan
     build_config=build_config,
     d_state=lambda config: config.ssm_state_size,
+    separates_documents=True,
+    backbone_kwargs=hybrid_documents,
 )

@@ -16,6 +16,7 @@ from transformers.models.zamba2.modeling_zamba2 import Zamba2HybridLayer, Zamba2
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
 from app.families.mamba2 import HEAD_DIM
 from app.families.zamba2 import hybrid_layers
+from worker.engine.documents import hybrid_documents
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 
@@ -72,4 +73,5 @@ ENGINE = replace(
     d_inner=lambda config: config.n_mamba_heads * config.mamba_headdim,
     build_config=build_config,
     d_state=lambda config: config.mamba_d_state,
+    backbone_kwargs=hybrid_documents,  # separates_documents as Mamba-2, through the model's own loop and attention
 )
