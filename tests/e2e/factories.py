@@ -123,10 +123,10 @@ def adapter_logits_change(models_dir: Path, adapter: Path) -> float:
     return (after - before).abs().max().item()
 
 
-def random_adapter(base: Path, folder: Path) -> Path:
-    """A LoRA adapter for the model at `base`, saved as a job saves one into `folder`, on in_proj and on
-    dt_proj and out_proj (which only folding or merging reaches) with random B and SSM parameters: it moves
-    the logits as a trained one would, without the training."""
+def random_adapter(base: Path, folder: Path, targets: tuple[str, ...] = ("in_proj", "dt_proj", "out_proj")) -> Path:
+    """A LoRA adapter for the model at `base`, saved as a job saves one into `folder`, on `targets` (by default
+    in_proj, and dt_proj and out_proj, which only folding or merging reaches) with random B and SSM parameters:
+    it moves the logits as a trained one would, without the training."""
     import torch
 
     from worker.engine.loading import load_base
@@ -134,7 +134,7 @@ def random_adapter(base: Path, folder: Path) -> Path:
     from worker.engine.spec import LoraSpec
 
     model, _, _ = load_base(str(base), device=torch.device("cpu"))
-    spec = LoraSpec(r=4, alpha=8, target_modules=("in_proj", "dt_proj", "out_proj"), train_ssm_params=True)
+    spec = LoraSpec(r=4, alpha=8, target_modules=targets, train_ssm_params=True)
     peft_model = attach_lora(model, spec)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

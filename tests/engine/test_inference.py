@@ -9,6 +9,8 @@ import torch
 
 from e2e.factories import random_adapter
 from worker.engine.data import chat_prompt, tokenize_record
+from worker.engine.loading import load_base
+from worker.engine.lora_fold import load_adapter
 from worker.engine.tiny_model import byte_tokenizer
 from worker.inference.generation import Sampling, StopScanner, generate
 from worker.inference.loaded_models import LoadedModels
@@ -57,9 +59,9 @@ def test_sampling_with_a_seed_repeats_and_differs_from_greedy(tiny_mamba: Path):
     assert first != _text(model, tokenizer, "hello", GREEDY)[0]
 
 
-@pytest.fixture
-def adapter(tiny_mamba: Path, tmp_path: Path) -> Path:
-    return random_adapter(tiny_mamba, tmp_path / "adapter")
+@pytest.fixture(params=[("in_proj", "dt_proj", "out_proj"), ("in_proj", "lm_head")], ids=["mixer", "tied_head"])
+def adapter(request: pytest.FixtureRequest, tiny_mamba: Path, tmp_path: Path) -> Path:
+    return random_adapter(tiny_mamba, tmp_path / "adapter", request.param)
 
 
 def _logits(model: torch.nn.Module) -> torch.Tensor:
@@ -72,15 +74,18 @@ def test_an_adapter_swaps_in_and_out_leaving_the_base_bit_identical(tiny_mamba: 
     base, _ = models.get(tiny_mamba)
     weights = {name: value.clone() for name, value in base.state_dict().items()}
     base_logits = _logits(base)
+    unmerged = load_adapter(load_base(str(tiny_mamba), device=torch.device("cpu"))[0], adapter).eval()
 
     tuned, _ = models.get(tiny_mamba, adapter)
     assert not torch.allclose(_logits(tuned), base_logits, atol=1e-3)
+    assert torch.allclose(_logits(tuned), _logits(unmerged), atol=1e-5)
     assert models.loaded() == [(str(tiny_mamba), adapter)]
 
     restored, _ = models.get(tiny_mamba)
     for name, value in restored.state_dict().items():
         assert torch.equal(value, weights[name]), name
     assert torch.equal(_logits(restored), base_logits)
+    assert restored.lm_head.weight is restored.backbone.embeddings.weight  # tied again, as loaded
 
 
 def test_the_least_recently_used_base_is_dropped_first(tiny_mamba: Path, tiny_mamba2: Path, tmp_path: Path):

@@ -107,14 +107,29 @@ def test_ssm_parameters_train_alongside_lora_and_travel_with_the_adapter(tmp_pat
     assert torch.allclose(logits(reloaded, ids, train=False), logits(model, ids, train=False), atol=1e-5)
 
 
-def test_merged_weights_reproduce_the_adapter():
+@pytest.mark.parametrize(
+    "targets",
+    [
+        ("in_proj", "dt_proj", "out_proj"),
+        # The head and the embeddings share one weight: the merged model keeps one of each.
+        ("in_proj", "lm_head"),
+        ("in_proj", "embeddings"),
+        ("embeddings", "lm_head"),
+    ],
+)
+def test_merged_weights_saved_and_loaded_reproduce_the_adapter(targets, tmp_path):
     ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(4))
-    model = attach_lora(make_model("mamba"), LoraSpec(r=4, alpha=8, target_modules=("in_proj", "dt_proj", "out_proj")))
+    model = attach_lora(make_model("mamba"), LoraSpec(r=4, alpha=8, target_modules=targets))
     train_steps(model, ids)
     expected = logits(model, ids, train=False)
+    assert not torch.allclose(logits(make_model("mamba"), ids, train=False), expected, atol=1e-3)
     merged = merge_adapter(model)
     assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert merged.config.tie_word_embeddings == ({"embeddings", "lm_head"}.isdisjoint(targets))
     assert torch.allclose(logits(merged, ids, train=False), expected, atol=1e-5)
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = install_forwards(MambaForCausalLM.from_pretrained(tmp_path / "merged"), "torch")
+    assert torch.allclose(logits(reloaded, ids, train=False), expected, atol=1e-5)
 
 
 def test_dropout_on_a_kernel_read_target_is_refused():

@@ -151,7 +151,8 @@ def test_full_fine_tuning_lowers_loss_and_saves_a_loadable_model(tiny_mamba, dem
 
 
 def test_merged_export_is_a_plain_model_with_the_adapters_logits(tiny_mamba, demo_train, demo_valid, tmp_path):
-    lora = LoraSpec(r=8, alpha=16.0, target_modules=("in_proj", "x_proj", "dt_proj", "out_proj"), export_merged=True)
+    targets = ("in_proj", "x_proj", "dt_proj", "out_proj", "lm_head")  # the head shares its weight with the embeddings
+    lora = LoraSpec(r=8, alpha=16.0, target_modules=targets, export_merged=True)
     result = train(make_spec(tiny_mamba, demo_train, demo_valid, tmp_path, lora=lora))
     ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
     adapted = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_mamba), result.adapter_dir).eval()

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
+from transformers import AutoModelForCausalLM
 
 from app.families import FAMILIES
 from worker.engine.families import family_engine
@@ -27,8 +28,8 @@ def tiny(options: dict[str, Any], seed: int = 0) -> torch.nn.Module:
     return install_forwards(engine.causal_lm(family_config(engine, shape, 257, 256)))
 
 
-def with_adapter(options: dict[str, Any]) -> torch.nn.Module:
-    model = attach_lora(tiny(options), LoraSpec(r=4, alpha=8, target_modules=ZAMBA2.default_targets))
+def with_adapter(options: dict[str, Any], targets: tuple[str, ...] = ZAMBA2.default_targets) -> torch.nn.Module:
+    model = attach_lora(tiny(options), LoraSpec(r=4, alpha=8, target_modules=targets))
     with torch.no_grad():  # a trained-looking adapter: B starts at zero
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -83,3 +84,14 @@ def test_a_shared_block_gets_one_adapter_that_every_use_trains_and_that_merges_o
     assert torch.allclose(logits(reloaded, ids), expected, rtol=0, atol=1e-5)
     merged = merge_adapter(reloaded)
     assert torch.allclose(logits(merged, ids), expected, rtol=0, atol=1e-4)
+
+
+def test_a_merged_adapter_on_the_tied_head_saves_every_use_of_the_shared_block(tmp_path: Path) -> None:
+    # The merged model's head no longer ties to the embeddings, and the config flag that says so also stops
+    # transformers tying the shared block's uses on load: the saved model must hold each use itself.
+    model = with_adapter(SHARED, (*ZAMBA2.default_targets, "lm_head"))
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    expected = logits(model, ids)
+    merge_adapter(model).save_pretrained(tmp_path / "merged")
+    reloaded = install_forwards(AutoModelForCausalLM.from_pretrained(tmp_path / "merged"))
+    assert torch.allclose(logits(reloaded, ids), expected, rtol=0, atol=1e-4)

@@ -26,6 +26,7 @@ from torch import nn
 from app.families import FAMILIES
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import LoraSpec
+from worker.engine.tied_embeddings import adapter_on_tied_embeddings, copy_shared_weights, untie_head
 
 SSM_PARAMS_FILE = "ssm_params.safetensors"
 
@@ -141,10 +142,17 @@ def load_adapter(base_model: nn.Module, folder: Path, *, is_trainable: bool = Fa
 
 def merge_adapter(model: PeftModel) -> nn.Module:
     """Fold the adapter into the base weights for good: a plain HF model any tool can load. An adapter that
-    several copies of one tied weight share (`share_tied_adapters`) is folded into that weight once."""
+    several copies of one tied weight share (`share_tied_adapters`) is folded into that weight once; an adapter on
+    the head or the embeddings unties the two (tied_embeddings.py)."""
+    untie = adapter_on_tied_embeddings(model)
+    if untie:
+        untie_head(model)
     merged: set[int] = set()
     for module in model.modules():
         if isinstance(module, LoraLayer) and id(module.lora_A) not in merged:
             merged.add(id(module.lora_A))
             module.merge()
-    return model.unload()
+    plain = model.unload()
+    if untie:
+        copy_shared_weights(plain)
+    return plain

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import load_adapter, merge_adapter, ssm_parameters
 from worker.engine.lora_weights import adapted_weight
+from worker.engine.tied_embeddings import adapter_on_tied_embeddings, tie_again
 
 PEFT_PREFIX = "base_model.model."
 
@@ -30,6 +31,7 @@ class _Loaded:
     tokenizer: Any
     adapter: Path | None = None  # merged in now
     originals: dict[str, Tensor] = field(default_factory=dict)  # parameter name -> the base's value (CPU)
+    untied: bool = False  # the merge untied weights the base ties (tied_embeddings.py)
 
 
 class LoadedModels:
@@ -72,12 +74,15 @@ def _merge(loaded: _Loaded, adapter: Path) -> None:
         if isinstance(module, LoraLayer):
             weight_name, weight = adapted_weight(name.removeprefix(PEFT_PREFIX), module)
             originals[weight_name] = weight.detach().to("cpu", copy=True)
+    untied = adapter_on_tied_embeddings(peft_model)
     loaded.model = merge_adapter(peft_model).eval()
-    loaded.originals, loaded.adapter = originals, adapter
+    loaded.originals, loaded.adapter, loaded.untied = originals, adapter, untied
 
 
 def _restore_base(loaded: _Loaded) -> None:
     with torch.no_grad():
         for name, value in loaded.originals.items():
             loaded.model.get_parameter(name).copy_(value)
-    loaded.originals, loaded.adapter = {}, None
+    if loaded.untied:
+        tie_again(loaded.model)
+    loaded.originals, loaded.adapter, loaded.untied = {}, None, False
