@@ -16,7 +16,10 @@ from worker.engine.spec import LoraSpec
 VOCAB = 64
 LENGTHS = (5, 11, 7)  # three documents, crossing the scan's chunks of 8
 # Our layer loop, then the hybrids on their model's own (with every kind of layer in their default pattern).
-FAMILIES_TESTED = ("mamba", "mamba2", "falcon_mamba", "nemotron_h", "bamba", "granitemoehybrid", "zamba2")
+FAMILIES_TESTED = (
+    *("mamba", "mamba2", "falcon_mamba"),
+    *("nemotron_h", "bamba", "granitemoehybrid", "zamba2", "falcon_h1", "jamba"),
+)
 
 
 def documents(seed: int = 0) -> list[tuple[list[int], list[bool]]]:
@@ -26,12 +29,17 @@ def documents(seed: int = 0) -> list[tuple[list[int], list[bool]]]:
     return [(ids[0], [True] * 5), (ids[1], [False] * 5 + [True] * 6), (ids[2], [True] * 7)]
 
 
-def tiny_lm(model_type: str, attention: str | None = None) -> torch.nn.Module:
+def tiny_lm(
+    model_type: str, attention: str | None = None, options: dict | None = None, **fields: object
+) -> torch.nn.Module:
     """A random-init d_model 32 x 4 layers model of the family with LoRA (B non-zero) on its default targets,
-    scanning in chunks of 8; `attention`: the attention implementation, else the model's default."""
+    scanning in chunks of 8; `attention`: the attention implementation, else the model's default; `options`:
+    the catalog's, else the tiny defaults; `fields`: config fields set before the model is built."""
     engine = family_engine(model_type)
     family = FAMILIES[model_type]
-    config = engine.build_config(family.shape(d_model=32, n_layer=4, d_state=8, variant=None, options={}), VOCAB, {})
+    shape = family.shape(d_model=32, n_layer=4, d_state=8, variant=None, options=options or {})
+    config = engine.build_config(shape, VOCAB, {})
+    config.update(fields)
     if attention is not None:
         config._attn_implementation = attention
     torch.manual_seed(0)
@@ -97,6 +105,22 @@ def test_a_packed_row_gives_each_document_its_own_logits_loss_and_gradients(mode
 
 def test_a_hybrid_with_eager_attention_keeps_the_documents_apart_with_the_float_mask() -> None:
     assert_each_document_as_alone(tiny_lm("bamba", attention="eager"), atol=1e-5)
+
+
+def test_falcon_h1_keeps_the_documents_apart_with_its_gated_norm_and_mup_multipliers() -> None:
+    """The default (no gated norm: y gated by silu(z)) is in FAMILIES_TESTED; the multipliers are a released
+    checkpoint's kind, unlike a random-init model's (all 1)."""
+    model = tiny_lm(
+        "falcon_h1",
+        attention="eager",
+        options={"ssm_norm": "gated"},
+        ssm_in_multiplier=1.25,
+        ssm_multipliers=[0.35, 0.25, 0.7, 0.5, 1.4],
+        attention_in_multiplier=0.8,
+        key_multiplier=0.4,
+        lm_head_multiplier=0.25,
+    )
+    assert_each_document_as_alone(model, atol=1e-5)
 
 
 def test_the_documents_convolution_is_the_models_own_where_nothing_crosses() -> None:

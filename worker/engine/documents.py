@@ -87,8 +87,9 @@ def mixer_documents(seq_idx: Tensor, mask_dtype: torch.dtype | None) -> dict[str
 
 def hybrid_documents(seq_idx: Tensor, mask_dtype: torch.dtype | None) -> dict[str, Tensor]:
     """A hybrid's arguments for packed documents, where its model's own layer loop runs: the loop hands
-    `seq_idx` on to every layer and mixer through their keyword arguments (transformers 5.17 and 5.24 alike),
-    and its attention reads each document alone from the positions and the mask."""
+    `seq_idx` on to every layer and mixer through their keyword arguments (transformers 5.17 and 5.24 alike;
+    where a block drops them, the engine's `block_forward` does not), and its attention reads each document
+    alone from the positions and the mask."""
     return {
         "seq_idx": seq_idx,
         "position_ids": document_positions(seq_idx),

@@ -1,6 +1,7 @@
 """Routing a model's SSM mixers through forwards that see LoRA on every target, on every code path.
 
-`install_forwards(model)` replaces each mixer's `forward` with its family's (worker/engine/families/).
+`install_forwards(model)` replaces each mixer's `forward` with its family's (worker/engine/families/), and
+a block's where the model's own would not hand its mixer packed documents' `seq_idx`.
 There the fused CUDA path and the pure-torch paths sit side by side, chosen by one condition, like
 mamba-ssm's `mamba_simple.py`; both read their weights through `effective_weight`, so a LoRA adapter
 trains through the fused kernel and the reference path alike.
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from worker.engine import kernels
-from worker.engine.families import FamilyEngine, backbone_engine, mixer_engine
+from worker.engine.families import FamilyEngine, backbone_engine, block_forward, mixer_engine
 from worker.engine.mixer_parts import ForwardPath, has_cache
 from worker.engine.sparse_mamba import apply_structure, route
 
@@ -29,14 +30,16 @@ def install_forwards(model: nn.Module, path: ForwardPath = "auto") -> nn.Module:
         model.config.use_cache = False
     apply_structure(model)  # SC / SO parameters for a model built from a structured config
     for module in model.modules():
-        mixer_of, backbone_of = mixer_engine(module), backbone_engine(module)
+        mixer_of, backbone_of, block_of = mixer_engine(module), backbone_engine(module), block_forward(module)
         # Keep the model's own forward once, for generation with a cache.
-        if (mixer_of or backbone_of) and not hasattr(module, "hf_forward"):
+        if (mixer_of or backbone_of or block_of) and not hasattr(module, "hf_forward"):
             module.hf_forward = module.forward
         if mixer_of is not None:
             module.forward = route(module, partial(mixer_of.mixer_forward, module, path=path), path)
         elif backbone_of is not None:
             module.forward = partial(backbone_forward, module, engine=backbone_of, path=path)
+        elif block_of is not None:
+            module.forward = partial(block_of, module)
     return model
 
 

@@ -1,6 +1,7 @@
 """The torch side of each model family, one module each, registered by the `model_type` its catalog entry
 (app/families/) has: a family is that entry and its module here."""
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -37,6 +38,7 @@ __all__ = [
     "ENGINES",
     "FamilyEngine",
     "backbone_engine",
+    "block_forward",
     "engine_of",
     "family_engine",
     "layer_kinds",
@@ -74,6 +76,14 @@ def mixer_engine(module: nn.Module) -> FamilyEngine | None:
 def backbone_engine(module: nn.Module) -> FamilyEngine | None:
     """The engine whose fused layer loop replaces `module`'s forward, or None."""
     return next((e for e in ENGINES.values() if e.fused_backbone and isinstance(module, e.fused_backbone)), None)
+
+
+def block_forward(module: nn.Module) -> Callable[..., Any] | None:
+    """The forward an engine gives `module`, a block of its model's own loop, in place of the block's own; or None."""
+    return next(
+        (e.block_forward[1] for e in ENGINES.values() if e.block_forward and isinstance(module, e.block_forward[0])),
+        None,
+    )
 
 
 def ssm_mixers(model: nn.Module) -> list[Any]:

@@ -15,6 +15,7 @@ from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
 
 from app.families.falcon_h1 import SSM_NORMS
 from app.families.family import EXPAND, ModelShape
+from worker.engine.documents import hybrid_documents
 from worker.engine.families.family import FamilyEngine
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
@@ -90,4 +91,6 @@ ENGINE = FamilyEngine(
     build_config=build_config,
     d_state=lambda config: config.mamba_d_state,
     logits_scale=lambda config: config.lm_head_multiplier,
+    separates_documents=True,  # its blocks hand their kwargs, `seq_idx` among them, on to the mixer
+    backbone_kwargs=hybrid_documents,
 )

@@ -58,6 +58,10 @@ class FamilyEngine:
     # boolean): `seq_idx` alone for our layer loop (mamba_forward.backbone_forward), which hands it to every mixer;
     # a hybrid's own loop takes its attention's positions and mask too (documents.hybrid_documents).
     backbone_kwargs: Callable[[Tensor, torch.dtype | None], dict[str, Tensor]] = mixer_documents
+    # A block class of the model's own loop and the forward `install_forwards` gives it in place of its own
+    # (kept as `hf_forward`), where the model's own does not hand `seq_idx` on to its mixer (Jamba's Mamba
+    # blocks): (block, hidden, *args, **kwargs) -> what the block's own returns.
+    block_forward: tuple[type[nn.Module], Callable[..., Any]] | None = None
 
     @property
     def catalog(self) -> Family:

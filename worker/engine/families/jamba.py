@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import Tensor, nn
 from transformers import JambaConfig, JambaForCausalLM
-from transformers.models.jamba.modeling_jamba import JambaMambaMixer
+from transformers.models.jamba.modeling_jamba import JambaMambaDecoderLayer, JambaMambaMixer
 
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
+from worker.engine.documents import hybrid_documents
 from worker.engine.families.family import FamilyEngine
 from worker.engine.families.mamba import ENGINE as MAMBA
 from worker.engine.families.mamba import delta as mamba_delta
@@ -33,6 +34,26 @@ def mixer_forward(
     return mamba_mixer_forward(
         mixer, hidden_states, attention_mask, path=path, bcdt_norms=True, dt_norm_first=True, **kwargs
     )
+
+
+def mamba_block_forward(
+    block: JambaMambaDecoderLayer,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    seq_idx: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """A Mamba block's forward that hands packed documents' `seq_idx` to its mixer, which the model's own
+    drops (transformers 5.17 and 5.24 alike); without them, the model's own."""
+    if seq_idx is None:
+        return block.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
+    if any(kwargs.get(name) is not None for name in ("cache", "past_key_values")):
+        raise ValueError("packed documents (seq_idx) run without a cache")
+    hidden_states = hidden_states + block.mamba(
+        block.input_layernorm(hidden_states), attention_mask=attention_mask, seq_idx=seq_idx
+    )
+    return hidden_states + block.feed_forward(block.pre_ff_layernorm(hidden_states))
 
 
 def layer_parts(block: nn.Module) -> dict[str, nn.Module]:
@@ -87,4 +108,7 @@ ENGINE = FamilyEngine(
     scan_copies=MAMBA.scan_copies,  # the same chunked scan
     build_config=build_config,
     d_state=lambda config: config.mamba_d_state,
+    separates_documents=True,
+    backbone_kwargs=hybrid_documents,
+    block_forward=(JambaMambaDecoderLayer, mamba_block_forward),
 )

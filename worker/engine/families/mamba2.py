@@ -54,7 +54,7 @@ def mixer_forward(
         with training_off_for_fused(mixer):
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     if not fused:
-        return _documents_forward(mixer, hidden_states, attention_mask, seq_idx, projection)
+        return _documents_forward(mixer, hidden_states, attention_mask, seq_idx, projection, norm_args)
     return fused_forward(
         mixer, hidden_states, attention_mask, projection=projection, norm_args=norm_args, seq_idx=seq_idx
     )
@@ -96,9 +96,11 @@ def _documents_forward(
     attention_mask: Tensor | None,
     seq_idx: Tensor,
     projection: Callable[[nn.Module, Tensor], Tensor] = in_projection,
+    norm_args: Callable[[nn.Module], dict[str, Any]] = gated_norm_args,
 ) -> Tensor:
     """The model's own torch forward (no cache) with packed documents kept apart: the conv reads no earlier
-    document and the scan resets where one starts (transformers' scan cannot)."""
+    document and the scan resets where one starts (transformers' scan cannot). Without a gated norm
+    (`norm_args`' weight None) y is gated by silu(z), as the fused kernel does."""
     b, length, _ = hidden.shape
     projected = projection(mixer, mask_padding(hidden, attention_mask))  # (b, l, in_proj_out)
     gate, xBC, dt = projected.split([mixer.intermediate_size, mixer.conv_dim, mixer.num_heads], dim=-1)
@@ -117,7 +119,9 @@ def _documents_forward(
         mixer.time_step_limit,
         reset=document_starts(seq_idx),
     )
-    return mixer.out_proj(mixer.norm(y.reshape(b, length, -1), gate).to(hidden.dtype))
+    y = y.reshape(b, length, -1)
+    y = y * F.silu(gate) if norm_args(mixer)["rmsnorm_weight"] is None else mixer.norm(y, gate)
+    return mixer.out_proj(y.to(hidden.dtype))
 
 
 @contextmanager
