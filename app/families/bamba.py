@@ -1,7 +1,7 @@
 """Bamba (transformers' `bamba`, IBM): Mamba-2 mixers with self-attention in the layers `attn_layer_indices`
 names, and a dense gated MLP after the mixer or the attention of every layer."""
 
-from app.families.family import EXPAND, Family, ModelShape, Option, ShapeError
+from app.families.family import EXPAND, ModelShape, Option, ShapeError, hybrid
 from app.families.mamba2 import MAMBA2, mixer_parameters
 
 MAMBA, ATTENTION = "M", "*"
@@ -69,15 +69,10 @@ def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
 # Every projection of every layer kind: the Mamba-2 mixer's, attention's and the MLP's.
 LAYER_TARGETS = ("in_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-BAMBA = Family(
-    model_type="bamba",
-    lora_targets=(*LAYER_TARGETS, "embed_tokens", "lm_head"),
-    default_targets=LAYER_TARGETS,
-    kernel_read_targets=MAMBA2.kernel_read_targets,
-    ssm_params=MAMBA2.ssm_params,
-    # The Sparse Mamba constraint is Mamba-2's own forward; Bamba has the stock A only.
-    variant_field=MAMBA2.variant_field,
-    variants=MAMBA2.variants[:1],
+BAMBA = hybrid(
+    "bamba",
+    mixer=MAMBA2,
+    layer_targets=LAYER_TARGETS,
     hub_marks=("bamba",),
     parameter_count=parameter_count,
     options=OPTIONS,

@@ -1,7 +1,7 @@
 """Falcon-H1 (transformers' `falcon_h1`): every block runs a Mamba-2 mixer and self-attention side by side on
 the same normed input, then an MLP, with muP multipliers on the way in and out of each."""
 
-from app.families.family import CONV_KERNEL, EXPAND, Family, ModelShape, Option, ShapeError
+from app.families.family import CONV_KERNEL, EXPAND, ModelShape, Option, ShapeError, hybrid
 from app.families.mamba2 import MAMBA2
 
 # The SSM's gated RMSNorm before out_proj (the config's `mamba_rms_norm`): the released checkpoints have none.
@@ -56,14 +56,10 @@ MIXER_TARGETS = ("in_proj", "out_proj")
 ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 
-FALCON_H1 = Family(
-    model_type="falcon_h1",
-    lora_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS, "embed_tokens", "lm_head"),
-    default_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS),
-    kernel_read_targets=MAMBA2.kernel_read_targets,
-    ssm_params=MAMBA2.ssm_params,
-    variant_field=MAMBA2.variant_field,
-    variants=MAMBA2.variants[:1],
+FALCON_H1 = hybrid(
+    "falcon_h1",
+    mixer=MAMBA2,
+    layer_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS),
     hub_marks=("falcon-h1", "falcon_h1", "falconh1"),
     parameter_count=parameter_count,
     options=OPTIONS,

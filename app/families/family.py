@@ -3,6 +3,7 @@
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # What every family's random-init model shares (the engine builds them so; the parameter counts rely on it).
 EXPAND = 2  # d_inner = EXPAND · d_model
@@ -121,3 +122,28 @@ class Family:
         targets = set(self.lora_targets)
         if not set(self.default_targets) | self.kernel_read_targets | self.parameter_targets <= targets:
             raise ValueError(f"{self.model_type}: default, kernel-read and parameter targets must be LoRA targets")
+
+
+def hybrid(
+    model_type: str,
+    *,
+    mixer: Family,
+    layer_targets: tuple[str, ...],
+    expert_targets: tuple[str, ...] = (),
+    embedding: str = "embed_tokens",
+    **fields: Any,
+) -> Family:
+    """A hybrid family whose SSM mixers are `mixer`'s (Mamba's or Mamba-2's): their kernel-read targets and SSM
+    parameters, the stock state only (no Sparse Mamba variant), LoRA by default on every projection of every
+    layer kind (`layer_targets`, and the experts' 3-D weights `expert_targets`), on the embedding and the head
+    on request."""
+    defaults: dict[str, Any] = {
+        "lora_targets": (*layer_targets, *expert_targets, embedding, "lm_head"),
+        "default_targets": (*layer_targets, *expert_targets),
+        "kernel_read_targets": mixer.kernel_read_targets,
+        "parameter_targets": frozenset(expert_targets),
+        "ssm_params": mixer.ssm_params,
+        "variant_field": mixer.variant_field,
+        "variants": mixer.variants[:1],
+    }
+    return Family(model_type=model_type, **{**defaults, **fields})

@@ -1,7 +1,8 @@
 """IBM Granite 4.0-H (transformers' `granitemoehybrid`): Mamba-2 mixer layers and self-attention layers, each
 followed by a shared (dense) MLP and, when the model has experts, a mixture of experts beside it."""
 
-from app.families.family import CONV_KERNEL, EXPAND, Family, ModelShape, Option, ShapeError
+from app.families.family import CONV_KERNEL, EXPAND, ModelShape, Option, ShapeError, hybrid
+from app.families.mamba2 import MAMBA2
 
 MAMBA, ATTENTION = "M", "A"
 
@@ -72,24 +73,15 @@ def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
 # The experts' weights: 3-D parameters (experts, out, in) of one module, which peft reaches as parameters.
 EXPERT_TARGETS = ("experts.gate_up_proj", "experts.down_proj")
 
-GRANITEMOEHYBRID = Family(
-    model_type="granitemoehybrid",
-    lora_targets=(
+GRANITEMOEHYBRID = hybrid(
+    "granitemoehybrid",
+    mixer=MAMBA2,
+    layer_targets=(
         *("in_proj", "out_proj"),  # the Mamba-2 mixer
         *("q_proj", "k_proj", "v_proj", "o_proj"),  # attention
         *("input_linear", "output_linear"),  # the shared MLP
-        *EXPERT_TARGETS,
-        *("embed_tokens", "lm_head"),
     ),
-    default_targets=(
-        *("in_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj"),
-        *("input_linear", "output_linear", *EXPERT_TARGETS),
-    ),
-    kernel_read_targets=frozenset({"out_proj"}),
-    parameter_targets=frozenset(EXPERT_TARGETS),
-    ssm_params=("A_log", "D", "dt_bias"),
-    variant_field="a_constraint",
-    variants=("none",),
+    expert_targets=EXPERT_TARGETS,
     hub_marks=("granite-4.0-h", "granite-4.0-tiny", "granitemoehybrid"),
     parameter_count=parameter_count,
     options=OPTIONS,

@@ -1,7 +1,7 @@
 """Jamba (transformers' `jamba`): Mamba-1 mixers with RMSNorms on dt, B and C, an attention layer every
 `attention_period` layers and a mixture of experts in place of the MLP every `expert_period` layers."""
 
-from app.families.family import Family, ModelShape, Option, ShapeError
+from app.families.family import ModelShape, Option, ShapeError, hybrid
 from app.families.mamba import MAMBA, dt_rank, mixer_parameter_count
 
 # The experts' weights are 3-D parameters (experts x out x in), not Linear modules.
@@ -76,15 +76,12 @@ def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
     return vocab_rows * d_model + layers + d_model  # tied embeddings, layers with their two norms, final norm
 
 
-JAMBA = Family(
-    model_type="jamba",
-    lora_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS, *EXPERT_TARGETS, "embed_tokens", "lm_head"),
-    default_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS, *EXPERT_TARGETS),
-    kernel_read_targets=MAMBA.kernel_read_targets,
-    parameter_targets=frozenset(EXPERT_TARGETS),
-    ssm_params=("A_log", "D", "dt_proj.bias"),
-    variant_field=MAMBA.variant_field,
-    variants=MAMBA.variants[:1],
+JAMBA = hybrid(
+    "jamba",
+    mixer=MAMBA,
+    layer_targets=(*MIXER_TARGETS, *ATTENTION_TARGETS, *MLP_TARGETS),
+    expert_targets=EXPERT_TARGETS,
+    ssm_params=("A_log", "D", "dt_proj.bias"),  # no Sparse Mamba roots
     hub_marks=("jamba",),
     parameter_count=parameter_count,
     options=OPTIONS,

@@ -1,7 +1,8 @@
 """Nemotron-H (transformers' `nemotron_h`): a stack whose every block is one of a Mamba-2 mixer (M),
 self-attention (*), a dense MLP (-) or a mixture of experts (E), as its `hybrid_override_pattern` says."""
 
-from app.families.family import CONV_KERNEL, EXPAND, Family, ModelShape, Option, ShapeError
+from app.families.family import CONV_KERNEL, EXPAND, ModelShape, Option, ShapeError, hybrid
+from app.families.mamba2 import MAMBA2
 
 MAMBA, ATTENTION, MLP, EXPERTS = "M", "*", "-", "E"
 
@@ -77,18 +78,15 @@ def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
 
 
 EXPERT_TARGETS = ("experts.up_proj", "experts.down_proj")
-LAYER_TARGETS = ("in_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", *EXPERT_TARGETS)
+LAYER_TARGETS = ("in_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
 
-NEMOTRON_H = Family(
-    model_type="nemotron_h",
+NEMOTRON_H = hybrid(
+    "nemotron_h",
+    mixer=MAMBA2,
     # up_proj / down_proj: the MLP blocks' and the shared expert's; experts.*: the routed experts' 3-D weights.
-    lora_targets=(*LAYER_TARGETS, "embeddings", "lm_head"),
-    default_targets=LAYER_TARGETS,
-    kernel_read_targets=frozenset({"out_proj"}),
-    parameter_targets=frozenset(EXPERT_TARGETS),
-    ssm_params=("A_log", "D", "dt_bias"),
-    variant_field="a_constraint",
-    variants=("none",),
+    layer_targets=LAYER_TARGETS,
+    expert_targets=EXPERT_TARGETS,
+    embedding="embeddings",
     hub_marks=("nemotron-h", "nemotron_h", "nemotron-nano", "nemotron-3"),
     parameter_count=parameter_count,
     options=OPTIONS,

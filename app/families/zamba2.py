@@ -3,7 +3,7 @@ gated MLP, on the layer's input joined with the embeddings) runs before their mi
 are shared: `shared_blocks` of them, cycled over the hybrid layers, each use with small adapters of its own
 (Zamba2's, part of the base model)."""
 
-from app.families.family import Family, ModelShape, Option, ShapeError
+from app.families.family import ModelShape, Option, ShapeError, hybrid
 from app.families.mamba2 import HEAD_DIM, MAMBA2, mixer_parameters
 from app.families.nemotron_h import block_pattern
 
@@ -69,14 +69,10 @@ def parameter_count(shape: ModelShape, vocab_rows: int) -> int:
 # projection of the shared block's output).
 DEFAULT_TARGETS = ("in_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj", "linear")
 
-ZAMBA2 = Family(
-    model_type="zamba2",
-    lora_targets=(*DEFAULT_TARGETS, "embed_tokens", "lm_head"),
-    default_targets=DEFAULT_TARGETS,
-    kernel_read_targets=MAMBA2.kernel_read_targets,
-    ssm_params=MAMBA2.ssm_params,
-    variant_field=MAMBA2.variant_field,
-    variants=MAMBA2.variants[:1],
+ZAMBA2 = hybrid(
+    "zamba2",
+    mixer=MAMBA2,
+    layer_targets=DEFAULT_TARGETS,
     hub_marks=("zamba2",),
     parameter_count=parameter_count,
     d_model_multiple=MAMBA2.d_model_multiple,

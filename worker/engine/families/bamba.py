@@ -12,8 +12,7 @@ from transformers.models.bamba.modeling_bamba import BambaMixer
 
 from app.families.bamba import attention_layers, mamba_heads
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
-from worker.engine.documents import hybrid_documents
-from worker.engine.families.family import FamilyEngine
+from worker.engine.families.family import hybrid_engine
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 
@@ -50,25 +49,17 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Bam
     )
 
 
-ENGINE = FamilyEngine(
+ENGINE = hybrid_engine(
+    MAMBA2,
     model_type="bamba",
     causal_lm=BambaForCausalLM,
     build_config=build_config,
-    backbone=lambda lm: lm.model,
-    layers=lambda backbone: backbone.layers,
     layer_parts=layer_parts,
     final_norm=lambda backbone: backbone.final_layernorm,
     # The layers' two RMSNorms, the mixer's gated RMSNorm (`mamba.norm`) and the final one.
     norm_weights=("input_layernorm.weight", "pre_ff_layernorm.weight", "norm.weight", "final_layernorm.weight"),
     # The Mamba-2 mixers, with Mamba-2's forward, Δ (dt is the last heads columns of in_proj) and scan.
     mixers=(BambaMixer,),
-    mixer_forward=MAMBA2.mixer_forward,
-    delta=MAMBA2.delta,
-    scan_copies=MAMBA2.scan_copies,
     d_inner=lambda config: config.mamba_n_heads * config.mamba_d_head,
     d_state=lambda config: config.mamba_d_state,
-    fused_backbone=None,  # the model's own layer loop
-    backbone_output=None,
-    separates_documents=True,
-    backbone_kwargs=hybrid_documents,
 )

@@ -15,8 +15,7 @@ from transformers.models.falcon_h1.modeling_falcon_h1 import FalconH1Mixer
 
 from app.families.falcon_h1 import SSM_NORMS
 from app.families.family import EXPAND, ModelShape
-from worker.engine.documents import hybrid_documents
-from worker.engine.families.family import FamilyEngine
+from worker.engine.families.family import hybrid_engine
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 from worker.engine.families.mamba2 import delta as mamba2_delta
@@ -73,24 +72,18 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Fal
     )
 
 
-ENGINE = FamilyEngine(
+ENGINE = hybrid_engine(
+    MAMBA2,
     model_type="falcon_h1",
     causal_lm=FalconH1ForCausalLM,
     mixers=(FalconH1Mixer,),
     mixer_forward=mixer_forward,
-    fused_backbone=None,
-    backbone_output=None,
-    backbone=lambda lm: lm.model,
     final_norm=lambda backbone: backbone.final_layernorm,
-    layers=lambda backbone: backbone.layers,
     layer_parts=layer_parts,
     norm_weights=("input_layernorm.weight", "pre_ff_layernorm.weight", "final_layernorm.weight", "mamba.norm.weight"),
     delta=delta,
     d_inner=lambda config: config.mamba_n_heads * config.mamba_d_head,
-    scan_copies=MAMBA2.scan_copies,  # the same chunked Mamba-2 scan
     build_config=build_config,
     d_state=lambda config: config.mamba_d_state,
     logits_scale=lambda config: config.lm_head_multiplier,
-    separates_documents=True,  # its blocks hand their kwargs, `seq_idx` among them, on to the mixer
-    backbone_kwargs=hybrid_documents,
 )

@@ -3,7 +3,7 @@ torch classes, the mixer forward `install_forwards` gives it, where its backbone
 build a random-init config of it. Each family fills one `FamilyEngine` in its own module of this package."""
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from app.families import FAMILIES
 from app.families.family import Family, ModelShape
-from worker.engine.documents import mixer_documents
+from worker.engine.documents import hybrid_documents, mixer_documents
 
 # (mixer, hidden (b, l, d_model), attention_mask, *, path: ForwardPath, seq_idx=None, **kwargs) -> (b, l, d_model)
 MixerForward = Callable[..., Tensor]
@@ -72,3 +72,18 @@ class FamilyEngine:
     def keep_fp32(self) -> tuple[str, ...]:
         """Parameter name suffixes that stay fp32 even when frozen under bf16: the SSM's own and the norms."""
         return tuple(f".{name}" for name in (*self.catalog.ssm_params, *self.norm_weights))
+
+
+def hybrid_engine(mixer: FamilyEngine, **fields: Any) -> FamilyEngine:
+    """A hybrid family's engine: `mixer`'s (Mamba's or Mamba-2's) mixer forward, Δ and scan, in the model's own
+    layer loop (the causal LM's base model and its `layers`), which hands packed documents to its mixers and
+    its attention (documents.hybrid_documents); `fields` fill or replace the rest."""
+    defaults: dict[str, Any] = {
+        "fused_backbone": None,
+        "backbone_output": None,
+        "backbone": lambda lm: lm.base_model,
+        "layers": lambda backbone: backbone.layers,
+        "separates_documents": True,
+        "backbone_kwargs": hybrid_documents,
+    }
+    return replace(mixer, **{**defaults, **fields})

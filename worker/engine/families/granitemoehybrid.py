@@ -4,7 +4,6 @@ applies Granite's embedding, residual and attention multipliers, the trainer's l
 attention, the shared MLP and the experts are plain modules LoRA wraps (the experts' 3-D weights through peft's
 `target_parameters`)."""
 
-from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -13,7 +12,7 @@ from transformers.models.granitemoehybrid.modeling_granitemoehybrid import Grani
 
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
 from app.families.granitemoehybrid import MAMBA, layer_kinds
-from worker.engine.documents import hybrid_documents
+from worker.engine.families.family import hybrid_engine
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 
@@ -63,15 +62,12 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Gra
     )
 
 
-# Mamba-2's engine (its mixer forward, Δ, scan and layer list) around Granite's model and layer loop.
-ENGINE = replace(
+# Mamba-2's mixer forward, Δ and scan around Granite's model and layer loop.
+ENGINE = hybrid_engine(
     MAMBA2,
     model_type="granitemoehybrid",
     causal_lm=GraniteMoeHybridForCausalLM,
     mixers=(GraniteMoeHybridMambaLayer,),
-    fused_backbone=None,
-    backbone_output=None,
-    backbone=lambda lm: lm.model,
     final_norm=lambda backbone: backbone.norm,
     layer_parts=layer_parts,
     # The mixer's gated norm, each layer's two RMSNorms, the final norm.
@@ -80,5 +76,4 @@ ENGINE = replace(
     d_state=lambda config: config.mamba_d_state,
     logits_scale=lambda config: 1 / config.logits_scaling,
     build_config=build_config,
-    backbone_kwargs=hybrid_documents,  # separates_documents as Mamba-2, through the model's own loop and attention
 )

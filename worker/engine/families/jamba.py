@@ -15,8 +15,7 @@ from transformers import JambaConfig, JambaForCausalLM
 from transformers.models.jamba.modeling_jamba import JambaMambaDecoderLayer, JambaMambaMixer
 
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
-from worker.engine.documents import hybrid_documents
-from worker.engine.families.family import FamilyEngine
+from worker.engine.families.family import hybrid_engine
 from worker.engine.families.mamba import ENGINE as MAMBA
 from worker.engine.families.mamba import delta as mamba_delta
 from worker.engine.families.mamba import mixer_forward as mamba_mixer_forward
@@ -91,24 +90,18 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Jam
     )
 
 
-ENGINE = FamilyEngine(
+ENGINE = hybrid_engine(
+    MAMBA,
     model_type="jamba",
     causal_lm=JambaForCausalLM,
     mixers=(JambaMambaMixer,),
     mixer_forward=mixer_forward,
-    fused_backbone=None,
-    backbone_output=None,
-    backbone=lambda lm: lm.base_model,
     final_norm=lambda backbone: backbone.final_layernorm,
-    layers=lambda backbone: backbone.layers,
     layer_parts=layer_parts,
     norm_weights=tuple(f"{norm}_layernorm.weight" for norm in ("input", "pre_ff", "final", "dt", "b", "c")),
     delta=partial(mamba_delta, bcdt_norms=True, dt_norm_first=True),
     d_inner=lambda config: config.mamba_expand * config.hidden_size,
-    scan_copies=MAMBA.scan_copies,  # the same chunked scan
     build_config=build_config,
     d_state=lambda config: config.mamba_d_state,
-    separates_documents=True,
-    backbone_kwargs=hybrid_documents,
     block_forward=(JambaMambaDecoderLayer, mamba_block_forward),
 )

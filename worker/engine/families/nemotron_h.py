@@ -14,8 +14,7 @@ from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHMamba2Mi
 
 from app.families.family import ModelShape
 from app.families.nemotron_h import block_pattern, mamba_heads
-from worker.engine.documents import hybrid_documents
-from worker.engine.families.family import FamilyEngine
+from worker.engine.families.family import hybrid_engine
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 
 # A block's single part by its `block_type`: transformers 5.24's names, and the earlier ones it remaps.
@@ -61,25 +60,16 @@ def build_config(shape: ModelShape, vocab_size: int, ids: dict[str, Any]) -> Nem
     )
 
 
-ENGINE = FamilyEngine(
+ENGINE = hybrid_engine(
+    MAMBA2,
     model_type="nemotron_h",
     causal_lm=NemotronHForCausalLM,
     mixers=(NemotronHMamba2Mixer,),
-    mixer_forward=MAMBA2.mixer_forward,
-    fused_backbone=None,
-    backbone_output=None,
-    # `model` on transformers 5.x, `backbone` before: the class's base_model_prefix names it.
-    backbone=lambda lm: lm.base_model,
     final_norm=lambda backbone: backbone.norm_f,
-    layers=lambda backbone: backbone.layers,
     layer_parts=layer_parts,
     # The blocks' and the mixers' norms, and the router's weight, which transformers keeps fp32 too.
     norm_weights=("norm.weight", "norm_f.weight", "gate.weight"),
-    delta=MAMBA2.delta,
     d_inner=lambda config: config.mamba_num_heads * config.mamba_head_dim,
-    scan_copies=MAMBA2.scan_copies,  # the same chunked scan
     build_config=build_config,
     d_state=lambda config: config.ssm_state_size,
-    separates_documents=True,
-    backbone_kwargs=hybrid_documents,
 )

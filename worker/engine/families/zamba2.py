@@ -6,7 +6,6 @@ The shared blocks: transformers builds one block per hybrid layer and ties the p
 use the same block, so peft wraps each layer's copy with an adapter of its own; lora_fold.share_tied_adapters
 gives each shared weight one adapter again (trained by every use, and merged into that weight once)."""
 
-from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -16,7 +15,7 @@ from transformers.models.zamba2.modeling_zamba2 import Zamba2HybridLayer, Zamba2
 from app.families.family import CONV_KERNEL, EXPAND, ModelShape
 from app.families.mamba2 import HEAD_DIM
 from app.families.zamba2 import hybrid_layers
-from worker.engine.documents import hybrid_documents
+from worker.engine.families.family import hybrid_engine
 from worker.engine.families.mamba2 import CHUNK_SIZE
 from worker.engine.families.mamba2 import ENGINE as MAMBA2
 
@@ -57,15 +56,12 @@ def layer_parts(block: nn.Module) -> dict[str, nn.Module]:
     return {"ssm": block.mamba}
 
 
-# Mamba-2's mixer forward, Δ, scan and layer list; the model's own layer loop.
-ENGINE = replace(
+# Mamba-2's mixer forward, Δ and scan; the model's own layer loop.
+ENGINE = hybrid_engine(
     MAMBA2,
     model_type="zamba2",
     causal_lm=Zamba2ForCausalLM,
     mixers=(Zamba2MambaMixer,),
-    fused_backbone=None,
-    backbone_output=None,
-    backbone=lambda lm: lm.model,
     final_norm=lambda backbone: backbone.final_layernorm,
     layer_parts=layer_parts,
     # The mixer's gated norm, the layers' and the shared blocks' norms, the final one.
@@ -73,5 +69,4 @@ ENGINE = replace(
     d_inner=lambda config: config.n_mamba_heads * config.mamba_headdim,
     build_config=build_config,
     d_state=lambda config: config.mamba_d_state,
-    backbone_kwargs=hybrid_documents,  # separates_documents as Mamba-2, through the model's own loop and attention
 )
