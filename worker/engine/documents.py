@@ -5,8 +5,8 @@ token belongs to, counted from 0 in each row and non-decreasing, as mamba-ssm's 
 must see only its own document: an SSM resets its state where a document starts (`document_starts`), its
 causal convolution reads no earlier document (`causal_conv1d`), and attention is block-diagonal causal.
 
-Attention in a hybrid family's engine (one that sets `separates_documents`: FamilyEngine says what that
-takes): besides `seq_idx` to its mixers, pass the model's own backbone (`hybrid_documents`)
+Attention in a hybrid family's engine (FamilyEngine.backbone_kwargs says what that takes): besides `seq_idx`
+to its mixers, pass the model's own backbone (`hybrid_documents`)
     position_ids=document_positions(seq_idx), attention_mask=document_causal_mask(seq_idx, dtype)
 Positions restart at 0 per document, so rotary embeddings match each document alone; the 4D mask is taken
 as it is by transformers' `create_causal_mask` (sdpa and flex read the boolean mask; eager adds the float

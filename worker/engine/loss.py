@@ -39,13 +39,10 @@ def next_token_loss(
 ) -> Tensor:
     """Mean cross-entropy over labelled targets; inputs, targets: (b, l), targets[:, t] follows inputs[:, t].
     `documents` (b, l) int32: the packed document of each input (data.Blocks), handed to the backbone as
-    the family's `backbone_kwargs` so that none reads another, where its backbone keeps them apart; None: each
-    row is one."""
+    the family's `backbone_kwargs` so that none reads another; None: each row is one."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     engine = engine_of(lm)
-    packed = {}
-    if documents is not None and engine.separates_documents:
-        packed = engine.backbone_kwargs(documents, attention_mask_dtype(lm.config))
+    packed = {} if documents is None else engine.backbone_kwargs(documents, attention_mask_dtype(lm.config))
     hidden = engine.backbone(lm)(input_ids=inputs, use_cache=False, **packed)[0]  # (b, l, d)
     scale = engine.logits_scale(lm.config)
     hidden = hidden.reshape(-1, hidden.shape[-1])

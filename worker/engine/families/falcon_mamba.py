@@ -3,6 +3,7 @@ B and C, placed as mamba-ssm's kernel places them (families/mamba.py). The model
 dt_proj's raw weight on the CPU path too, which would skip a LoRA adapter there: ours folds it into every
 weight the scan reads, on every path."""
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -14,7 +15,6 @@ from transformers.models.falcon_mamba.modeling_falcon_mamba import (
     FalconMambaOutput,
 )
 
-from worker.engine.families.family import FamilyEngine
 from worker.engine.families.mamba import ENGINE as MAMBA
 from worker.engine.families.mamba import build_config as mamba_config
 from worker.engine.families.mamba import delta as mamba_delta
@@ -37,21 +37,15 @@ def delta(mixer: FalconMambaMixer, hidden: Tensor) -> Tensor:
     return mamba_delta(mixer, hidden, bcdt_norms=True)
 
 
-ENGINE = FamilyEngine(
+# Mamba's engine (its layer stack, norms and chunked scan) with Falcon-Mamba's classes, forward and Δ.
+ENGINE = replace(
+    MAMBA,
     model_type="falcon_mamba",
     causal_lm=FalconMambaForCausalLM,
     mixers=(FalconMambaMixer,),
     mixer_forward=mixer_forward,
     fused_backbone=FalconMambaModel,
     backbone_output=FalconMambaOutput,
-    backbone=lambda lm: lm.backbone,
-    final_norm=lambda backbone: backbone.norm_f,
-    layers=MAMBA.layers,
-    layer_parts=MAMBA.layer_parts,
-    norm_weights=MAMBA.norm_weights,
     delta=delta,
-    d_inner=lambda config: config.intermediate_size,
-    scan_copies=MAMBA.scan_copies,  # the same chunked scan
     build_config=partial(mamba_config, config_class=FalconMambaConfig),
-    separates_documents=True,
 )

@@ -21,7 +21,7 @@ MixerForward = Callable[..., Tensor]
 LAYER_KINDS = ("ssm", "attention", "mlp", "moe")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FamilyEngine:
     model_type: str
     causal_lm: type[PreTrainedModel]
@@ -32,29 +32,29 @@ class FamilyEngine:
     # returning `backbone_output`.
     fused_backbone: type[nn.Module] | None
     backbone_output: type | None
-    backbone: Callable[[nn.Module], nn.Module]  # causal LM -> the layer stack below its head
-    final_norm: Callable[[nn.Module], nn.Module]  # backbone -> its last RMSNorm
-    layers: Callable[[nn.Module], Sequence[nn.Module]]  # backbone -> its blocks, in order
-    # A block's parts by kind (LAYER_KINDS): what a job's adapter counts and the stability report go by.
-    # A pure SSM block is {"ssm": mixer}; a hybrid's blocks hold attention, an MLP or experts (or several).
-    layer_parts: Callable[[nn.Module], dict[str, nn.Module]]
-    # Parameter name suffixes of the norms, which stay fp32 under bf16.
-    norm_weights: tuple[str, ...]
     # Δ (b, l, channels) of a mixer's recurrence, from its input hidden (b, l, d_model), in fp32.
     delta: Callable[[nn.Module, Tensor], Tensor]
     d_inner: Callable[[PretrainedConfig], int]
     # (kept, backward) copies of a layer's fp32 scan states per token on the torch path (memory.py).
     scan_copies: tuple[float, float]
     build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
+    # Where the layers are: by default a stack of SSM blocks as Mamba's and Mamba-2's (the causal LM's
+    # `backbone`, its `layers`, each block's `mixer`, the final `norm_f`); the hybrids say otherwise.
+    backbone: Callable[[nn.Module], nn.Module] = lambda lm: lm.backbone  # causal LM -> the layers below its head
+    final_norm: Callable[[nn.Module], nn.Module] = lambda backbone: backbone.norm_f  # backbone -> its last RMSNorm
+    layers: Callable[[nn.Module], Sequence[nn.Module]] = lambda backbone: backbone.layers  # its blocks, in order
+    # A block's parts by kind (LAYER_KINDS): what a job's adapter counts and the stability report go by.
+    # A pure SSM block is {"ssm": mixer}; a hybrid's blocks hold attention, an MLP or experts (or several).
+    layer_parts: Callable[[nn.Module], dict[str, nn.Module]] = lambda block: {"ssm": block.mixer}
+    # Parameter name suffixes of the norms, which stay fp32 under bf16: the blocks' and the final one.
+    norm_weights: tuple[str, ...] = ("norm.weight", "norm_f.weight")
     # The SSM's state size, from the config (the hybrids name the field otherwise).
     d_state: Callable[[PretrainedConfig], int] = lambda config: config.state_size
     # The factor the causal LM multiplies lm_head's output by (Falcon-H1's muP lm_head_multiplier), which
     # the trainer's loss applies as it computes the logits itself (loss.py).
     logits_scale: Callable[[PretrainedConfig], float] = lambda config: 1.0
-    # Whether the backbone keeps packed documents apart: training then calls it with `backbone_kwargs` of each
-    # token's document (worker/engine/documents.py); otherwise its packed rows train as one sequence each.
-    separates_documents: bool = False
-    # The backbone's arguments for packed documents `seq_idx` (b, l), its attention's mask in `mask_dtype` (None:
+    # Training keeps packed documents apart (worker/engine/documents.py) by calling the backbone with these
+    # arguments for packed documents `seq_idx` (b, l), its attention's mask in `mask_dtype` (None:
     # boolean): `seq_idx` alone for our layer loop (mamba_forward.backbone_forward), which hands it to every mixer;
     # a hybrid's own loop takes its attention's positions and mask too (documents.hybrid_documents).
     backbone_kwargs: Callable[[Tensor, torch.dtype | None], dict[str, Tensor]] = mixer_documents
@@ -83,7 +83,6 @@ def hybrid_engine(mixer: FamilyEngine, **fields: Any) -> FamilyEngine:
         "backbone_output": None,
         "backbone": lambda lm: lm.base_model,
         "layers": lambda backbone: backbone.layers,
-        "separates_documents": True,
         "backbone_kwargs": hybrid_documents,
     }
     return replace(mixer, **{**defaults, **fields})
