@@ -2,9 +2,12 @@
 
 GPU (same shapes and settings as ../shared/device/stock_profile.py: batch 8 x 1024, LoRA r=8,
 frozen weights in the half precision, trainable fp32, autocast, fused AdamW):
-    python3 bench/step.py gpu [mamba|mamba2] [engine,engine...] [--precision bf16|fp16|fp32] [--shapes 1.4b,130m]
+    python3 bench/step.py gpu [family] [engine,engine...] [--precision bf16|fp16|fp32] [--shapes 1.4b,130m]
         engines: ours, ours_graph, ours_lean, ours_lean_graph. fp16 adds dynamic loss scaling
         (GradScaler, as the trainer does); fp32 keeps every weight fp32 and runs no autocast.
+        family: mamba, mamba2, or any other of app/families at the shape `1b` (`--shapes 1b`): the ~1B
+        Bamba-style hybrid of the stock baseline in ../shared/device/probe_hybrids.py. Ours adapts the
+        family's default targets (experts included); stock every module target that peft accepts.
 The largest batch x 1024 tokens one step fits in the GPU, per engine (stock included):
     python3 bench/step.py capacity [mamba|mamba2] [engine,engine...] [--precision ...]
 CPU (the embedded default: tiny model shape d_model 128 x 4 layers, batch 4 x 256, fp32):
@@ -31,20 +34,43 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.families import FAMILIES
+from worker.engine.families import family_engine
 from worker.engine.lora_fold import attach_lora
 from worker.engine.loss import next_token_loss
 from worker.engine.mamba_forward import install_forwards, set_activation_recompute
 from worker.engine.spec import LoraSpec
+from worker.engine.tiny_model import family_config, tiny_shape
 
 OUR_TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"), "mamba2": ("in_proj", "out_proj")}
 # What stock peft accepts: it refuses out_proj on both families.
 STOCK_TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj"), "mamba2": ("in_proj",)}
 # The dtype of frozen weights and of autocast; fp32 runs without autocast.
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-SHAPES = {"1.4b": (2048, 48), "130m": (768, 24)}
+SHAPES = {"1.4b": (2048, 48), "130m": (768, 24), "1b": (2048, 24)}
+# The other families at the shape `1b`, as the stock baseline's Bamba: 20 Mamba-2 mixers of 64 heads x 64 with
+# a state of 128 (Mamba-1 mixers: 16), 4 attention layers of 16 heads (8 for keys and values), MLPs of 5632.
+# Nemotron-H's blocks hold one kind each: 48 of them (20 mixers, 4 attention, 24 MLPs). Jamba's experts (4,
+# 2 per token) are half as wide, on every other layer; Falcon-H1 has attention and a mixer in every layer.
+ATTENTION = {"attention_heads": 16, "kv_heads": 8, "mlp_size": 5632}
+HYBRIDS = {
+    "bamba": (24, {**ATTENTION, "layer_pattern": "MMMMM*", "mamba_head_dim": 64}),
+    "nemotron_h": (48, {**ATTENTION, "layer_pattern": "M-M-M-M-M-*-", "head_dim": 128, "mamba_head_dim": 64}),
+    "granitemoehybrid": (24, {**ATTENTION, "layer_pattern": "MMMMMA", "experts": 0, "mamba_head_dim": 64}),
+    "falcon_h1": (24, {**ATTENTION, "ssm_heads": 64}),
+    "zamba2": (24, {"attention_heads": 16, "kv_heads": 16, "mlp_size": 5632, "layer_pattern": "MMMMMH"}),
+    "jamba": (24, {**ATTENTION, "mlp_size": 2816, "attention_period": 6, "attention_offset": 5}),
+    "falcon_mamba": (24, {}),
+}
+MAMBA1_MIXERS = ("falcon_mamba", "jamba")
 
 
 def make(family: str, d: int, layers: int, vocab: int) -> torch.nn.Module:
+    if family in HYBRIDS:
+        n_layer, options = HYBRIDS[family]
+        d_state = 16 if family in MAMBA1_MIXERS else 128
+        shape = FAMILIES[family].shape(d_model=d, n_layer=n_layer, d_state=d_state, variant=None, options=options)
+        return family_engine(family).causal_lm(family_config(family_engine(family), shape, vocab, eos_id=0))
     if family == "mamba2":
         return Mamba2ForCausalLM(
             Mamba2Config(
@@ -71,16 +97,33 @@ def build(engine: str, family: str, d: int, layers: int, vocab: int, device: str
     with torch.device(device):  # initialise on the GPU: a 1.4B random init on the host takes minutes
         model = make(family, d, layers, vocab)
     if engine.startswith("ours"):
-        model = attach_lora(install_forwards(model), LoraSpec(r=8, alpha=16, target_modules=OUR_TARGETS[family]))
+        targets = OUR_TARGETS.get(family) or FAMILIES[family].default_targets
+        model = attach_lora(install_forwards(model), LoraSpec(r=8, alpha=16, target_modules=targets))
         set_activation_recompute(model, "lean" in engine)
     else:
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(STOCK_TARGETS[family])))
+        targets = STOCK_TARGETS.get(family) or stock_targets(family)
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(targets)))
     model = model.to(device)
     if device == "cuda":
         frozen = HALF[precision] or torch.float32
         for p in model.parameters():
             p.data = p.data.float() if p.requires_grad else p.data.to(frozen)
     return model
+
+
+def stock_targets(family: str) -> list[str]:
+    """The family's default module targets that peft accepts, each tried alone on the family's tiny model
+    (peft refuses out_proj of a Mamba-2 mixer, and target_modules cannot reach 3-D expert weights)."""
+    family_of = FAMILIES[family]
+    config = family_config(family_engine(family), tiny_shape(family), 264, eos_id=0)
+    accepted = []
+    for target in (t for t in family_of.default_targets if t not in family_of.parameter_targets):
+        try:
+            get_peft_model(family_engine(family).causal_lm(config), LoraConfig(r=8, target_modules=[target]))
+            accepted.append(target)
+        except ValueError as error:
+            print(json.dumps(dict(family=family, stock_refuses=target, error=str(error)[:160])), flush=True)
+    return accepted
 
 
 def category(kernel: str) -> str:
@@ -321,7 +364,7 @@ def compare(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["gpu", "capacity", "cpu"], nargs="?", default="cpu")
-    parser.add_argument("family", choices=["mamba", "mamba2"], nargs="?", default="mamba")
+    parser.add_argument("family", choices=list(FAMILIES), nargs="?", default="mamba")
     parser.add_argument("engines", nargs="?", default="ours,ours_graph,ours_lean,ours_lean_graph")
     parser.add_argument("--precision", choices=list(HALF), default="bf16")
     parser.add_argument("--shapes", default="1.4b,130m", help=f"comma-separated, of {list(SHAPES)}")
