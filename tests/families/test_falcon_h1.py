@@ -161,6 +161,26 @@ def test_the_fused_paths_arguments_compute_the_models_own_mixer_with_lora(
         assert torch.allclose(got, want, rtol=0, atol=gradients * scale(want)), (got - want).abs().max()
 
 
+def test_under_autocast_the_fused_kernel_gets_zxbcdt_in_the_autocast_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As for Mamba-2, whose in_proj output goes to the kernel as it is: frozen weights stored in bf16 (the
+    # trainer casts parameters, not buffers) must not meet an fp32 zxbcdt promoted by the fp32 muP vector.
+    model = attach_lora(install_forwards(falcon()), LoraSpec(r=4, alpha=8, target_modules=("in_proj", "out_proj")))
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    seen: list[torch.dtype] = []
+
+    def kernel(zxbcdt: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(zxbcdt.dtype)
+        return zxbcdt.new_zeros(*zxbcdt.shape[:2], 32)
+
+    monkeypatch.setattr(kernels, "mamba_split_conv1d_scan_combined", kernel)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mamba2.fused_forward(ssm_mixers(model)[0], torch.randn(2, 12, 32), **FALCON_PARTS)
+
+    assert seen == [torch.bfloat16]
+
+
 def test_the_loss_scales_the_logits_as_the_model_does() -> None:
     model = install_forwards(falcon())
     ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))

@@ -23,8 +23,11 @@ from worker.engine.families.mamba2 import mixer_forward as mamba2_mixer_forward
 
 
 def in_projection(mixer: FalconH1Mixer, hidden: Tensor) -> Tensor:
-    """zxbcdt (b, l, gate + x + B + C + dt) as the model's mixer computes it, muP multipliers included."""
-    return mixer.in_proj(hidden * mixer.ssm_in_multiplier) * mixer.mup_vector
+    """zxbcdt (b, l, gate + x + B + C + dt) as the model's mixer computes it, muP multipliers included, in
+    in_proj's output dtype: the muP vector is a buffer, left fp32 where only the frozen weights are stored in
+    bf16, and would otherwise hand the fused kernel an fp32 zxbcdt beside its bf16 weights under autocast."""
+    projected = mixer.in_proj(hidden * mixer.ssm_in_multiplier)
+    return projected * mixer.mup_vector.to(projected.dtype)
 
 
 def gated_norm_args(mixer: FalconH1Mixer) -> dict[str, Any]:
