@@ -5,6 +5,8 @@ frozen weights in the half precision, trainable fp32, autocast, fused AdamW):
     python3 bench/step.py gpu [family] [engine,engine...] [--precision bf16|fp16|fp32] [--shapes 1.4b,130m]
         engines: ours, ours_graph, ours_lean, ours_lean_graph. fp16 adds dynamic loss scaling
         (GradScaler, as the trainer does); fp32 keeps every weight fp32 and runs no autocast.
+        --documents N: each row packs N documents of equal length, kept apart as a job's packed examples are
+        (stock runs the same shapes as one document a row: it cannot keep them apart).
         family: mamba, mamba2, or any other of app/families at the shape `1b` (`--shapes 1b`): the ~1B
         Bamba-style hybrid of the stock baseline in ../shared/device/probe_hybrids.py. Ours adapts the
         family's default targets (experts included); stock every module target that peft accepts.
@@ -151,9 +153,17 @@ def capture(eager_step, optimizer) -> "callable":
 
 
 def make_step(
-    engine: str, model: torch.nn.Module, precision: str, batch: int, seq: int, device: str, graphed: bool
+    engine: str,
+    model: torch.nn.Module,
+    precision: str,
+    batch: int,
+    seq: int,
+    device: str,
+    graphed: bool,
+    documents: int = 1,
 ) -> "callable":
-    """One training step of `model` on a fixed random batch, eager or captured as a CUDA graph."""
+    """One training step of `model` on a fixed random batch, eager or captured as a CUDA graph; `documents`
+    per row, kept apart (ours), as data.py packs a job's examples."""
     params = [p for p in model.parameters() if p.requires_grad]
     if graphed:  # the learning rate lives on the GPU so a captured step can still follow a schedule
         optimizer = torch.optim.AdamW(params, lr=torch.tensor(1e-5, device=device), fused=True, capturable=True)
@@ -166,6 +176,9 @@ def make_step(
     ids = torch.randint(0, vocab, (batch, seq), device=device)
     targets = ids.roll(-1, dims=1)
     targets[:, -1] = -100  # the same 1023 scored positions per row as the model's own shifted loss
+    packed = None
+    if documents > 1:
+        packed = (torch.arange(seq, device=device) * documents // seq).int().expand(batch, seq).contiguous()
     model.train()
     half = HALF[precision] if device == "cuda" else None
 
@@ -174,7 +187,7 @@ def make_step(
             if engine == "stock":
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             else:
-                loss = next_token_loss(model, ids, targets)
+                loss = next_token_loss(model, ids, targets, packed)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -207,6 +220,7 @@ def measure(
     steps: int,
     precision: str = "bf16",
     vocab: int | None = None,
+    documents: int = 1,
 ) -> dict:
     vocab = vocab or (50280 if device == "cuda" else 264)
     model = build(engine, family, d, layers, vocab, device, precision)
@@ -214,7 +228,7 @@ def measure(
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    step = make_step(engine, model, precision, batch, seq, device, graphed=engine.endswith("graph"))
+    step = make_step(engine, model, precision, batch, seq, device, engine.endswith("graph"), documents)
     seconds = timed(step, steps, warmup=2 if device == "cuda" else 1, sync=sync)
     result = dict(
         engine=engine,
@@ -223,6 +237,7 @@ def measure(
         layers=layers,
         batch=batch,
         seq=seq,
+        documents=documents,
         precision=precision,
         tokens_per_s=round(batch * seq / seconds),
         step_ms=round(seconds * 1e3, 1),
@@ -332,14 +347,19 @@ def cpu_compare(family: str, runs: int, steps: int) -> dict:
 
 
 def compare(
-    shapes: list[tuple[str, int, int, int, int]], device: str, steps: int, engines: list[str], precision: str
+    shapes: list[tuple[str, int, int, int, int]],
+    device: str,
+    steps: int,
+    engines: list[str],
+    precision: str,
+    documents: int = 1,
 ) -> None:
     for family, d, layers, batch, seq in shapes:
         stock = measure("stock", family, d, layers, batch, seq, device, steps, precision)
         print(json.dumps(stock), flush=True)
         for engine in engines:
             try:
-                ours = measure(engine, family, d, layers, batch, seq, device, steps, precision)
+                ours = measure(engine, family, d, layers, batch, seq, device, steps, precision, documents=documents)
             except Exception as error:  # one engine failing (say, an OOM) must not lose the others' figures
                 print(json.dumps(dict(family=family, d=d, engine=engine, precision=precision, error=repr(error))))
                 continue
@@ -354,6 +374,7 @@ def compare(
                         layers=layers,
                         engine=engine,
                         precision=precision,
+                        documents=documents,
                         speedup=round(ours["tokens_per_s"] / stock["tokens_per_s"], 2),
                     )
                 ),
@@ -367,6 +388,7 @@ def main() -> None:
     parser.add_argument("family", choices=list(FAMILIES), nargs="?", default="mamba")
     parser.add_argument("engines", nargs="?", default="ours,ours_graph,ours_lean,ours_lean_graph")
     parser.add_argument("--precision", choices=list(HALF), default="bf16")
+    parser.add_argument("--documents", type=int, default=1, help="gpu: documents packed in each row (ours)")
     parser.add_argument("--shapes", default="1.4b,130m", help=f"comma-separated, of {list(SHAPES)}")
     parser.add_argument("--runs", type=int, default=5, help="cpu: timed runs of each engine, interleaved")
     parser.add_argument("--steps", type=int, default=3, help="cpu: steps per timed run")
@@ -380,7 +402,8 @@ def main() -> None:
     print("torch", torch.__version__, torch.cuda.get_device_name(), args.precision, flush=True)
     shapes = [SHAPES[name] for name in args.shapes.split(",")]
     if args.mode == "gpu":
-        compare([(args.family, d, layers, 8, 1024) for d, layers in shapes], "cuda", 4, engines, args.precision)
+        shapes = [(args.family, d, layers, 8, 1024) for d, layers in shapes]
+        compare(shapes, "cuda", 4, engines, args.precision, args.documents)
         return
     for d, layers in shapes:
         for engine in engines:
