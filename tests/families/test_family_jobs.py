@@ -1,7 +1,8 @@
 """Every family end to end over HTTP on the embedded default, in every precision: POST /v1/models creates a tiny
 random-init model, a LoRA job with the family's default targets trains every LoRA tensor and lowers the
-validation loss, the adapter downloaded from the API reloads to the trained model's logits, and the job's
-stability report gives λ for each SSM layer and the divergence of every layer."""
+validation loss, the adapter downloaded from the API reloads to the trained model's logits (and so do the merged
+weights an fp32 job exports), and the job's stability report gives λ for each SSM layer and the divergence of
+every layer."""
 
 from pathlib import Path
 from typing import get_args
@@ -94,7 +95,9 @@ def test_a_created_model_trains_lora_in_each_precision_reloads_and_gets_a_stabil
 
     # 24 examples make 4 steps: every LoRA tensor still moves when fp16's loss scaler skips one (nemotron_h and
     # zamba2 overflow once at its initial scale).
-    body = job_body(client, train_lines=24, validation_lines=8, precision=precision)
+    # Merged weights are exported from the fp32 jobs: in half precision the merge rounds to the stored dtype.
+    lora = {"export_merged": True} if precision == "fp32" else {}
+    body = job_body(client, train_lines=24, validation_lines=8, precision=precision, lora=lora)
     job = client.post("/v1/fine_tuning/jobs", json=body)
     assert job.status_code == 200, job.text
     job_id = job.json()["id"]
@@ -118,7 +121,14 @@ def test_a_created_model_trains_lora_in_each_precision_reloads_and_gets_a_stabil
     base = model_source(settings=settings, storage=storage_from_settings(settings), owner="alice", model_id="tiny")
     reloaded, _, _ = load_for_eval(str(base), adapter=adapter, device="cpu")
     assert final is not None
-    _as_trained_in_fp32(final, reloaded)
+    if precision != "fp32":  # an fp32 job's final model is all fp32 already (and merged, when it exports)
+        _as_trained_in_fp32(final, reloaded)
     assert_same_logits(final, reloaded)
+    if lora:
+        merged = client.get(f"/v1/fine_tuning/jobs/{job_id}/merged")
+        assert merged.status_code == 200, merged.text
+        (tmp_path / "merged.tar.gz").write_bytes(merged.content)
+        folder = unpack(tmp_path / "merged.tar.gz", tmp_path / "merged")
+        assert_same_logits(final, load_for_eval(str(folder), device="cpu")[0])
 
     _assert_stability_report(client, job_id, model_type, precision)
