@@ -2,10 +2,11 @@
 
     python bench/memory.py [model folder ...]
 
-Each row trains one step of a tiny model (one batch of batch x seq_len tokens of text) in a fresh
-process and reports how far its resident memory grew, from just before `train()` to its peak, next to
-memory.py's estimate without SAFETY. The growth is what a job adds to a worker, so it is what the
-estimate has to cover.
+Each row trains one step of a tiny model (one batch of batch x seq_len tokens of text, LoRA r=8 on its
+family's default targets) in a fresh process and reports how far its resident memory grew, from just
+before `train()` to its peak, next to memory.py's estimate without SAFETY. The growth is what a job adds
+to a worker, so it is what the estimate has to cover. A model folder whose config.json says
+"attn_implementation": "eager" measures eager attention (every head's l x l scores).
 """
 
 import json
@@ -20,6 +21,7 @@ SHAPES = [  # (precision, activation_recompute, batch, seq_len)
     ("fp32", False, 8, 256),
     ("fp32", False, 4, 1024),
     ("fp32", False, 2, 2048),
+    ("fp32", False, 1, 4096),
     ("bf16", False, 4, 1024),
     ("fp32", True, 4, 1024),
     ("bf16", True, 2, 2048),
@@ -30,11 +32,12 @@ def one_step(model: str, precision: str, recompute: bool, batch: int, seq_len: i
     """In this process: train one step and return the measured growth and the estimate."""
     import torch
 
+    from app.jobs.contract import LoraSpec
     from worker.engine import memory
     from worker.engine.loading import load_base
     from worker.engine.lora_fold import attach_lora
     from worker.engine.precision import PrecisionPolicy
-    from worker.engine.spec import LoraSpec, TrainSpec
+    from worker.engine.spec import TrainSpec
     from worker.engine.trainer import train
 
     torch.set_num_threads(1)
@@ -51,7 +54,7 @@ def one_step(model: str, precision: str, recompute: bool, batch: int, seq_len: i
             train_path=data,
             output_dir=Path(tmp) / "out",
             precision=precision,
-            lora=LoraSpec(r=8, alpha=16, target_modules=("in_proj", "out_proj")),
+            lora=LoraSpec.for_family(json.loads((Path(model) / "config.json").read_text())["model_type"]),
             batch_size=batch,
             max_seq_len=seq_len,
             device="cpu",

@@ -7,28 +7,45 @@ The estimate of a step's peak, in bytes, is the sum of:
     optimizer    AdamW's two moments: 8 bytes per trainable parameter
     casts        under bf16/fp16 autocast, a 2-byte copy of every parameter (cached for the step)
     workspace    WORKSPACE_BYTES: the allocator's caches, tokenized data, the first use of each kernel
-    activations  tokens x (n_layer x kept + backward): `kept` is what backward keeps of one layer per
-                 token, `backward` what one layer's backward holds on top while it runs. In memory-lean
-                 mode a layer keeps only its input and residual (d_model x (4 + activation bytes)), and
-                 one layer at a time is recomputed: tokens x (n_layer x that + kept + backward).
-                 Plus the LM-head loss chunk: min(tokens, CHUNK_TOKENS) x vocab x 14 bytes (loss.py).
+    activations  each block by its kinds (families.model_layers): `kept` is what backward keeps of a block,
+                 `backward` what its backward holds on top while it runs; the step holds every block's kept
+                 and the largest backward. In memory-lean mode a block keeps only its input and residual
+                 (tokens x d_model x (4 + activation bytes)), and one block at a time is recomputed: every
+                 block's input plus the largest kept + backward. Plus the document mask of the attention
+                 layers, b x l^2 x 1 byte (bool, sdpa) or 4 (float, eager), and the LM-head loss chunk:
+                 min(tokens, CHUNK_TOKENS) x vocab x 14 bytes (loss.py).
 
-times a safety factor (SAFETY, FUSED_SAFETY). `kept` and `backward` per token, by the scan that runs:
+times a safety factor (SAFETY, FUSED_SAFETY). A block's bytes, per token unless said:
 
-    fused CUDA kernels   FUSED_CHANNEL_ELEMENTS x d_inner elements of the activation dtype, each
-    torch scans          the family's scan_copies x d_inner x d_state x 4 bytes: the chunked scans keep
-                         fp32 states of every token, (b, d_inner, l, d_state), several times over; SC/SO
-                         models scan complex states, twice that (the CPU, and CUDA without mamba-ssm)
+    SSM mixer, fused CUDA kernels   kept and backward FUSED_CHANNEL_ELEMENTS x d_inner elements of the
+                                    activation dtype
+    SSM mixer, torch scans          the family's scan_copies (kept, backward) x d_inner x d_state x 4: the
+                                    chunked scans keep fp32 states several times over (SC/SO models scan
+                                    complex states, twice that); Mamba-2's SSD keeps chunk_score_copies of its
+                                    intra-chunk scores and decays too, num_heads x chunk_size x 4 (the CPU,
+                                    and CUDA without mamba-ssm)
+    attention, MLPs, experts        kept and backward PROJECTION_COPIES x the channels a token passes through
+                                    (every linear map's inputs and outputs, LoRA's included; a mixture's
+                                    experts_per_token experts) x the activation bytes
+    attention scores, per row       sdpa: SDPA_MASK_BYTES x l^2 while one layer's backward runs (its float
+                                    copy of the mask); eager: heads x l^2 x EAGER_SCORE_BYTES (kept, backward)
 
 Calibration. FUSED_CHANNEL_ELEMENTS: bench/RESULTS.md's largest batches of the Mamba 1.4B shape on an
 H100 (bf16: 75.5 GiB at 40 x 1024 tokens, 4.7 elements of d_inner per token and layer once the weights
 and the loss chunk are taken off; fp32: 74.0 GiB at 21 x 1024, 4.2). With FUSED_SAFETY the estimate is
 1.21x and 1.29x those peaks, so an 80 GB card admits batches up to 32 and 16 of the 40 and 21 that ran.
-scan_copies (worker/engine/families/): the peak RSS growth of real one-step CPU jobs (`python
-bench/memory.py`, table in bench/RESULTS.md; mamba-tiny and mamba2-tiny, fp32 and bf16, memory-lean on
-and off, 2,048 and 4,096 tokens): per token, mamba-tiny grew 424 KiB (lean: 250 KiB), mamba2-tiny 124 KiB
-(lean: 61 KiB); solving n_layer x kept + backward and kept + backward for the two gives their copies, rounded up.
-Without SAFETY every estimate is 1.06x to 1.7x the measured growth; SAFETY adds 25% on top.
+The torch-path constants: the peak RSS growth of real one-step CPU jobs (`python bench/memory.py`, tables
+in bench/RESULTS.md; d128 x 4 tiny models of every family, fp32 and bf16, memory-lean on and off, 2,048
+and 4,096 tokens). Mamba's scan_copies: mamba-tiny grew 424 KiB per token (lean: 250 KiB); solving
+n_layer x kept + backward and kept + backward gives its copies, rounded up. Mamba-2's: mamba2-tiny (4 heads
+of chunk 256) grew 124 KiB (lean 61), bamba with four Mamba-2 blocks of 16 heads 348 KiB, nemotron_h's
+one block of 16 heads of chunk 128 73 KiB: the scores' copies fit the growth with the heads, the states'
+what is left. Jamba's Mamba blocks measured under Mamba's backward copies (its own scan_copies).
+SDPA_MASK_BYTES and EAGER_SCORE_BYTES: one attention layer's forward and backward alone (sdpa: 4 to 5
+bytes per row and l^2; eager: 16 to 19 per row, head and l^2), and falcon_h1 with eager attention at
+1 x 4,096 (1.4 GiB over sdpa: 90 bytes per l^2 for 4 layers of 4 heads). PROJECTION_COPIES: what the hybrids
+grew beyond their mixers. Without SAFETY every estimate is 1.03x to 2.3x the measured growth (the most where
+the fixed WORKSPACE_BYTES dominates a small step); SAFETY adds 25% on top.
 """
 
 import math
@@ -39,7 +56,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worker.engine.families import family_engine
+from worker.engine.documents import attention_mask_dtype
+from worker.engine.families import family_engine, model_layers
 from worker.engine.loss import CHUNK_TOKENS
 from worker.engine.spec import InsufficientMemory, Precision
 
@@ -53,6 +71,9 @@ BUDGET_FRACTION = {"cpu": 0.8, "cuda": 0.95}
 WORKSPACE_BYTES = 256 * 1024**2
 FUSED_CHANNEL_ELEMENTS = 5
 LOSS_CHUNK_BYTES_PER_LOGIT = 14
+PROJECTION_COPIES = 1
+SDPA_MASK_BYTES = 4
+EAGER_SCORE_BYTES = (5, 12)
 # What a client can change to need less memory, said by every memory failure.
 LOWER = (
     "lower hyperparameters.batch_size or hyperparameters.max_seq_len, or use precision bf16 or "
@@ -75,13 +96,40 @@ class StepShape:
 
 
 @dataclass(frozen=True)
+class LayerSize:
+    """One block as the estimate counts it, read from its parts (families.model_layers)."""
+
+    ssm: bool  # it runs an SSM mixer
+    # Elements per token of its mixer's intra-chunk scores, heads x chunk_size (Mamba-2's chunked scan; 0: none).
+    chunk_scores: int
+    attention_heads: int  # its attention's query heads; 0: no attention
+    # Channels a token passes through in the projections of its other parts (attention, MLPs, the experts
+    # it is routed to, their LoRA adapters): every linear map's inputs and outputs, which backward keeps.
+    channels: int
+
+    @classmethod
+    def of(cls, parts: dict[str, nn.Module], *, heads: int, experts_per_token: int) -> "LayerSize":
+        others = [part for kind, part in parts.items() if kind != "ssm"]
+        mixer = parts.get("ssm")
+        linear = sum(m.in_features + m.out_features for p in others for m in p.modules() if isinstance(m, nn.Linear))
+        # A mixture's experts are 3-D weights (experts, out, in), of which a token passes experts_per_token.
+        experts = sum(w.shape[1] + w.shape[2] for p in others for w in p.parameters() if w.dim() == 3)
+        return cls(
+            ssm=mixer is not None,
+            chunk_scores=getattr(mixer, "num_heads", 0) * getattr(mixer, "chunk_size", 0),
+            attention_heads=heads if "attention" in parts else 0,
+            channels=linear + experts_per_token * experts,
+        )
+
+
+@dataclass(frozen=True)
 class ModelSize:
     """The model's parameters and layer shapes, as the estimate reads them."""
 
     weight_bytes: int
     parameters: int
     trainable: int
-    n_layer: int
+    layers: tuple[LayerSize, ...]
     d_model: int
     d_inner: int
     d_state: int
@@ -90,17 +138,26 @@ class ModelSize:
     complex_states: bool  # SC/SO: the scan's states are complex
     # The fused CUDA kernels run; else a torch scan (the family's scan_copies).
     fused: bool
+    # Eager attention materialises every head's (l, l) scores; sdpa does not. The bytes of one element of the
+    # (b, 1, l, l) document mask it reads (documents.attention_mask_dtype): bool for sdpa, float for eager.
+    eager_attention: bool
+    mask_element_bytes: int
 
     @classmethod
     def of(cls, model: nn.Module, *, family: str, fused: bool) -> "ModelSize":
         config = model.config
         params = list(model.parameters())
         complex_states = (getattr(config, "ssm_structure", None) or "diagonal") != "diagonal"
+        mask_dtype = attention_mask_dtype(config)
+        heads, experts_per_token = getattr(config, "num_attention_heads", 0), getattr(config, "num_experts_per_tok", 1)
         return cls(
             weight_bytes=sum(p.numel() * p.element_size() for p in params),
             parameters=sum(p.numel() for p in params),
             trainable=sum(p.numel() for p in params if p.requires_grad),
-            n_layer=config.num_hidden_layers,
+            layers=tuple(
+                LayerSize.of(parts, heads=heads, experts_per_token=experts_per_token)
+                for _, parts in model_layers(model)
+            ),
             d_model=config.hidden_size,
             d_inner=family_engine(family).d_inner(config),
             d_state=family_engine(family).d_state(config),
@@ -108,27 +165,70 @@ class ModelSize:
             family=family,
             complex_states=complex_states,
             fused=fused and not complex_states,  # SC/SO models scan in torch on the GPU too
+            eager_attention=mask_dtype is not None,
+            mask_element_bytes=1 if mask_dtype is None else mask_dtype.itemsize,
         )
 
 
-def layer_bytes(size: ModelSize, precision: Precision) -> tuple[float, float]:
-    """(kept, backward): bytes one layer keeps for backward per token, and holds while its backward runs."""
+@dataclass(frozen=True)
+class LayerBytes:
+    """What one block holds in a step: `kept` for backward, `backward` on top while its backward runs; each
+    per token and per (l x l) of a row (attention's scores)."""
+
+    kept: float
+    backward: float
+    kept_square: float
+    backward_square: float
+
+    def at(self, shape: "StepShape") -> tuple[float, float]:
+        """(kept, backward) bytes of the block in a step of `shape`."""
+        square = shape.batch_size * shape.seq_len**2
+        return shape.tokens * self.kept + square * self.kept_square, (
+            shape.tokens * self.backward + square * self.backward_square
+        )
+
+
+def layer_bytes(size: ModelSize, layer: LayerSize, precision: Precision) -> LayerBytes:
+    """The bytes of one block: its SSM scan, its attention's scores, its other parts' projections."""
+    kept = backward = kept_square = backward_square = 0.0
+    if layer.ssm:
+        kept, backward = _scan_bytes(size, layer, precision)
+    projections = PROJECTION_COPIES * layer.channels * _activation_bytes(precision)
+    kept, backward = kept + projections, backward + projections
+    if layer.attention_heads:
+        if size.eager_attention:
+            kept_square, backward_square = (layer.attention_heads * c for c in EAGER_SCORE_BYTES)
+        else:
+            backward_square = SDPA_MASK_BYTES
+    return LayerBytes(kept, backward, kept_square, backward_square)
+
+
+def _scan_bytes(size: ModelSize, layer: LayerSize, precision: Precision) -> tuple[float, float]:
+    """(kept, backward) bytes per token of an SSM mixer, by the scan that runs."""
     if size.fused:
         per_token = FUSED_CHANNEL_ELEMENTS * size.d_inner * _activation_bytes(precision)
         return per_token, per_token
     states = size.d_inner * size.d_state * (8 if size.complex_states else 4)
-    kept, backward = family_engine(size.family).scan_copies
-    return kept * states, backward * states
+    engine = family_engine(size.family)
+    kept, backward = engine.scan_copies
+    return kept * states + engine.chunk_score_copies * layer.chunk_scores * 4, backward * states
 
 
 def activation_bytes(size: ModelSize, shape: StepShape) -> int:
-    kept, backward = layer_bytes(size, shape.precision)
+    layers = [layer_bytes(size, layer, shape.precision).at(shape) for layer in size.layers]
     if shape.activation_recompute:
-        per_token = size.n_layer * size.d_model * (4 + _activation_bytes(shape.precision)) + kept + backward
+        inputs = shape.tokens * len(layers) * size.d_model * (4 + _activation_bytes(shape.precision))
+        held = inputs + max(kept + backward for kept, backward in layers)
     else:
-        per_token = size.n_layer * kept + backward
+        held = sum(kept for kept, _ in layers) + max(backward for _, backward in layers)
+    # The document mask every attention layer reads, one per step.
+    mask = (
+        shape.batch_size * shape.seq_len**2 * size.mask_element_bytes
+        if any(layer.attention_heads for layer in size.layers)
+        else 0
+    )
     loss_chunk = min(shape.tokens, CHUNK_TOKENS) * size.vocab * LOSS_CHUNK_BYTES_PER_LOGIT
-    return math.ceil(shape.tokens * per_token) + loss_chunk
+    return math.ceil(held) + mask + loss_chunk
 
 
 def step_bytes(size: ModelSize, shape: StepShape) -> int:

@@ -37,6 +37,9 @@ class FamilyEngine:
     d_inner: Callable[[PretrainedConfig], int]
     # (kept, backward) copies of a layer's fp32 scan states per token on the torch path (memory.py).
     scan_copies: tuple[float, float]
+    # Copies per token a chunked scan keeps of its fp32 intra-chunk scores and decays, heads x chunk_size
+    # elements each (Mamba-2's SSD), on the torch path (memory.py).
+    chunk_score_copies: float = 0.0
     build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
     # Where the layers are: by default a stack of SSM blocks as Mamba's and Mamba-2's (the causal LM's
     # `backbone`, its `layers`, each block's `mixer`, the final `norm_f`); the hybrids say otherwise.

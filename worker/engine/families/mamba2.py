@@ -190,6 +190,7 @@ ENGINE = FamilyEngine(
     backbone_output=Mamba2Output,
     delta=delta,
     d_inner=lambda config: config.num_heads * config.head_dim,
-    scan_copies=(1.5, 3),
+    scan_copies=(0.25, 3),
+    chunk_score_copies=4.5,
     build_config=build_config,
 )
