@@ -409,7 +409,7 @@ def test_the_adapter_upload_waits_out_a_storage_outage_up_to_the_retry_limit(
         assert job.adapter_key == adapter_key(job_id) and storage.exists(job.adapter_key)
 
 
-# One step of this job on mamba-tiny keeps over 100 GiB of scan states: far beyond the test budgets.
+# One step of this job on mamba-tiny keeps some 80 GiB of scan states: far beyond the test budgets.
 HUGE_STEP = {"n_epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_seq_len": 65536}
 
 

@@ -36,15 +36,17 @@ and the loss chunk are taken off; fp32: 74.0 GiB at 21 x 1024, 4.2). With FUSED_
 1.21x and 1.29x those peaks, so an 80 GB card admits batches up to 32 and 16 of the 40 and 21 that ran.
 The torch-path constants: the peak RSS growth of real one-step CPU jobs (`python bench/memory.py`, tables
 in bench/RESULTS.md; d128 x 4 tiny models of every family, fp32 and bf16, memory-lean on and off, 2,048
-and 4,096 tokens). Mamba's scan_copies: mamba-tiny grew 424 KiB per token (lean: 250 KiB); solving
-n_layer x kept + backward and kept + backward gives its copies, rounded up. Mamba-2's: mamba2-tiny (4 heads
-of chunk 256) grew 124 KiB (lean 61), bamba with four Mamba-2 blocks of 16 heads 348 KiB, nemotron_h's
-one block of 16 heads of chunk 128 73 KiB: the scores' copies fit the growth with the heads, the states'
-what is left. Jamba's Mamba blocks measured under Mamba's backward copies (its own scan_copies).
+and 4,096 tokens). Mamba's scan_copies: over three runs of its whole selective scan as one function
+(scan.py), mamba-tiny grew at most 1,298 MiB at 4,096 tokens (lean: 701 MiB); solving n_layer x kept + backward
+and kept + backward gives about (3.5, 3.5), rounded up to (4, 4): 1.12x to 1.46x of every row's largest
+growth. Mamba-2's: mamba2-tiny (4 heads of chunk 256) grew 124 KiB (lean 61), bamba with four Mamba-2 blocks
+of 16 heads 348 KiB, nemotron_h's one block of 16 heads of chunk 128 73 KiB: the scores' copies fit the growth
+with the heads, the states' what is left. Jamba's Mamba blocks (their norms, the model's own loop around them)
+have copies of their own, fitted on jamba's rows.
 SDPA_MASK_BYTES and EAGER_SCORE_BYTES: one attention layer's forward and backward alone (sdpa: 4 to 5
 bytes per row and l^2; eager: 16 to 19 per row, head and l^2), and falcon_h1 with eager attention at
 1 x 4,096 (1.4 GiB over sdpa: 90 bytes per l^2 for 4 layers of 4 heads). PROJECTION_COPIES: what the hybrids
-grew beyond their mixers. Without SAFETY every estimate is 1.03x to 2.3x the measured growth (the most where
+grew beyond their mixers. Without SAFETY every estimate is 1.03x to 2.1x the measured growth (the most where
 the fixed WORKSPACE_BYTES dominates a small step); SAFETY adds 25% on top.
 """
 

@@ -159,6 +159,6 @@ ENGINE = FamilyEngine(
     backbone_output=MambaOutput,
     delta=delta,
     d_inner=lambda config: config.intermediate_size,
-    scan_copies=(4, 12),
+    scan_copies=(4, 4),
     build_config=build_config,
 )
