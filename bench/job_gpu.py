@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import step  # noqa: E402  (bench/step.py, beside this file)
 
 from app.base_models.parameters import BYTE_VOCAB_SIZE, padded_vocab  # noqa: E402
+from app.families import FAMILIES  # noqa: E402
 
 STATE = {"mamba": 16, "mamba2": 128}  # d_state of bench/step.py's models
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -115,7 +116,7 @@ def run_job(args: argparse.Namespace, d: int, layers: int, batch: int, seq: int,
                 "model": model_id,
                 "training_file": upload.raise_for_status().json()["id"],
                 "precision": precision,
-                "lora": {"r": 8, "alpha": 16, "target_modules": list(step.OUR_TARGETS[args.family])},
+                "lora": {"r": 8, "alpha": 16, "target_modules": list(FAMILIES[args.family].default_targets)},
                 "hyperparameters": {"n_epochs": 1, "batch_size": batch, "max_seq_len": seq, "learning_rate": 1e-5},
             }
             job_id = client.post("/v1/fine_tuning/jobs", json=body).raise_for_status().json()["id"]

@@ -44,9 +44,6 @@ from worker.engine.mamba_forward import install_forwards, set_activation_recompu
 from worker.engine.spec import LoraSpec
 from worker.engine.tiny_model import family_config, tiny_shape
 
-OUR_TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj", "out_proj"), "mamba2": ("in_proj", "out_proj")}
-# What stock peft accepts: it refuses out_proj on both families.
-STOCK_TARGETS = {"mamba": ("in_proj", "x_proj", "dt_proj"), "mamba2": ("in_proj",)}
 # The dtype of frozen weights and of autocast; fp32 runs without autocast.
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 SHAPES = {"1.4b": (2048, 48), "130m": (768, 24), "1b": (2048, 24)}
@@ -99,12 +96,11 @@ def build(engine: str, family: str, d: int, layers: int, vocab: int, device: str
     with torch.device(device):  # initialise on the GPU: a 1.4B random init on the host takes minutes
         model = make(family, d, layers, vocab)
     if engine.startswith("ours"):
-        targets = OUR_TARGETS.get(family) or FAMILIES[family].default_targets
+        targets = FAMILIES[family].default_targets
         model = attach_lora(install_forwards(model), LoraSpec(r=8, alpha=16, target_modules=targets))
         set_activation_recompute(model, "lean" in engine)
     else:
-        targets = STOCK_TARGETS.get(family) or stock_targets(family)
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(targets)))
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=stock_targets(family)))
     model = model.to(device)
     if device == "cuda":
         frozen = HALF[precision] or torch.float32
@@ -115,7 +111,7 @@ def build(engine: str, family: str, d: int, layers: int, vocab: int, device: str
 
 def stock_targets(family: str) -> list[str]:
     """The family's default module targets that peft accepts, each tried alone on the family's tiny model
-    (peft refuses out_proj of a Mamba-2 mixer, and target_modules cannot reach 3-D expert weights)."""
+    (peft refuses out_proj of Mamba's and Mamba-2's mixers, and target_modules cannot reach 3-D expert weights)."""
     family_of = FAMILIES[family]
     config = family_config(family_engine(family), tiny_shape(family), 264, eos_id=0)
     accepted = []
