@@ -7,6 +7,8 @@ frozen weights in the half precision, trainable fp32, autocast, fused AdamW):
         (GradScaler, as the trainer does); fp32 keeps every weight fp32 and runs no autocast.
         --documents N: each row packs N documents of equal length, kept apart as a job's packed examples are
         (stock runs the same shapes as one document a row: it cannot keep them apart).
+        --windows N: each engine times N windows of 4 steps after its warm-up; the median is reported, with
+        the spread (slowest, fastest window).
         family: mamba, mamba2, or any other of app/families at the shape `1b` (`--shapes 1b`): the ~1B
         Bamba-style hybrid of the stock baseline in ../shared/device/probe_hybrids.py. Ours adapts the
         family's default targets (experts included); stock every module target that peft accepts.
@@ -193,16 +195,19 @@ def make_step(
     return capture(eager_step, optimizer) if graphed else eager_step
 
 
-def timed(step: "callable", steps: int, warmup: int, sync: "callable") -> float:
-    """Seconds per step after `warmup` steps."""
+def timed(step: "callable", steps: int, warmup: int, sync: "callable", windows: int = 1) -> list[float]:
+    """Seconds per step of each of `windows` runs of `steps` steps, after `warmup` steps."""
     for _ in range(warmup):
         step()
     sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return (time.perf_counter() - start) / steps
+    seconds = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        seconds.append((time.perf_counter() - start) / steps)
+    return seconds
 
 
 def measure(
@@ -217,6 +222,7 @@ def measure(
     precision: str = "bf16",
     vocab: int | None = None,
     documents: int = 1,
+    windows: int = 1,
 ) -> dict:
     vocab = vocab or (50280 if device == "cuda" else 264)
     model = build(engine, family, d, layers, vocab, device, precision)
@@ -225,7 +231,8 @@ def measure(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     step = make_step(engine, model, precision, batch, seq, device, engine.endswith("graph"), documents)
-    seconds = timed(step, steps, warmup=2 if device == "cuda" else 1, sync=sync)
+    per_window = timed(step, steps, warmup=2 if device == "cuda" else 1, sync=sync, windows=windows)
+    seconds = statistics.median(per_window)
     result = dict(
         engine=engine,
         family=family,
@@ -236,6 +243,7 @@ def measure(
         documents=documents,
         precision=precision,
         tokens_per_s=round(batch * seq / seconds),
+        tokens_per_s_spread=[round(batch * seq / s) for s in (max(per_window), min(per_window))],
         step_ms=round(seconds * 1e3, 1),
     )
     if device == "cuda":
@@ -262,7 +270,7 @@ def peak_of_step(engine: str, model: torch.nn.Module, precision: str, batch: int
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     step = make_step(engine, model, precision, batch, seq, "cuda", graphed=False)
-    seconds = timed(step, 1, warmup=1, sync=torch.cuda.synchronize)
+    (seconds,) = timed(step, 1, warmup=1, sync=torch.cuda.synchronize)
     return torch.cuda.max_memory_allocated(), seconds
 
 
@@ -349,13 +357,26 @@ def compare(
     engines: list[str],
     precision: str,
     documents: int = 1,
+    windows: int = 1,
 ) -> None:
     for family, d, layers, batch, seq in shapes:
-        stock = measure("stock", family, d, layers, batch, seq, device, steps, precision)
+        stock = measure("stock", family, d, layers, batch, seq, device, steps, precision, windows=windows)
         print(json.dumps(stock), flush=True)
         for engine in engines:
             try:
-                ours = measure(engine, family, d, layers, batch, seq, device, steps, precision, documents=documents)
+                ours = measure(
+                    engine,
+                    family,
+                    d,
+                    layers,
+                    batch,
+                    seq,
+                    device,
+                    steps,
+                    precision,
+                    documents=documents,
+                    windows=windows,
+                )
             except Exception as error:  # one engine failing (say, an OOM) must not lose the others' figures
                 print(json.dumps(dict(family=family, d=d, engine=engine, precision=precision, error=repr(error))))
                 continue
@@ -388,6 +409,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="1.4b,130m", help=f"comma-separated, of {list(SHAPES)}")
     parser.add_argument("--runs", type=int, default=5, help="cpu: timed runs of each engine, interleaved")
     parser.add_argument("--steps", type=int, default=3, help="cpu: steps per timed run")
+    parser.add_argument("--windows", type=int, default=5, help="gpu: timed windows of 4 steps; the median is reported")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="cpu: torch threads")
     args = parser.parse_args()
     engines = args.engines.split(",")
@@ -399,7 +421,7 @@ def main() -> None:
     shapes = [SHAPES[name] for name in args.shapes.split(",")]
     if args.mode == "gpu":
         shapes = [(args.family, d, layers, 8, 1024) for d, layers in shapes]
-        compare(shapes, "cuda", 4, engines, args.precision, args.documents)
+        compare(shapes, "cuda", 4, engines, args.precision, args.documents, args.windows)
         return
     for d, layers in shapes:
         for engine in engines:

@@ -51,7 +51,7 @@ def mixer_forward(
     if has_cache(kwargs) or (not fused and seq_idx is None):
         # Without the fused kernel the model's own forward calls in_proj and out_proj as modules,
         # so LoRA applies there as it is; the fused kernel below needs out_proj's folded weight.
-        with training_off_for_fused(mixer), aligned_in_proj(mixer, hidden_states.is_cuda):
+        with training_off_for_fused(mixer), channel_first_in_proj(mixer, hidden_states.is_cuda):
             return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     if not fused:
         return _documents_forward(mixer, hidden_states, attention_mask, seq_idx, projection, norm_args)
@@ -137,14 +137,18 @@ def training_off_for_fused(mixer: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def aligned_in_proj(mixer: nn.Module, on_cuda: bool) -> Iterator[None]:
-    """On CUDA, in_proj's output as a `kernel_aligned` view while the model's own forward runs: with a
-    generation cache its prefill hands column slices of it to causal-conv1d's channel-last kernel, which
-    refuses a row stride that is not a multiple of 8 (a created model of d_model 128 has 548 columns)."""
+def channel_first_in_proj(mixer: nn.Module, on_cuda: bool) -> Iterator[None]:
+    """On CUDA, in_proj's output laid out channel-first, (b, l, w) with strides (l·w, 1, l), while the model's
+    own forward runs: with a generation cache its prefill hands a column slice of it, transposed, to
+    causal-conv1d, whose channel-last kernel refuses a row stride that is not a multiple of 8 (a created
+    model of d_model 128 has 548 columns); its channel-first kernel takes any width. Elementwise ops keep
+    the layout, so Falcon-H1's muP multiply after in_proj passes it on."""
     if not on_cuda:
         yield
         return
-    handle = mixer.in_proj.register_forward_hook(lambda module, args, output: kernel_aligned(output))
+    handle = mixer.in_proj.register_forward_hook(
+        lambda module, args, output: output.transpose(1, 2).contiguous().transpose(1, 2)
+    )
     try:
         yield
     finally:
