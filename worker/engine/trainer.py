@@ -35,7 +35,7 @@ from worker.engine.data import (
     steps_per_epoch,
 )
 from worker.engine.divergence import DivergenceCheck
-from worker.engine.families import layer_kinds
+from worker.engine.experts import experts_capturable, grouped_mm_sync_free, use_grouped_mm
 from worker.engine.kernels import fused_kernels_available
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
@@ -135,6 +135,10 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
     set_activation_recompute(model, spec.activation_recompute)
     precision = PrecisionPolicy(spec.precision, device)
     precision.prepare(model)
+    use_graphs = spec.cuda_graphs and device.type == "cuda"
+    if use_graphs and grouped_mm_sync_free(device):
+        use_grouped_mm(model)  # the one experts implementation a CUDA graph can capture
+    use_graphs = use_graphs and graph_capturable(model) and experts_capturable(model, device)
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params.values(), lr=spec.learning_rate, weight_decay=0.0)
     train_blocks = load_blocks(spec.train_path, tokenizer, spec.max_seq_len)
@@ -192,12 +196,12 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
 
     # --- train ---------------------------------------------------------------------------------------
     model.train()
-    # Routing tokens to experts finds the experts hit on the host, which a CUDA graph cannot capture.
-    capturable = graph_capturable(model) and "moe" not in layer_kinds(model)
     forward_backward = ForwardBackward(
         lambda inputs, targets, documents: next_token_loss(model, inputs, targets, documents),
         precision,
-        use_graphs=spec.cuda_graphs and device.type == "cuda" and capturable,
+        list(params.values()),
+        use_graphs=use_graphs,
+        on_message=hooks.on_message,
     )
     divergence = DivergenceCheck(loss_scaling=precision.scaler.is_enabled())
     # attempt_step counts this process's steps: each attempt compiles and captures anew.
