@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from app.families import FAMILIES
+from worker.engine.lora_linear import install_low_rank_linears
 from worker.engine.mamba_forward import install_forwards
 from worker.engine.spec import LoraSpec
 from worker.engine.tied_embeddings import adapter_on_tied_embeddings, copy_shared_weights, untie_head
@@ -75,6 +76,7 @@ def attach_lora(model: nn.Module, spec: LoraSpec) -> PeftModel:
     with _kernel_read_targets_allowed(model):
         peft_model = get_peft_model(model, config)
     share_tied_adapters(peft_model)
+    install_low_rank_linears(peft_model)
     if spec.train_ssm_params:
         for param in ssm_parameters(peft_model).values():
             param.requires_grad_(True)
@@ -131,6 +133,7 @@ def load_adapter(base_model: nn.Module, folder: Path, *, is_trainable: bool = Fa
     with _kernel_read_targets_allowed(base_model):
         model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
     share_tied_adapters(model)
+    install_low_rank_linears(model)
     ssm_file = folder / SSM_PARAMS_FILE
     if ssm_file.is_file():
         params = ssm_parameters(model)
