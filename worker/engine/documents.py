@@ -32,13 +32,16 @@ def document_starts(seq_idx: Tensor) -> Tensor:
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None) -> Tensor:
     """Depthwise causal convolution (b, channels, l) -> (b, channels, l), as nn.Conv1d with `groups=channels`
-    and left padding computes it; with `seq_idx`, a token reads no token of an earlier document."""
+    and left padding computes it; with `seq_idx`, a token reads no token of an earlier document. On CUDA
+    causal-conv1d's kernel computes it where it can (with `seq_idx`, only for channels-contiguous x)."""
     length, width = x.shape[-1], weight.shape[-1]
     weight = weight.reshape(weight.shape[0], width)  # (channels, width), from Conv1d's (channels, 1, width) too
+    if kernels.causal_conv1d_fn is not None and x.is_cuda and (seq_idx is None or _channel_last(x)):
+        return kernels.causal_conv1d_fn(
+            x, weight, bias, seq_idx=None if seq_idx is None else seq_idx.int().contiguous()
+        )
     if seq_idx is None:
         return F.conv1d(x, weight[:, None], bias, padding=width - 1, groups=x.shape[1])[..., :length]
-    if kernels.causal_conv1d_fn is not None and x.is_cuda and _channel_last(x):
-        return kernels.causal_conv1d_fn(x, weight, bias, seq_idx=seq_idx.int().contiguous())
     padded = F.pad(x, (width - 1, 0))
     padded_idx = F.pad(seq_idx, (width - 1, 0), value=-1)
     out = x.new_zeros(x.shape) if bias is None else bias[:, None].expand_as(x).to(x.dtype)

@@ -44,10 +44,10 @@ def mixer_forward(
     hidden_states = mask_padding(hidden_states, attention_mask)
     on_cuda = path == "auto" and kernels.fused_kernels_available() and hidden_states.is_cuda
     fused = on_cuda and seq_idx is None
-    if fused:
-        xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
-    else:
+    if on_cuda and seq_idx is not None:  # causal-conv1d reads seq_idx only with channels contiguous
         xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
+    else:
+        xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
     A = -torch.exp(mixer.A_log.float())  # (d_inner, n)
     x_proj_w = effective_weight(mixer.x_proj)  # (dt_rank + 2n, d_inner)
     dt_proj_w = effective_weight(mixer.dt_proj)  # (d_inner, dt_rank)
@@ -75,17 +75,21 @@ def mixer_forward(
 
     out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
 
+    # Every (b, channels, l) tensor the scan reads is made in that layout, length contiguous, as the kernel
+    # reads it: no transposed copies of x, z or Δ, forward or backward.
     x, z = conv_and_gate(mixer, xz, attention_mask, seq_idx)
-    dt, B, C = F.linear(x, x_proj_w).split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=-1)
-    delta = _delta_before_bias(mixer, dt, dt_proj_w, bcdt_norms, dt_norm_first).transpose(1, 2)  # (b, d_inner, l)
+    u = x.transpose(1, 2)  # (b, d_inner, l)
+    x_dbl = _per_column(x_proj_w, u)  # (b, dt_rank + 2n, l)
+    dt, B, C = x_dbl.split([mixer.time_step_rank, mixer.ssm_state_size, mixer.ssm_state_size], dim=1)
+    delta = _delta_before_bias(mixer, dt, dt_proj_w, bcdt_norms, dt_norm_first)  # (b, d_inner, l)
     if bcdt_norms:
-        B, C = mixer.b_layernorm(B), mixer.c_layernorm(C)
+        B, C = _over_channels(mixer.b_layernorm, B), _over_channels(mixer.c_layernorm, C)
     resets = {} if seq_idx is None else {"reset": document_starts(seq_idx)}
     if on_cuda:
         scan = kernels.selective_scan if seq_idx is None else partial(scan_with_resets, kernels.selective_scan_fn)
     else:
         scan = selective_scan_reference if path == "reference" else selective_scan_chunked
-    y = scan(x.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D, z, dt_bias, **resets)
+    y = scan(u, delta, A, B, C, mixer.D, z, dt_bias, **resets)
     return F.linear(y.transpose(1, 2).to(hidden_states.dtype), out_proj_w, out_bias)
 
 
@@ -109,15 +113,27 @@ def _in_proj_channels_first(in_proj: nn.Module, hidden: Tensor) -> Tensor:
     return xz.view(-1, b, length).permute(1, 0, 2)
 
 
+def _per_column(weight: Tensor, t: Tensor) -> Tensor:
+    """weight (out, in) times every column of t (b, in, l) -> (b, out, l), one batched GEMM. Not torch.matmul:
+    whether it folds the batch into rows depends on the weight's requires_grad, which would change the
+    output's last bits between a trainable and a frozen copy of one model."""
+    return torch.bmm(weight.expand(t.shape[0], *weight.shape), t)
+
+
+def _over_channels(norm: nn.Module, t: Tensor) -> Tensor:
+    """A norm over the last dimension, applied to (b, channels, l) over the channels; the output keeps t's layout."""
+    return norm(t.transpose(1, 2)).transpose(1, 2)
+
+
 def _delta_before_bias(
     mixer: MambaMixer, dt: Tensor, dt_proj_w: Tensor, bcdt_norms: bool, dt_norm_first: bool
 ) -> Tensor:
-    """dt_proj's weight times dt (b, l, dt_rank) -> (b, l, d_inner), with the mixer's dt norm as `mixer_forward`
+    """dt_proj's weight times dt (b, dt_rank, l) -> (b, d_inner, l), with the mixer's dt norm as `mixer_forward`
     places it: on dt before (`dt_norm_first`) or on the product after."""
     if bcdt_norms and dt_norm_first:
-        dt = mixer.dt_layernorm(dt)
-    delta = F.linear(dt, dt_proj_w)
-    return mixer.dt_layernorm(delta) if bcdt_norms and not dt_norm_first else delta
+        dt = _over_channels(mixer.dt_layernorm, dt)
+    delta = _per_column(dt_proj_w, dt)
+    return _over_channels(mixer.dt_layernorm, delta) if bcdt_norms and not dt_norm_first else delta
 
 
 def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False, dt_norm_first: bool = False) -> Tensor:
@@ -128,10 +144,10 @@ def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False, dt_nor
     x = F.conv1d(
         x, mixer.conv1d.weight, mixer.conv1d.bias, padding=mixer.conv_kernel_size - 1, groups=mixer.intermediate_size
     )[..., :seq_len]
-    x = mixer.act(x).transpose(1, 2)  # (b, l, d_inner)
-    dt = F.linear(x, effective_weight(mixer.x_proj))[..., : mixer.time_step_rank]  # (b, l, rank)
+    x_dbl = _per_column(effective_weight(mixer.x_proj), mixer.act(x))  # (b, dt_rank + 2n, l)
+    dt = x_dbl[:, : mixer.time_step_rank]
     delta = _delta_before_bias(mixer, dt, effective_weight(mixer.dt_proj), bcdt_norms, dt_norm_first)
-    return F.softplus((delta + base_layer(mixer.dt_proj).bias).float())
+    return F.softplus((delta.transpose(1, 2) + base_layer(mixer.dt_proj).bias).float())
 
 
 def build_config(
