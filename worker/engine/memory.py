@@ -17,8 +17,8 @@ The estimate of a step's peak, in bytes, is the sum of:
 
 times a safety factor (SAFETY, FUSED_SAFETY). A block's bytes, per token unless said:
 
-    SSM mixer, fused CUDA kernels   kept and backward FUSED_CHANNEL_ELEMENTS x d_inner elements of the
-                                    activation dtype
+    SSM mixer, CUDA kernels         kept and backward the family's cuda_channel_elements x d_inner elements
+                                    of the activation dtype
     SSM mixer, torch scans          the family's scan_copies (kept, backward) x d_inner x d_state x 4: the
                                     chunked scans keep fp32 states several times over (SC/SO models scan
                                     complex states, twice that); Mamba-2's SSD keeps chunk_score_copies of its
@@ -30,10 +30,13 @@ times a safety factor (SAFETY, FUSED_SAFETY). A block's bytes, per token unless 
     attention scores, per row       sdpa: SDPA_MASK_BYTES x l^2 while one layer's backward runs (its float
                                     copy of the mask); eager: heads x l^2 x EAGER_SCORE_BYTES (kept, backward)
 
-Calibration. FUSED_CHANNEL_ELEMENTS: bench/RESULTS.md's largest batches of the Mamba 1.4B shape on an
+Calibration. cuda_channel_elements, 5 by default: bench/RESULTS.md's largest batches of the Mamba 1.4B shape on an
 H100 (bf16: 75.5 GiB at 40 x 1024 tokens, 4.7 elements of d_inner per token and layer once the weights
 and the loss chunk are taken off; fp32: 74.0 GiB at 21 x 1024, 4.2). With FUSED_SAFETY the estimate is
 1.21x and 1.29x those peaks, so an 80 GB card admits batches up to 32 and 16 of the 40 and 21 that ran.
+Falcon-Mamba's mixers run projections and norms in torch around the scan kernel on CUDA: its ~1B shape
+(bench/step.py's `1b`, bf16, 8 x 1024) peaked at 20.17 GiB on an H200, 10.5 elements of d_inner per token and
+layer, so it keeps 11. Every family's estimate at that shape against its measured peak: tests/engine/test_memory.py.
 The torch-path constants: the peak RSS growth of real one-step CPU jobs (`python bench/memory.py`, tables
 in bench/RESULTS.md; d128 x 4 tiny models of every family, fp32 and bf16, memory-lean on and off, 2,048
 and 4,096 tokens). Mamba's scan_copies: over three runs of its whole selective scan as one function
@@ -71,7 +74,6 @@ FUSED_SAFETY = 1.1
 # other processes and the OS (a GPU is its worker's alone).
 BUDGET_FRACTION = {"cpu": 0.8, "cuda": 0.95}
 WORKSPACE_BYTES = 256 * 1024**2
-FUSED_CHANNEL_ELEMENTS = 5
 LOSS_CHUNK_BYTES_PER_LOGIT = 14
 PROJECTION_COPIES = 1
 SDPA_MASK_BYTES = 4
@@ -208,7 +210,7 @@ def layer_bytes(size: ModelSize, layer: LayerSize, precision: Precision) -> Laye
 def _scan_bytes(size: ModelSize, layer: LayerSize, precision: Precision) -> tuple[float, float]:
     """(kept, backward) bytes per token of an SSM mixer, by the scan that runs."""
     if size.fused:
-        per_token = FUSED_CHANNEL_ELEMENTS * size.d_inner * _activation_bytes(precision)
+        per_token = family_engine(size.family).cuda_channel_elements * size.d_inner * _activation_bytes(precision)
         return per_token, per_token
     states = size.d_inner * size.d_state * (8 if size.complex_states else 4)
     engine = family_engine(size.family)

@@ -48,4 +48,5 @@ ENGINE = replace(
     backbone_output=FalconMambaOutput,
     delta=delta,
     build_config=partial(mamba_config, config_class=FalconMambaConfig),
+    cuda_channel_elements=11.0,  # torch projections and norms around the scan kernel (memory.py)
 )

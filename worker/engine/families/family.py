@@ -40,6 +40,10 @@ class FamilyEngine:
     # Copies per token a chunked scan keeps of its fp32 intra-chunk scores and decays, heads x chunk_size
     # elements each (Mamba-2's SSD), on the torch path (memory.py).
     chunk_score_copies: float = 0.0
+    # Elements of d_inner per token that a mixer keeps (and its backward holds) on CUDA, in the activation
+    # dtype: Mamba's fused mixer at the 1.4B shape (memory.py); a family whose mixers take another route
+    # on CUDA measures its own.
+    cuda_channel_elements: float = 5.0
     build_config: Callable[[ModelShape, int, dict[str, Any]], PretrainedConfig]
     # Where the layers are: by default a stack of SSM blocks as Mamba's and Mamba-2's (the causal LM's
     # `backbone`, its `layers`, each block's `mixer`, the final `norm_f`); the hybrids say otherwise.
