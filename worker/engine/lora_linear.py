@@ -7,7 +7,8 @@ layer. On a ~1B hybrid those copies were a quarter of the step's GPU time, in st
 (bench/RESULTS.md). Here the input is cast once to the compute dtype, the adapter's output is added into the
 base output by the GEMM that makes it (`addmm_`), and the backward does the same for the input's gradient;
 the frozen weight gets no gradient. The function is the one peft computes, so adapters save, load and merge
-as peft's; layers with dropout, DoRA, a LoRA bias or mixed adapter batches keep peft's forward.
+as peft's. Layers run it under autocast only (without it there is no cast to save); layers with dropout,
+DoRA, a LoRA bias or mixed adapter batches keep peft's forward.
 """
 
 from collections.abc import Callable
