@@ -209,11 +209,11 @@ def layer_bytes(size: ModelSize, layer: LayerSize, precision: Precision) -> Laye
 
 def _scan_bytes(size: ModelSize, layer: LayerSize, precision: Precision) -> tuple[float, float]:
     """(kept, backward) bytes per token of an SSM mixer, by the scan that runs."""
+    engine = family_engine(size.family)
     if size.fused:
-        per_token = family_engine(size.family).cuda_channel_elements * size.d_inner * _activation_bytes(precision)
+        per_token = engine.cuda_channel_elements * size.d_inner * _activation_bytes(precision)
         return per_token, per_token
     states = size.d_inner * size.d_state * (8 if size.complex_states else 4)
-    engine = family_engine(size.family)
     kept, backward = engine.scan_copies
     return kept * states + engine.chunk_score_copies * layer.chunk_scores * 4, backward * states
 
