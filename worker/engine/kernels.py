@@ -4,7 +4,9 @@
 import torch
 from torch import Tensor
 
+from worker.engine import scan_cuda
 from worker.engine.mamba_inner import selective_scan_cuda
+from worker.engine.scan import scan_with_resets
 
 try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d wheels
     # The selective scan alone, with its backward: the Mamba mixers with norms on Δ, B and C (Falcon-Mamba,
@@ -28,13 +30,26 @@ def fused_kernels_available() -> bool:
 
 
 def selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, delta_bias: Tensor
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    z: Tensor,
+    delta_bias: Tensor,
+    reset: Tensor | None = None,
 ) -> Tensor:
-    """mamba-ssm's selective scan kernel, called as scan.py's torch scans are (softplus of delta + delta_bias).
+    """The selective scan on CUDA, called as scan.py's torch scans are (softplus of delta + delta_bias; `reset`
+    (b, l) starts a document): our kernel (scan_cuda.py) where it takes the shapes, else mamba-ssm's.
 
-    The kernel takes delta, B, C and z in u's dtype and D and delta_bias in fp32, and casts nothing: under
-    autocast a norm's fp32 weight leaves B and C fp32 while u is half, which selective_scan_cuda.fwd refuses."""
+    mamba-ssm's kernel takes delta, B, C and z in u's dtype and D and delta_bias in fp32, and casts nothing: under
+    autocast a norm's fp32 weight leaves B and C fp32 while u is half, which selective_scan_cuda.fwd refuses.
+    It has no resets: scan.scan_with_resets makes them through its inputs."""
+    if scan_cuda.available(u, A, B):
+        return scan_cuda.SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, reset)
     dtype = u.dtype
-    return selective_scan_fn(
-        u, delta.to(dtype), A, B.to(dtype), C.to(dtype), D.float(), z.to(dtype), delta_bias.float(), delta_softplus=True
-    )
+    inputs = (u, delta.to(dtype), A, B.to(dtype), C.to(dtype), D.float(), z.to(dtype), delta_bias.float())
+    if reset is not None:
+        return scan_with_resets(selective_scan_fn, *inputs, reset=reset)
+    return selective_scan_fn(*inputs, delta_softplus=True)

@@ -21,6 +21,7 @@ try:  # optional: only with the mamba-ssm / causal-conv1d wheels
 except ImportError:
     selective_scan_cuda = None
 
+from worker.engine import scan_cuda
 from worker.engine.lora_weights import LoraFactors
 
 
@@ -81,7 +82,12 @@ class MambaInnerLora(torch.autograd.Function):
         B = _states_input(x_dbl, slice(rank, rank + n), batch)
         C = _states_input(x_dbl, slice(-n, None), batch)
         D = D.contiguous()
-        out, scan_intermediates, out_z = selective_scan_cuda.fwd(conv_out, delta, A, B, C, D, z, dt_bias, True)
+        ctx.own_scan = scan_cuda.available(conv_out, A, B)
+        if ctx.own_scan:
+            out, out_z = scan_cuda.forward(conv_out, delta, A, B, C, D, z, dt_bias)
+            scan_intermediates = None
+        else:
+            out, scan_intermediates, out_z = selective_scan_cuda.fwd(conv_out, delta, A, B, C, D, z, dt_bias, True)
         ctx.scales = scales
         ctx.has_out_bias = out_bias is not None
         # conv_out and delta are recomputed in backward, as mamba-ssm's checkpoint level 1 does.
@@ -144,22 +150,20 @@ class MambaInnerLora(torch.autograd.Function):
         for scale, lora_A, lora_B in adapters:
             projected.append(lora_B.t() @ dout)  # (r, b·l)
             dgated.addmm_(lora_A.t(), projected[-1], alpha=scale)
-        dconv_out, ddelta, dA, dB, dC, dD, ddt_bias, dz, out_z = selective_scan_cuda.bwd(
-            conv_out,
-            delta,
-            A,
-            B,
-            C,
-            D,
-            z,
-            dt_bias,
-            _from_columns(dgated, batch),
-            scan_intermediates,
-            out,
-            dz,
-            True,
-            True,
-        )
+        if ctx.own_scan:
+            want = ctx.needs_input_grad[7:10]
+            g = scan_cuda.backward(
+                conv_out, delta, A, B, C, D, z, dt_bias, _from_columns(dgated, batch), out,
+                dz=dz, want_A=want[0], want_D=want[1], want_delta_bias=want[2], out_z=True,
+            )  # fmt: skip
+            dconv_out, ddelta, dA, dB, dC, dD, ddt_bias, out_z = (
+                g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.ddelta_bias, g.out_z
+            )  # fmt: skip
+        else:
+            dconv_out, ddelta, dA, dB, dC, dD, ddt_bias, dz, out_z = selective_scan_cuda.bwd(
+                conv_out, delta, A, B, C, D, z, dt_bias, _from_columns(dgated, batch), scan_intermediates, out, dz,
+                True, True,
+            )  # fmt: skip
         # The adapters' gradients read out_z as the kernel left it, (b, d_inner, l): no transposed copy.
         dfactors = []
         for (scale, lora_A, _), through_B in zip(adapters, projected, strict=True):

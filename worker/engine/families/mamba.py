@@ -1,7 +1,6 @@
 """Mamba (`model_type` "mamba"): its mixer forward through our fused mixer (mamba_inner.py) or a torch scan,
 with LoRA folded into x_proj, dt_proj and out_proj, which the kernel reads as raw weights."""
 
-from functools import partial
 from typing import Any
 
 import torch
@@ -17,7 +16,7 @@ from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
 from worker.engine.mamba_inner import mamba_inner_lora
 from worker.engine.mixer_parts import ForwardPath, conv_and_gate, has_cache, mask_padding
-from worker.engine.scan import scan_with_resets, selective_scan_chunked, selective_scan_reference
+from worker.engine.scan import selective_scan_chunked, selective_scan_reference
 
 
 def mixer_forward(
@@ -38,7 +37,7 @@ def mixer_forward(
     `dt_norm_first`: with the norms, normalise dt's dt_rank columns before dt_proj, as Jamba's mixer does
     with a weighted norm. With either, the scan alone is a CUDA kernel (see below).
     `seq_idx` (b, l): packed documents, each from a zero state. The fused mixer kernels cannot reset the
-    state, so then the conv runs in torch and only the selective scan in CUDA (`scan_with_resets`)."""
+    state, so then the conv runs in torch and only the selective scan in CUDA (kernels.selective_scan)."""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
@@ -86,7 +85,7 @@ def mixer_forward(
         B, C = _over_channels(mixer.b_layernorm, B), _over_channels(mixer.c_layernorm, C)
     resets = {} if seq_idx is None else {"reset": document_starts(seq_idx)}
     if on_cuda:
-        scan = kernels.selective_scan if seq_idx is None else partial(scan_with_resets, kernels.selective_scan_fn)
+        scan = kernels.selective_scan
     else:
         scan = selective_scan_reference if path == "reference" else selective_scan_chunked
     y = scan(u, delta, A, B, C, mixer.D, z, dt_bias, **resets)
