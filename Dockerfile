@@ -63,7 +63,7 @@ CMD ["mambaft", "api", "--host", "0.0.0.0", "--port", "8000"]
 
 
 # ---------- worker (CUDA) ----------
-# The kernels need nvcc, which only the devel image has; they leave this stage as wheels.
+# The kernels need nvcc, which only the devel image has; they leave this stage as wheels and built libraries.
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU_VERSION} AS kernels-build
 ARG TORCH_VERSION
 ARG TORCH_CUDA_INDEX_URL
@@ -83,6 +83,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 RUN MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=${MAX_JOBS} \
     pip wheel --no-deps --no-build-isolation --wheel-dir /wheels \
       "causal-conv1d==${CAUSAL_CONV1D_VERSION}" "mamba-ssm==${MAMBA_SSM_VERSION}"
+# Our own selective scan (worker/engine/scan_cuda.py) for each GPU generation a worker may run on: A100, A10,
+# L4/Ada, H100/H200, B200, RTX 50. The worker loads the one for its GPU from MAMBAFT_KERNEL_DIR.
+COPY worker /src/worker
+RUN cd /src && MAMBAFT_KERNEL_DIR=/kernels python -m worker.engine.scan_cuda 80 86 89 90 100 120
 
 # torch's wheels bring cuDNN, cuBLAS and NCCL, so the small base image (CUDA runtime, driver hooks) is enough.
 # From `COPY pyproject.toml` on, this and worker-cpu take the same steps (the kernels aside), so the CPU
@@ -103,7 +107,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     MAMBAFT_MODELS_DIR=/models \
-    MAMBAFT_DATA_DIR=/var/lib/mambaft
+    MAMBAFT_DATA_DIR=/var/lib/mambaft \
+    MAMBAFT_KERNEL_DIR=/opt/mambaft/kernels
+COPY --from=kernels-build /kernels /opt/mambaft/kernels
 WORKDIR /app
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CUDA_INDEX_URL}"

@@ -60,6 +60,10 @@ def test_worker_kernels_are_built_with_nvcc_and_only_their_wheels_reach_the_imag
     assert "from=kernels-build,source=/wheels," in worker.text
     assert "pip install /tmp/wheels/*.whl" in worker.text
     assert not re.search(r"cuda-nvcc|cuda-toolkit|build-essential|g\+\+", worker.text)
+    # Our selective scan is built there too, for every GPU generation, where the worker looks for it.
+    assert "MAMBAFT_KERNEL_DIR=/kernels python -m worker.engine.scan_cuda 80 86 89 90 100 120" in kernels.text
+    assert "COPY --from=kernels-build /kernels /opt/mambaft/kernels" in worker.text
+    assert "MAMBAFT_KERNEL_DIR=/opt/mambaft/kernels" in worker.text
 
 
 def test_worker_installs_cuda_torch_and_the_worker_extra():

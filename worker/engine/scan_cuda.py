@@ -91,10 +91,21 @@ def _library(device_index: int) -> ctypes.CDLL | None:
         if shutil.which("nvcc") is None:
             return None
         build(arch)
+    return load(path)
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """Open a built library, after checking that its ScanParams has _Params' layout (a field added on one side
+    only would have the kernel read pointers from the wrong places)."""
     lib = ctypes.CDLL(str(path))
     for name in ("mambaft_scan_fwd", "mambaft_scan_bwd"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_Params), ctypes.c_void_p]
         getattr(lib, name).restype = ctypes.c_int
+    offsets = (ctypes.c_int64 * 128)()
+    count = lib.mambaft_scan_param_offsets(offsets, len(offsets))
+    expected = [getattr(_Params, name).offset for name, _ in _Params._fields_] + [ctypes.sizeof(_Params)]
+    if list(offsets[:count]) != expected:
+        raise RuntimeError(f"{path}: ScanParams in selective_scan.cu and _Params in scan_cuda.py differ")
     return lib
 
 
@@ -253,3 +264,10 @@ class SelectiveScan(torch.autograd.Function):
             g.ddelta_bias.to(delta_bias.dtype) if g.ddelta_bias is not None else None,
             None,
         )
+
+
+if __name__ == "__main__":  # the worker image builds the library for each GPU generation it may meet
+    import sys
+
+    for arch in sys.argv[1:]:
+        print(build(f"sm_{arch}"))

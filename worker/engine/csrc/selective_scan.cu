@@ -1,18 +1,19 @@
 // Mamba-1's selective scan for training: forward and backward, d_state 16, B and C varying in time (one group),
 // softplus(delta + delta_bias) as the step, the D skip and the silu(z) gate fused; resets for packed documents.
 //
-// One thread owns one channel and keeps its 16 states in registers; a block is 64 channels of one sequence. Time
-// goes in tiles of kTile steps: the block stages the tile's u, dt, B and C in shared memory (B and C are then read
-// once per 64 channels, and every read of them is a broadcast), and each thread walks the tile step by step.
-// The backward first runs the recurrence forward to keep each tile's entry state (a scratch buffer the caller
-// owns), then walks the tiles in reverse: it re-runs the tile to keep a state every kSub steps in shared memory,
-// re-runs each kSub steps into registers, and steps back through them. dB and dC are summed over the warp's
-// channels in registers (a transposing butterfly: 16 shuffles for 16 values), over the block's warps in shared
-// memory, and written once per block to a partial buffer the caller sums: no atomics, the same bits every run.
-// dA, dD and d(delta_bias) are computed only when asked for (LoRA freezes them).
+// Two threads own one channel, 8 of its 16 states each, in registers; a block is 64 channels of one sequence.
+// Time goes in tiles of kTile steps: the block stages the tile's u, dt, B and C in shared memory (B and C are read
+// once per 64 channels, every read of them a broadcast) while the next tile loads, and each thread walks the tile
+// step by step. The backward first runs the recurrence forward to keep each tile's entry state (a scratch buffer
+// the caller owns), then walks the tiles in reverse: it re-runs the tile to keep a state every kSub steps in shared
+// memory, re-runs each kSub steps into registers, and steps back through them. dB and dC are summed over the warp's
+// channels in registers (a transposing butterfly), over the block's warps in shared memory, and written once per
+// block to a partial buffer the caller sums: no atomics, the same bits every run. dA, dD and d(delta_bias) are
+// computed only when asked for (LoRA freezes them).
 //
 // The host side is plain C (called through ctypes): no torch headers, so it builds with nvcc alone in seconds.
 
+#include <cstddef>
 #include <cstdint>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -21,12 +22,17 @@
 namespace {
 
 constexpr int kState = 16;
-constexpr int kThreads = 64;  // channels per block
+constexpr int kPart = 8;  // states per thread
+constexpr int kChannels = 64;  // per block
+constexpr int kThreads = kChannels * kState / kPart;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTile = 16;  // steps per tile
 constexpr int kSub = 4;  // steps re-run into registers in the backward
 constexpr int kSubs = kTile / kSub;
-constexpr int kPitch = kTile + 1;  // row pitch of the per-channel tiles: a thread reads its own row, conflict-free
+constexpr int kPitch = kTile + 1;  // row pitch of the tiles in shared memory: rows a warp reads at once hit distinct banks
+// 4 blocks of 128 threads fill a Hopper SM's registers at 128 each; at Mamba 1.4B's shape (8 x 4096 channels)
+// that is every block at once.
+constexpr int kBlocksPerSM = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -49,7 +55,7 @@ struct ScanParams {
     const void *dout;  // gradient of out_z
     void *du, *ddelta, *dz;
     int64_t dout_b, dout_d, du_b, du_d, ddelta_b, ddelta_d, dz_b, dz_d;
-    float *dBC_partial;  // (dim / 64 rounded up, batch, 2, 16, seqlen): dB then dC, summed by the caller
+    float *dBC_partial;  // (blocks along dim, batch, 2, 16, seqlen): dB then dC, summed by the caller
     float *dA_partial;  // (batch, dim, 16) or null
     float *dD_partial, *ddelta_bias_partial;  // (batch, dim) or null
     float *checkpoints;  // (batch, dim, tiles, 16) scratch
@@ -59,6 +65,7 @@ int mambaft_scan_fwd(const ScanParams *p, cudaStream_t stream);
 int mambaft_scan_bwd(const ScanParams *p, cudaStream_t stream);
 int mambaft_scan_tile();
 int mambaft_scan_block_channels();
+int mambaft_scan_param_offsets(int64_t *out, int capacity);
 }
 
 namespace {
@@ -76,7 +83,8 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-__device__ __forceinline__ float softplus(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
+// log(1 + e^x) in two fast intrinsics; below x = -16 it returns 0 where the true value is under 1e-7.
+__device__ __forceinline__ float softplus(float x) { return x <= 20.f ? __logf(1.f + __expf(x)) : x; }
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
 
 template <typename T>
@@ -88,90 +96,155 @@ __device__ __forceinline__ T *at_mut(void *base, int64_t b_stride, int64_t d_str
     return static_cast<T *>(base) + b * b_stride + d * d_stride;
 }
 
+// This thread's channel within the block and which half of the states it holds.
+__device__ __forceinline__ int my_channel() { return threadIdx.x / 2; }
+__device__ __forceinline__ int my_part() { return threadIdx.x % 2; }
+
 // What a block keeps of one tile. u and dt (and in the backward dy) are per channel, B and C per state; keep is
 // 0 where a document starts (the state before it is dropped), else 1.
 struct Tile {
-    float u[kThreads][kPitch];
-    float dt[kThreads][kPitch];
-    float B[kState][kTile];
-    float C[kState][kTile];
+    float u[kChannels][kPitch];
+    float dt[kChannels][kPitch];
+    float B[kState][kPitch];  // padded too: a warp's two halves read rows 8 apart
+    float C[kState][kPitch];
     float keep[kTile];
 };
 
-// Stage steps [t0, t0 + len) of the block's channels; steps past len read as zero input, so a thread may run a
-// whole tile.
+// A thread's share of a (kChannels x kTile steps) tile is one step, threadIdx.x % kTile, of rows
+// threadIdx.x / kTile + j·kRowsPerPass: consecutive threads read consecutive steps of a row. Every load of a
+// share is issued before any is used, so a tile costs one memory latency, not one per element.
+constexpr int kRowsPerPass = kThreads / kTile;
+constexpr int kShare = kChannels * kTile / kThreads;  // elements of a (channels x steps) tile per thread
+constexpr int kStateShare = kState * kTile / kThreads;  // elements of a (states x steps) tile per thread
+static_assert(kStateShare >= 1 && kRowsPerPass * kStateShare == kState, "a state tile splits evenly");
+
+__device__ __forceinline__ int share_row(int j) { return threadIdx.x / kTile + j * kRowsPerPass; }
+__device__ __forceinline__ int share_step() { return threadIdx.x % kTile; }
+
 template <typename T>
-__device__ void load_tile(Tile &tile, const ScanParams &p, int b, int d0, int t0, int len, const float *bias) {
-    for (int i = threadIdx.x; i < kThreads * kTile; i += kThreads) {
-        const int r = i / kTile, c = i % kTile, d = d0 + r;
-        float u = 0.f, dt = 0.f;
-        if (d < p.dim && c < len) {
-            u = to_float(at<T>(p.u, p.u_b, p.u_d, b, d)[t0 + c]);
-            dt = softplus(to_float(at<T>(p.delta, p.delta_b, p.delta_d, b, d)[t0 + c]) + bias[r]);
-        }
-        tile.u[r][c] = u;
-        tile.dt[r][c] = dt;
-    }
-    for (int i = threadIdx.x; i < kState * kTile; i += kThreads) {
-        const int n = i / kTile, c = i % kTile;
-        const bool in = c < len;
-        tile.B[n][c] = in ? to_float(at<T>(p.B, p.B_b, p.B_n, b, n)[t0 + c]) : 0.f;
-        tile.C[n][c] = in ? to_float(at<T>(p.C, p.C_b, p.C_n, b, n)[t0 + c]) : 0.f;
-    }
-    if (threadIdx.x < kTile) {
-        const int c = threadIdx.x;
-        tile.keep[c] = (p.reset != nullptr && c < len && p.reset[int64_t(b) * p.seqlen + t0 + c]) ? 0.f : 1.f;
+__device__ __forceinline__ void fetch(T (&v)[kShare], const void *base, int64_t b_stride, int64_t d_stride,
+                                      const ScanParams &p, int b, int d0, int t0, int len) {
+#pragma unroll
+    for (int j = 0; j < kShare; ++j) {
+        const int d = d0 + share_row(j);
+        v[j] = (d < p.dim && share_step() < len) ? at<T>(base, b_stride, d_stride, b, d)[t0 + share_step()]
+                                                 : from_float<T>(0.f);
     }
 }
 
-// One step of the recurrence for this thread's channel: h <- exp(dt A) h + dt u B_c.
-__device__ __forceinline__ void advance(float (&h)[kState], const float (&A2)[kState], const Tile &tile, int c) {
-    const float dt = tile.dt[threadIdx.x][c], dtu = dt * tile.u[threadIdx.x][c], keep = tile.keep[c];
+// The inputs of one tile of the recurrence, as loaded, before they are staged.
+template <typename T>
+struct Fetched {
+    T u[kShare], delta[kShare], B[kStateShare], C[kStateShare];
+    bool reset;
+};
+
+template <typename T>
+__device__ __forceinline__ void fetch_inputs(Fetched<T> &f, const ScanParams &p, int b, int d0, int t0, int len) {
+    fetch<T>(f.u, p.u, p.u_b, p.u_d, p, b, d0, t0, len);
+    fetch<T>(f.delta, p.delta, p.delta_b, p.delta_d, p, b, d0, t0, len);
+    const int c = share_step();
 #pragma unroll
-    for (int n = 0; n < kState; ++n) h[n] = fmaf(exp2f(dt * A2[n]) * keep, h[n], dtu * tile.B[n][c]);
+    for (int j = 0; j < kStateShare; ++j) {
+        const int n = share_row(j);
+        f.B[j] = c < len ? at<T>(p.B, p.B_b, p.B_n, b, n)[t0 + c] : from_float<T>(0.f);
+        f.C[j] = c < len ? at<T>(p.C, p.C_b, p.C_n, b, n)[t0 + c] : from_float<T>(0.f);
+    }
+    f.reset = p.reset != nullptr && c < len && p.reset[int64_t(b) * p.seqlen + t0 + c];
 }
 
-__device__ __forceinline__ void load_A(float (&A2)[kState], const ScanParams &p, int d) {
+// Steps past the tile's length (and channels past dim) stage as zero input with dt 0: the state passes unchanged,
+// so a thread may run a whole tile.
+template <typename T>
+__device__ __forceinline__ void stage_inputs(Tile &tile, const Fetched<T> &f, const float *bias, const ScanParams &p,
+                                             int d0, int len) {
+    const int c = share_step();
 #pragma unroll
-    for (int n = 0; n < kState; ++n) A2[n] = d < p.dim ? p.A[int64_t(d) * kState + n] * kLog2e : 0.f;
+    for (int j = 0; j < kShare; ++j) {
+        const int r = share_row(j);
+        const bool valid = d0 + r < p.dim && c < len;
+        tile.u[r][c] = to_float(f.u[j]);
+        tile.dt[r][c] = valid ? softplus(to_float(f.delta[j]) + bias[r]) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kStateShare; ++j) {
+        tile.B[share_row(j)][c] = to_float(f.B[j]);
+        tile.C[share_row(j)][c] = to_float(f.C[j]);
+    }
+    if (threadIdx.x < kTile) tile.keep[c] = f.reset ? 0.f : 1.f;
+}
+
+// One step of the recurrence for this thread's states: h <- exp(dt A) h + dt u B_c.
+__device__ __forceinline__ void advance(float (&h)[kPart], const float (&A2)[kPart], const Tile &tile, int c) {
+    const int r = my_channel(), n0 = my_part() * kPart;
+    const float dt = tile.dt[r][c], dtu = dt * tile.u[r][c], keep = tile.keep[c];
+#pragma unroll
+    for (int i = 0; i < kPart; ++i) h[i] = fmaf(exp2f(dt * A2[i]) * keep, h[i], dtu * tile.B[n0 + i][c]);
+}
+
+// A is read pre-multiplied by log2(e), so each decay is one exp2.
+__device__ __forceinline__ void load_A(float (&A2)[kPart], const ScanParams &p, int d) {
+    const int n0 = my_part() * kPart;
+#pragma unroll
+    for (int i = 0; i < kPart; ++i) A2[i] = d < p.dim ? p.A[int64_t(d) * kState + n0 + i] * kLog2e : 0.f;
 }
 
 __device__ __forceinline__ void load_bias(float *bias, const ScanParams &p, int d0) {
-    const int d = d0 + threadIdx.x;
-    bias[threadIdx.x] = (p.delta_bias != nullptr && d < p.dim) ? p.delta_bias[d] : 0.f;
+    for (int r = threadIdx.x; r < kChannels; r += kThreads)
+        bias[r] = (p.delta_bias != nullptr && d0 + r < p.dim) ? p.delta_bias[d0 + r] : 0.f;
 }
 
+// The sum over the channel's two threads, which sit in adjacent lanes.
+__device__ __forceinline__ float channel_sum(float x) { return x + __shfl_xor_sync(0xffffffffu, x, 1); }
+
 template <typename T>
-__global__ __launch_bounds__(kThreads) void scan_fwd_kernel(ScanParams p) {
+__global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_fwd_kernel(ScanParams p) {
     __shared__ Tile tile;
-    __shared__ float bias[kThreads];
-    const int b = blockIdx.y, d0 = blockIdx.x * kThreads, d = d0 + threadIdx.x;
-    float A2[kState], h[kState];
+    __shared__ float bias[kChannels];
+    const int b = blockIdx.y, d0 = blockIdx.x * kChannels, r = my_channel(), d = d0 + r;
+    float A2[kPart], h[kPart];
     load_A(A2, p, d);
 #pragma unroll
-    for (int n = 0; n < kState; ++n) h[n] = 0.f;
+    for (int i = 0; i < kPart; ++i) h[i] = 0.f;
     const float D = (p.D != nullptr && d < p.dim) ? p.D[d] : 0.f;
     load_bias(bias, p, d0);
+    // The next tile's inputs load while this one runs.
+    Fetched<T> next;
+    T z[kShare];
+    fetch_inputs<T>(next, p, b, d0, 0, min(kTile, p.seqlen));
+    fetch<T>(z, p.z, p.z_b, p.z_d, p, b, d0, 0, min(kTile, p.seqlen));
     __syncthreads();
     for (int t0 = 0; t0 < p.seqlen; t0 += kTile) {
         const int len = min(kTile, p.seqlen - t0);
-        load_tile<T>(tile, p, b, d0, t0, len, bias);
+        stage_inputs<T>(tile, next, bias, p, d0, len);
+        float gate[kShare];  // silu(z) of this thread's share
+#pragma unroll
+        for (int j = 0; j < kShare; ++j) gate[j] = to_float(z[j]) * sigmoid(to_float(z[j]));
         __syncthreads();
+        if (t0 + kTile < p.seqlen) {
+            const int next_len = min(kTile, p.seqlen - t0 - kTile);
+            fetch_inputs<T>(next, p, b, d0, t0 + kTile, next_len);
+            fetch<T>(z, p.z, p.z_b, p.z_d, p, b, d0, t0 + kTile, next_len);
+        }
+#pragma unroll
         for (int c = 0; c < kTile; ++c) {
             advance(h, A2, tile, c);
-            float y = D * tile.u[threadIdx.x][c];
+            float y = 0.f;
 #pragma unroll
-            for (int n = 0; n < kState; ++n) y = fmaf(h[n], tile.C[n][c], y);
-            tile.u[threadIdx.x][c] = y;  // the thread's own row: u of this step is read no more
+            for (int i = 0; i < kPart; ++i) y = fmaf(h[i], tile.C[my_part() * kPart + i][c], y);
+            // The shuffle waits for the partner's y, which needed its read of u: u can be overwritten.
+            y = channel_sum(y);
+            if (my_part() == 0) tile.u[r][c] = fmaf(D, tile.u[r][c], y);
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < kThreads * kTile; i += kThreads) {
-            const int r = i / kTile, c = i % kTile, dd = d0 + r;
+        const int c = share_step();
+#pragma unroll
+        for (int j = 0; j < kShare; ++j) {
+            const int row = share_row(j), dd = d0 + row;
             if (dd >= p.dim || c >= len) continue;
-            const float y = tile.u[r][c];
-            const float z = to_float(at<T>(p.z, p.z_b, p.z_d, b, dd)[t0 + c]);
+            const float y = tile.u[row][c];
             at_mut<T>(p.y, p.y_b, p.y_d, b, dd)[t0 + c] = from_float<T>(y);
-            at_mut<T>(p.out_z, p.out_z_b, p.out_z_d, b, dd)[t0 + c] = from_float<T>(y * z * sigmoid(z));
+            at_mut<T>(p.out_z, p.out_z_b, p.out_z_d, b, dd)[t0 + c] = from_float<T>(y * gate[j]);
         }
         __syncthreads();
     }
@@ -180,7 +253,7 @@ __global__ __launch_bounds__(kThreads) void scan_fwd_kernel(ScanParams p) {
 // One halving step of warp_sum_transposed: lanes with `kOffset` set keep the upper half of the values, the others
 // the lower half, each adding what its partner lane held of the half it keeps.
 template <int kHalf, int kOffset>
-__device__ __forceinline__ void trade_halves(float (&v)[kState], int lane) {
+__device__ __forceinline__ void trade_halves(float (&v)[kPart], int lane) {
     const bool upper = lane & kOffset;
 #pragma unroll
     for (int i = 0; i < kHalf; ++i) {
@@ -189,149 +262,175 @@ __device__ __forceinline__ void trade_halves(float (&v)[kState], int lane) {
     }
 }
 
-// Sum each of v's 16 values over the warp's 32 lanes: 8 + 4 + 2 + 1 shuffles trade halves, one more sums the last
-// pair. The sum of value `index` ends in lanes 2·index and 2·index + 1.
-__device__ __forceinline__ float warp_sum_transposed(float (&v)[kState], int lane) {
-    trade_halves<8, 16>(v, lane);
-    trade_halves<4, 8>(v, lane);
-    trade_halves<2, 4>(v, lane);
-    trade_halves<1, 2>(v, lane);
-    return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
+// Sum each of v's 8 values over the warp's 16 channels (lanes of the same part, bit 0): 4 + 2 + 1 shuffles trade
+// halves, one more sums the last pair. The sum of this part's value `index` ends in the lanes with bits 4..2 equal
+// to index and bit 1 either (index: warp_sum_index).
+__device__ __forceinline__ float warp_sum_transposed(float (&v)[kPart], int lane) {
+    trade_halves<4, 16>(v, lane);
+    trade_halves<2, 8>(v, lane);
+    trade_halves<1, 4>(v, lane);
+    return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 2);
+}
+
+__device__ __forceinline__ int warp_sum_index(int lane) {
+    return (lane & 1) * kPart + ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
 }
 
 template <typename T, bool kGradA>
-__global__ __launch_bounds__(kThreads) void scan_bwd_kernel(ScanParams p) {
+__global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanParams p) {
     __shared__ Tile tile;
-    __shared__ float dy[kThreads][kPitch];  // dout * silu(z)
-    __shared__ float states[kSubs][kState][kThreads];  // the state before every kSub-th step of the tile
+    __shared__ float dy[kChannels][kPitch];  // dout * silu(z)
+    __shared__ float states[kSubs][kPart][kThreads];  // each thread's states before every kSub-th step of the tile
     __shared__ float dBC[kWarps][2][kState][kTile];  // per warp: dB, dC
-    __shared__ float bias[kThreads];
-    const int b = blockIdx.y, d0 = blockIdx.x * kThreads, d = d0 + threadIdx.x;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __shared__ float bias[kChannels];
+    const int b = blockIdx.y, d0 = blockIdx.x * kChannels, r = my_channel(), d = d0 + r;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n0 = my_part() * kPart;
     const int tiles = (p.seqlen + kTile - 1) / kTile;
-    float A2[kState];
+    float A2[kPart];
     load_A(A2, p, d);
     const float D = (p.D != nullptr && d < p.dim) ? p.D[d] : 0.f;
     load_bias(bias, p, d0);
-    float *checkpoints = p.checkpoints + (int64_t(b) * p.dim + min(d, p.dim - 1)) * tiles * kState;
+    float *checkpoints = p.checkpoints + (int64_t(b) * p.dim + min(d, p.dim - 1)) * tiles * kState + n0;
     __syncthreads();
 
-    // Pass 1: each tile's entry state.
+    // Pass 1: each tile's entry state; the next tile's inputs load while this one runs.
     {
-        float h[kState];
+        float h[kPart];
 #pragma unroll
-        for (int n = 0; n < kState; ++n) h[n] = 0.f;
+        for (int i = 0; i < kPart; ++i) h[i] = 0.f;
+        Fetched<T> next;
+        if (tiles > 1) fetch_inputs<T>(next, p, b, d0, 0, kTile);
         for (int k = 0; k < tiles; ++k) {
             if (d < p.dim) {
 #pragma unroll
-                for (int n = 0; n < kState; n += 4)
-                    *reinterpret_cast<float4 *>(checkpoints + k * kState + n) = make_float4(h[n], h[n + 1], h[n + 2], h[n + 3]);
+                for (int i = 0; i < kPart; i += 4)
+                    *reinterpret_cast<float4 *>(checkpoints + k * kState + i) =
+                        make_float4(h[i], h[i + 1], h[i + 2], h[i + 3]);
             }
             if (k == tiles - 1) break;
-            load_tile<T>(tile, p, b, d0, k * kTile, kTile, bias);
+            stage_inputs<T>(tile, next, bias, p, d0, kTile);
             __syncthreads();
+            if (k + 2 < tiles) fetch_inputs<T>(next, p, b, d0, (k + 1) * kTile, kTile);
+#pragma unroll
             for (int c = 0; c < kTile; ++c) advance(h, A2, tile, c);
             __syncthreads();
         }
     }
 
     // Pass 2: tiles in reverse. g is dL/dh of the step after the current one, already multiplied by its decay.
-    float g[kState], dA[kState];
+    float g[kPart], dA[kPart];
 #pragma unroll
-    for (int n = 0; n < kState; ++n) g[n] = dA[n] = 0.f;
+    for (int i = 0; i < kPart; ++i) g[i] = dA[i] = 0.f;
     float dD = 0.f, dbias = 0.f;
     for (int k = tiles - 1; k >= 0; --k) {
         const int t0 = k * kTile, len = min(kTile, p.seqlen - t0);
-        load_tile<T>(tile, p, b, d0, t0, len, bias);
-        for (int i = threadIdx.x; i < kThreads * kTile; i += kThreads) {
-            const int r = i / kTile, c = i % kTile, dd = d0 + r;
-            float v = 0.f;
-            if (dd < p.dim && c < len) {
-                const float z = to_float(at<T>(p.z, p.z_b, p.z_d, b, dd)[t0 + c]);
-                const float dout = to_float(at<T>(p.dout, p.dout_b, p.dout_d, b, dd)[t0 + c]);
-                const float y = to_float(at<T>(p.y, p.y_b, p.y_d, b, dd)[t0 + c]);
-                const float s = sigmoid(z);
-                v = dout * z * s;
-                at_mut<T>(p.dz, p.dz_b, p.dz_d, b, dd)[t0 + c] = from_float<T>(dout * y * s * (1.f + z * (1.f - s)));
-                if (p.out_z != nullptr) at_mut<T>(p.out_z, p.out_z_b, p.out_z_d, b, dd)[t0 + c] = from_float<T>(y * z * s);
+        {
+            Fetched<T> in;
+            T z[kShare], dout[kShare], y[kShare];
+            fetch_inputs<T>(in, p, b, d0, t0, len);
+            fetch<T>(z, p.z, p.z_b, p.z_d, p, b, d0, t0, len);
+            fetch<T>(dout, p.dout, p.dout_b, p.dout_d, p, b, d0, t0, len);
+            fetch<T>(y, p.y, p.y_b, p.y_d, p, b, d0, t0, len);
+            stage_inputs<T>(tile, in, bias, p, d0, len);
+            const int c = share_step();
+#pragma unroll
+            for (int j = 0; j < kShare; ++j) {
+                const int row = share_row(j), dd = d0 + row;
+                const float zf = to_float(z[j]), s = sigmoid(zf), dof = to_float(dout[j]), yf = to_float(y[j]);
+                dy[row][c] = dof * zf * s;
+                if (dd >= p.dim || c >= len) continue;
+                at_mut<T>(p.dz, p.dz_b, p.dz_d, b, dd)[t0 + c] = from_float<T>(dof * yf * s * (1.f + zf * (1.f - s)));
+                if (p.out_z != nullptr)
+                    at_mut<T>(p.out_z, p.out_z_b, p.out_z_d, b, dd)[t0 + c] = from_float<T>(yf * zf * s);
             }
-            dy[r][c] = v;
         }
         __syncthreads();
         {
-            float h[kState];
+            float h[kPart];
             const float *entry = checkpoints + k * kState;
 #pragma unroll
-            for (int n = 0; n < kState; ++n) h[n] = d < p.dim ? entry[n] : 0.f;
+            for (int i = 0; i < kPart; ++i) h[i] = d < p.dim ? entry[i] : 0.f;
 #pragma unroll
             for (int s = 0; s < kSubs; ++s) {
 #pragma unroll
-                for (int n = 0; n < kState; ++n) states[s][n][threadIdx.x] = h[n];
+                for (int i = 0; i < kPart; ++i) states[s][i][threadIdx.x] = h[i];
                 if (s == kSubs - 1) break;
 #pragma unroll
                 for (int c = s * kSub; c < (s + 1) * kSub; ++c) advance(h, A2, tile, c);
             }
         }
         for (int s = kSubs - 1; s >= 0; --s) {
-            float before[kSub][kState];  // the state before each step of this run
+            float before[kSub][kPart];  // the states before each step of this run
 #pragma unroll
-            for (int n = 0; n < kState; ++n) before[0][n] = states[s][n][threadIdx.x];
+            for (int i = 0; i < kPart; ++i) before[0][i] = states[s][i][threadIdx.x];
 #pragma unroll
             for (int j = 1; j < kSub; ++j) {
 #pragma unroll
-                for (int n = 0; n < kState; ++n) before[j][n] = before[j - 1][n];
+                for (int i = 0; i < kPart; ++i) before[j][i] = before[j - 1][i];
                 advance(before[j], A2, tile, s * kSub + j - 1);
             }
+            float du[kSub], ddelta[kSub];
 #pragma unroll
             for (int j = kSub - 1; j >= 0; --j) {
                 const int c = s * kSub + j;
-                const float dt = tile.dt[threadIdx.x][c], u = tile.u[threadIdx.x][c], dtu = dt * u;
-                const float keep = tile.keep[c], dyc = dy[threadIdx.x][c];
-                float dB[kState], dC[kState], gB = 0.f, gAh = 0.f;
+                const float dt = tile.dt[r][c], u = tile.u[r][c], dtu = dt * u;
+                const float keep = tile.keep[c], dyc = dy[r][c];
+                float dB[kPart], dC[kPart], gB = 0.f, gAh = 0.f;
 #pragma unroll
-                for (int n = 0; n < kState; ++n) {
-                    const float decay = exp2f(dt * A2[n]) * keep;
-                    const float kept = decay * before[j][n];
-                    const float Bn = tile.B[n][c];
-                    dC[n] = dyc * fmaf(dtu, Bn, kept);
-                    g[n] = fmaf(tile.C[n][c], dyc, g[n]);
-                    dB[n] = g[n] * dtu;
-                    gB = fmaf(g[n], Bn, gB);
-                    const float gk = g[n] * kept;
-                    gAh = fmaf(gk, A2[n], gAh);
-                    if (kGradA) dA[n] = fmaf(gk, dt, dA[n]);
-                    g[n] *= decay;
+                for (int i = 0; i < kPart; ++i) {
+                    const float decay = exp2f(dt * A2[i]) * keep;
+                    const float kept = decay * before[j][i];
+                    const float Bn = tile.B[n0 + i][c];
+                    dC[i] = dyc * fmaf(dtu, Bn, kept);
+                    g[i] = fmaf(tile.C[n0 + i][c], dyc, g[i]);
+                    dB[i] = g[i] * dtu;
+                    gB = fmaf(g[i], Bn, gB);
+                    const float gk = g[i] * kept;
+                    gAh = fmaf(gk, A2[i], gAh);
+                    if (kGradA) dA[i] = fmaf(gk, dt, dA[i]);
+                    g[i] *= decay;
                 }
+                gB = channel_sum(gB);
+                gAh = channel_sum(gAh);
                 const float ddt = fmaf(gAh, kLn2, u * gB);
                 // softplus' derivative, sigmoid(delta + bias), from dt: 1 - exp(-dt)
-                const float ddelta = ddt * -expm1f(-dt);
+                ddelta[j] = ddt * -expm1f(-dt);
+                du[j] = fmaf(dt, gB, D * dyc);
                 dD = fmaf(dyc, u, dD);
-                dbias += ddelta;
-                tile.u[threadIdx.x][c] = fmaf(dt, gB, D * dyc);  // du; this step's u is read no more
-                tile.dt[threadIdx.x][c] = ddelta;
+                dbias += ddelta[j];
                 const float sumB = warp_sum_transposed(dB, lane);
                 const float sumC = warp_sum_transposed(dC, lane);
-                if ((lane & 1) == 0) {
-                    dBC[warp][0][lane >> 1][c] = sumB;
-                    dBC[warp][1][lane >> 1][c] = sumC;
+                if ((lane & 2) == 0) {
+                    dBC[warp][0][warp_sum_index(lane)][c] = sumB;
+                    dBC[warp][1][warp_sum_index(lane)][c] = sumC;
+                }
+            }
+            __syncwarp();  // the pair has read this run's u and dt
+            if (my_part() == 0) {
+#pragma unroll
+                for (int j = 0; j < kSub; ++j) {
+                    tile.u[r][s * kSub + j] = du[j];  // read no more: earlier runs read earlier steps
+                    tile.dt[r][s * kSub + j] = ddelta[j];
                 }
             }
         }
         __syncthreads();
-        for (int i = threadIdx.x; i < kThreads * kTile; i += kThreads) {
-            const int r = i / kTile, c = i % kTile, dd = d0 + r;
+        const int c = share_step();
+#pragma unroll
+        for (int j = 0; j < kShare; ++j) {
+            const int row = share_row(j), dd = d0 + row;
             if (dd >= p.dim || c >= len) continue;
-            at_mut<T>(p.du, p.du_b, p.du_d, b, dd)[t0 + c] = from_float<T>(tile.u[r][c]);
-            at_mut<T>(p.ddelta, p.ddelta_b, p.ddelta_d, b, dd)[t0 + c] = from_float<T>(tile.dt[r][c]);
+            at_mut<T>(p.du, p.du_b, p.du_d, b, dd)[t0 + c] = from_float<T>(tile.u[row][c]);
+            at_mut<T>(p.ddelta, p.ddelta_b, p.ddelta_d, b, dd)[t0 + c] = from_float<T>(tile.dt[row][c]);
         }
         float *partial = p.dBC_partial + (int64_t(blockIdx.x) * p.batch + b) * 2 * kState * p.seqlen;
         for (int i = threadIdx.x; i < 2 * kState * kTile; i += kThreads) {
-            const int which = i / (kState * kTile), n = (i / kTile) % kState, c = i % kTile;
-            if (c >= len) continue;
+            const int which = i / (kState * kTile), n = (i / kTile) % kState, cc = i % kTile;
+            if (cc >= len) continue;
             float sum = 0.f;
 #pragma unroll
-            for (int w = 0; w < kWarps; ++w) sum += dBC[w][which][n][c];
-            partial[(which * kState + n) * int64_t(p.seqlen) + t0 + c] = sum;
+            for (int w = 0; w < kWarps; ++w) sum += dBC[w][which][n][cc];
+            partial[(which * kState + n) * int64_t(p.seqlen) + t0 + cc] = sum;
         }
         __syncthreads();
     }
@@ -339,22 +438,23 @@ __global__ __launch_bounds__(kThreads) void scan_bwd_kernel(ScanParams p) {
     const int64_t row = int64_t(b) * p.dim + d;
     if (kGradA) {
 #pragma unroll
-        for (int n = 0; n < kState; ++n) p.dA_partial[row * kState + n] = dA[n];
+        for (int i = 0; i < kPart; ++i) p.dA_partial[row * kState + n0 + i] = dA[i];
     }
+    if (my_part() != 0) return;
     if (p.dD_partial != nullptr) p.dD_partial[row] = dD;
     if (p.ddelta_bias_partial != nullptr) p.ddelta_bias_partial[row] = dbias;
 }
 
 template <typename T>
 int launch_fwd(const ScanParams &p, cudaStream_t stream) {
-    const dim3 grid((p.dim + kThreads - 1) / kThreads, p.batch);
+    const dim3 grid((p.dim + kChannels - 1) / kChannels, p.batch);
     scan_fwd_kernel<T><<<grid, kThreads, 0, stream>>>(p);
     return cudaGetLastError();
 }
 
 template <typename T>
 int launch_bwd(const ScanParams &p, cudaStream_t stream) {
-    const dim3 grid((p.dim + kThreads - 1) / kThreads, p.batch);
+    const dim3 grid((p.dim + kChannels - 1) / kChannels, p.batch);
     if (p.dA_partial != nullptr)
         scan_bwd_kernel<T, true><<<grid, kThreads, 0, stream>>>(p);
     else
@@ -385,5 +485,23 @@ int mambaft_scan_bwd(const ScanParams *p, cudaStream_t stream) {
 }
 
 int mambaft_scan_tile() { return kTile; }
-int mambaft_scan_block_channels() { return kThreads; }
+int mambaft_scan_block_channels() { return kChannels; }
+
+// Each ScanParams field's offset in declaration order, and sizeof last: the caller checks its copy of the layout.
+int mambaft_scan_param_offsets(int64_t *out, int capacity) {
+#define OFFSET(field) int64_t(offsetof(ScanParams, field))
+    const int64_t offsets[] = {
+        OFFSET(batch), OFFSET(dim), OFFSET(seqlen), OFFSET(dtype), OFFSET(u), OFFSET(delta), OFFSET(z), OFFSET(B),
+        OFFSET(C), OFFSET(A), OFFSET(D), OFFSET(delta_bias), OFFSET(reset), OFFSET(u_b), OFFSET(u_d),
+        OFFSET(delta_b), OFFSET(delta_d), OFFSET(z_b), OFFSET(z_d), OFFSET(B_b), OFFSET(B_n), OFFSET(C_b),
+        OFFSET(C_n), OFFSET(y), OFFSET(out_z), OFFSET(y_b), OFFSET(y_d), OFFSET(out_z_b), OFFSET(out_z_d),
+        OFFSET(dout), OFFSET(du), OFFSET(ddelta), OFFSET(dz), OFFSET(dout_b), OFFSET(dout_d), OFFSET(du_b),
+        OFFSET(du_d), OFFSET(ddelta_b), OFFSET(ddelta_d), OFFSET(dz_b), OFFSET(dz_d), OFFSET(dBC_partial),
+        OFFSET(dA_partial), OFFSET(dD_partial), OFFSET(ddelta_bias_partial), OFFSET(checkpoints),
+        int64_t(sizeof(ScanParams))};
+#undef OFFSET
+    const int count = int(sizeof(offsets) / sizeof(offsets[0]));
+    for (int i = 0; i < count && i < capacity; ++i) out[i] = offsets[i];
+    return count;
+}
 }
