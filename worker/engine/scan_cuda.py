@@ -10,6 +10,7 @@ Without nvcc or a prebuilt library there, `available` is False and callers keep 
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from torch import Tensor
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cu"
 STATE_SIZE = 16
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+log = logging.getLogger(__name__)
 
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
@@ -84,14 +86,25 @@ def build(arch: str) -> Path:
 
 @functools.cache
 def _library(device_index: int) -> ctypes.CDLL | None:
+    """The library for this GPU, built first if need be; None (mamba-ssm's kernel then) without nvcc or when the
+    build or the layout check fails, which is logged."""
     major, minor = torch.cuda.get_device_capability(device_index)
     arch = f"sm_{major}{minor}"
     path = library_path(arch)
-    if not path.exists():
-        if shutil.which("nvcc") is None:
-            return None
-        build(arch)
-    return load(path)
+    try:
+        if not path.exists():
+            if shutil.which("nvcc") is None:
+                return None
+            build(arch)
+        return load(path)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+        detail = (getattr(error, "stderr", b"") or b"").decode()[-2000:]
+        log.warning("own selective scan unavailable on %s, using mamba-ssm's: %s %s", arch, error, detail)
+        return None
+
+
+def _device_index(t: Tensor) -> int:
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
 
 
 def load(path: Path) -> ctypes.CDLL:
@@ -118,7 +131,7 @@ def available(u: Tensor, A: Tensor, B: Tensor) -> bool:
         and A.shape[-1] == STATE_SIZE
         and (B.dim() == 3 or B.shape[1] == 1)
         and u.dtype in _DTYPES
-        and _library(u.device.index if u.device.index is not None else torch.cuda.current_device()) is not None
+        and _library(_device_index(u)) is not None
     )
 
 
@@ -160,9 +173,9 @@ def _set_output(p: _Params, name: str, t: Tensor) -> None:
     setattr(p, f"{name}_d", t.stride(1))
 
 
-def _call(fn_name: str, p: _Params, device: torch.device) -> None:
-    lib = _library(device.index if device.index is not None else torch.cuda.current_device())
-    status = getattr(lib, fn_name)(ctypes.byref(p), ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream))
+def _call(fn_name: str, p: _Params, t: Tensor) -> None:
+    lib = _library(_device_index(t))
+    status = getattr(lib, fn_name)(ctypes.byref(p), ctypes.c_void_p(torch.cuda.current_stream(t.device).cuda_stream))
     if status != 0:
         raise RuntimeError(f"{fn_name} failed: CUDA error {status}")
 
@@ -173,7 +186,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, reset=None) -> tuple[Tensor, Te
     y, out_z = torch.empty_like(held[0]), torch.empty_like(held[0])
     _set_output(p, "y", y)
     _set_output(p, "out_z", out_z)
-    _call("mambaft_scan_fwd", p, u.device)
+    _call("mambaft_scan_fwd", p, u)
     return y, out_z
 
 
@@ -206,7 +219,7 @@ def backward(
         _set_output(p, name, t)
     if made_out_z is not None:
         _set_output(p, "out_z", made_out_z)
-    lib = _library(u_.device.index if u_.device.index is not None else torch.cuda.current_device())
+    lib = _library(_device_index(u_))
     blocks = -(-dim // lib.mambaft_scan_block_channels())
     tiles = -(-seqlen // lib.mambaft_scan_tile())
     f32 = {"device": u_.device, "dtype": torch.float32}
@@ -219,7 +232,7 @@ def backward(
     p.dA_partial = dA.data_ptr() if dA is not None else None
     p.dD_partial = dD.data_ptr() if dD is not None else None
     p.ddelta_bias_partial = dbias.data_ptr() if dbias is not None else None
-    _call("mambaft_scan_bwd", p, u_.device)
+    _call("mambaft_scan_bwd", p, u_)
     dBC = partial.sum(0)
     return ScanGrads(
         du=du,
