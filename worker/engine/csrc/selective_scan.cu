@@ -33,6 +33,7 @@ constexpr int kPitch = kTile + 1;  // row pitch of the tiles in shared memory: r
 // 4 blocks of 128 threads fill a Hopper SM's registers at 128 each; at Mamba 1.4B's shape (8 x 4096 channels)
 // that is every block at once.
 constexpr int kBlocksPerSM = 4;
+constexpr int kStatePitch = kState + 4;  // B and C rows: 16-byte aligned, staged without 8-way bank conflicts
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -100,15 +101,23 @@ __device__ __forceinline__ T *at_mut(void *base, int64_t b_stride, int64_t d_str
 __device__ __forceinline__ int my_channel() { return threadIdx.x / 2; }
 __device__ __forceinline__ int my_part() { return threadIdx.x % 2; }
 
-// What a block keeps of one tile. u and dt (and in the backward dy) are per channel, B and C per state; keep is
-// 0 where a document starts (the state before it is dropped), else 1.
+// What a block keeps of one tile. u and dt (and in the backward dy) are per channel; B and C by step, so a
+// thread reads its 8 states of a step as two 16-byte words; cut is -inf where a document starts (added to the
+// decay's exponent, it drops the state before), else 0.
 struct Tile {
     float u[kChannels][kPitch];
     float dt[kChannels][kPitch];
-    float B[kState][kPitch];  // padded too: a warp's two halves read rows 8 apart
-    float C[kState][kPitch];
-    float keep[kTile];
+    alignas(16) float B[kTile][kStatePitch];
+    alignas(16) float C[kTile][kStatePitch];
+    float cut[kTile];
 };
+
+// This thread's 8 values of a step's row of B or C.
+__device__ __forceinline__ void read_part(float (&v)[kPart], const float (&row)[kStatePitch]) {
+    const float4 *words = reinterpret_cast<const float4 *>(row + my_part() * kPart);
+    const float4 lo = words[0], hi = words[1];
+    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+}
 
 // A thread's share of a (kChannels x kTile steps) tile is one step, threadIdx.x % kTile, of rows
 // threadIdx.x / kTile + j·kRowsPerPass: consecutive threads read consecutive steps of a row. Every load of a
@@ -168,18 +177,20 @@ __device__ __forceinline__ void stage_inputs(Tile &tile, const Fetched<T> &f, co
     }
 #pragma unroll
     for (int j = 0; j < kStateShare; ++j) {
-        tile.B[share_row(j)][c] = to_float(f.B[j]);
-        tile.C[share_row(j)][c] = to_float(f.C[j]);
+        tile.B[c][share_row(j)] = to_float(f.B[j]);
+        tile.C[c][share_row(j)] = to_float(f.C[j]);
     }
-    if (threadIdx.x < kTile) tile.keep[c] = f.reset ? 0.f : 1.f;
+    if (threadIdx.x < kTile) tile.cut[c] = f.reset ? -INFINITY : 0.f;
 }
 
 // One step of the recurrence for this thread's states: h <- exp(dt A) h + dt u B_c.
 __device__ __forceinline__ void advance(float (&h)[kPart], const float (&A2)[kPart], const Tile &tile, int c) {
-    const int r = my_channel(), n0 = my_part() * kPart;
-    const float dt = tile.dt[r][c], dtu = dt * tile.u[r][c], keep = tile.keep[c];
+    const int r = my_channel();
+    const float dt = tile.dt[r][c], dtu = dt * tile.u[r][c], cut = tile.cut[c];
+    float B[kPart];
+    read_part(B, tile.B[c]);
 #pragma unroll
-    for (int i = 0; i < kPart; ++i) h[i] = fmaf(exp2f(dt * A2[i]) * keep, h[i], dtu * tile.B[n0 + i][c]);
+    for (int i = 0; i < kPart; ++i) h[i] = fmaf(exp2f(fmaf(dt, A2[i], cut)), h[i], dtu * B[i]);
 }
 
 // A is read pre-multiplied by log2(e), so each decay is one exp2.
@@ -229,9 +240,10 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_fwd_kernel(ScanPa
 #pragma unroll
         for (int c = 0; c < kTile; ++c) {
             advance(h, A2, tile, c);
-            float y = 0.f;
+            float y = 0.f, C[kPart];
+            read_part(C, tile.C[c]);
 #pragma unroll
-            for (int i = 0; i < kPart; ++i) y = fmaf(h[i], tile.C[my_part() * kPart + i][c], y);
+            for (int i = 0; i < kPart; ++i) y = fmaf(h[i], C[i], y);
             // The shuffle waits for the partner's y, which needed its read of u: u can be overwritten.
             y = channel_sum(y);
             if (my_part() == 0) tile.u[r][c] = fmaf(D, tile.u[r][c], y);
@@ -374,17 +386,18 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
             for (int j = kSub - 1; j >= 0; --j) {
                 const int c = s * kSub + j;
                 const float dt = tile.dt[r][c], u = tile.u[r][c], dtu = dt * u;
-                const float keep = tile.keep[c], dyc = dy[r][c];
-                float dB[kPart], dC[kPart], gB = 0.f, gAh = 0.f;
+                const float cut = tile.cut[c], dyc = dy[r][c];
+                float dB[kPart], dC[kPart], B[kPart], C[kPart], gB = 0.f, gAh = 0.f;
+                read_part(B, tile.B[c]);
+                read_part(C, tile.C[c]);
 #pragma unroll
                 for (int i = 0; i < kPart; ++i) {
-                    const float decay = exp2f(dt * A2[i]) * keep;
+                    const float decay = exp2f(fmaf(dt, A2[i], cut));
                     const float kept = decay * before[j][i];
-                    const float Bn = tile.B[n0 + i][c];
-                    dC[i] = dyc * fmaf(dtu, Bn, kept);
-                    g[i] = fmaf(tile.C[n0 + i][c], dyc, g[i]);
+                    dC[i] = dyc * fmaf(dtu, B[i], kept);
+                    g[i] = fmaf(C[i], dyc, g[i]);
                     dB[i] = g[i] * dtu;
-                    gB = fmaf(g[i], Bn, gB);
+                    gB = fmaf(g[i], B[i], gB);
                     const float gk = g[i] * kept;
                     gAh = fmaf(gk, A2[i], gAh);
                     if (kGradA) dA[i] = fmaf(gk, dt, dA[i]);
