@@ -128,7 +128,8 @@ def stock_targets(family: str) -> list[str]:
 
 def category(kernel: str) -> str:
     k = kernel.lower()
-    if any(s in k for s in ("selective_scan", "chunk", "_bmm", "state_passing")):
+    # mamba-ssm's scans, Mamba-2's SSD kernels, and ours (worker/engine/csrc/selective_scan.cu)
+    if any(s in k for s in ("selective_scan", "chunk", "_bmm", "state_passing", "scan_fwd_kernel", "scan_bwd_kernel")):
         return "scan"
     if any(s in k for s in ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul", "splitk")):
         return "gemm"
