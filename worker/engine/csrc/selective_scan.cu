@@ -84,18 +84,8 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// log(1 + e^x) in two fast intrinsics; below x = -16 it returns 0 where the true value is under 1e-7.
-__device__ __forceinline__ float softplus(float x) { return x <= 20.f ? __logf(1.f + __expf(x)) : x; }
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
 
-template <typename T>
-__device__ __forceinline__ const T *at(const void *base, int64_t b_stride, int64_t d_stride, int b, int d) {
-    return static_cast<const T *>(base) + b * b_stride + d * d_stride;
-}
-template <typename T>
-__device__ __forceinline__ T *at_mut(void *base, int64_t b_stride, int64_t d_stride, int b, int d) {
-    return static_cast<T *>(base) + b * b_stride + d * d_stride;
-}
 
 // This thread's channel within the block and which half of the states it holds.
 __device__ __forceinline__ int my_channel() { return threadIdx.x / 2; }
@@ -130,15 +120,36 @@ static_assert(kStateShare >= 1 && kRowsPerPass * kStateShare == kState, "a state
 __device__ __forceinline__ int share_row(int j) { return threadIdx.x / kTile + j * kRowsPerPass; }
 __device__ __forceinline__ int share_step() { return threadIdx.x % kTile; }
 
+// This thread's share of a tile of one (batch, dim, seqlen) tensor: element j is first[j * step]. Addresses are
+// made once per tile and stepped, not recomputed from the strides per element (which was most of the staging).
+template <typename T>
+struct Share {
+    T *first;
+    int64_t step;
+    __device__ __forceinline__ Share(const void *base, int64_t b_stride, int64_t d_stride, int b, int d0, int t0)
+        : first(const_cast<T *>(static_cast<const T *>(base)) + b * b_stride + (d0 + share_row(0)) * d_stride + t0 +
+                share_step()),
+          step(kRowsPerPass * d_stride) {}
+};
+
+// Whether share element j is inside the tensor: its channel below dim, its step below the tile's length.
+__device__ __forceinline__ bool share_inside(int j, const ScanParams &p, int d0, int len) {
+    return d0 + share_row(j) < p.dim && share_step() < len;
+}
+
 template <typename T>
 __device__ __forceinline__ void fetch(T (&v)[kShare], const void *base, int64_t b_stride, int64_t d_stride,
                                       const ScanParams &p, int b, int d0, int t0, int len) {
+    const Share<T> share(base, b_stride, d_stride, b, d0, t0);
+    const T *at = share.first;
 #pragma unroll
-    for (int j = 0; j < kShare; ++j) {
-        const int d = d0 + share_row(j);
-        v[j] = (d < p.dim && share_step() < len) ? at<T>(base, b_stride, d_stride, b, d)[t0 + share_step()]
-                                                 : from_float<T>(0.f);
-    }
+    for (int j = 0; j < kShare; ++j, at += share.step) v[j] = share_inside(j, p, d0, len) ? *at : from_float<T>(0.f);
+}
+
+// Write share element j of a tile where it is inside the tensor.
+template <typename T>
+__device__ __forceinline__ void store(const Share<T> &share, int j, float value, const ScanParams &p, int d0, int len) {
+    if (share_inside(j, p, d0, len)) share.first[j * share.step] = from_float<T>(value);
 }
 
 // The inputs of one tile of the recurrence, as loaded, before they are staged.
@@ -153,27 +164,31 @@ __device__ __forceinline__ void fetch_inputs(Fetched<T> &f, const ScanParams &p,
     fetch<T>(f.u, p.u, p.u_b, p.u_d, p, b, d0, t0, len);
     fetch<T>(f.delta, p.delta, p.delta_b, p.delta_d, p, b, d0, t0, len);
     const int c = share_step();
+    const Share<T> B(p.B, p.B_b, p.B_n, b, 0, t0), C(p.C, p.C_b, p.C_n, b, 0, t0);
 #pragma unroll
     for (int j = 0; j < kStateShare; ++j) {
-        const int n = share_row(j);
-        f.B[j] = c < len ? at<T>(p.B, p.B_b, p.B_n, b, n)[t0 + c] : from_float<T>(0.f);
-        f.C[j] = c < len ? at<T>(p.C, p.C_b, p.C_n, b, n)[t0 + c] : from_float<T>(0.f);
+        f.B[j] = c < len ? B.first[j * B.step] : from_float<T>(0.f);
+        f.C[j] = c < len ? C.first[j * C.step] : from_float<T>(0.f);
     }
     f.reset = p.reset != nullptr && c < len && p.reset[int64_t(b) * p.seqlen + t0 + c];
 }
 
 // Steps past the tile's length (and channels past dim) stage as zero input with dt 0: the state passes unchanged,
 // so a thread may run a whole tile.
+// `sig`, if given, gets softplus' derivative, sigmoid(delta + bias), which the backward needs.
 template <typename T>
 __device__ __forceinline__ void stage_inputs(Tile &tile, const Fetched<T> &f, const float *bias, const ScanParams &p,
-                                             int d0, int len) {
+                                             int d0, int len, float (*sig)[kPitch] = nullptr) {
     const int c = share_step();
 #pragma unroll
     for (int j = 0; j < kShare; ++j) {
         const int r = share_row(j);
-        const bool valid = d0 + r < p.dim && c < len;
+        const float x = to_float(f.delta[j]) + bias[r], e = __expf(x);
+        const bool inside = share_inside(j, p, d0, len);
         tile.u[r][c] = to_float(f.u[j]);
-        tile.dt[r][c] = valid ? softplus(to_float(f.delta[j]) + bias[r]) : 0.f;
+        // softplus: log(1 + e^x), two fast intrinsics; below x = -16 it is 0 where the true value is under 1e-7
+        tile.dt[r][c] = inside ? (x <= 20.f ? __logf(1.f + e) : x) : 0.f;
+        if (sig != nullptr) sig[r][c] = x <= 20.f ? e / (1.f + e) : 1.f;
     }
 #pragma unroll
     for (int j = 0; j < kStateShare; ++j) {
@@ -249,14 +264,12 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_fwd_kernel(ScanPa
             if (my_part() == 0) tile.u[r][c] = fmaf(D, tile.u[r][c], y);
         }
         __syncthreads();
-        const int c = share_step();
+        const Share<T> y_out(p.y, p.y_b, p.y_d, b, d0, t0), out_z(p.out_z, p.out_z_b, p.out_z_d, b, d0, t0);
 #pragma unroll
         for (int j = 0; j < kShare; ++j) {
-            const int row = share_row(j), dd = d0 + row;
-            if (dd >= p.dim || c >= len) continue;
-            const float y = tile.u[row][c];
-            at_mut<T>(p.y, p.y_b, p.y_d, b, dd)[t0 + c] = from_float<T>(y);
-            at_mut<T>(p.out_z, p.out_z_b, p.out_z_d, b, dd)[t0 + c] = from_float<T>(y * gate[j]);
+            const float y = tile.u[share_row(j)][share_step()];
+            store(y_out, j, y, p, d0, len);
+            store(out_z, j, y * gate[j], p, d0, len);
         }
         __syncthreads();
     }
@@ -292,6 +305,7 @@ template <typename T, bool kGradA>
 __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanParams p) {
     __shared__ Tile tile;
     __shared__ float dy[kChannels][kPitch];  // dout * silu(z)
+    __shared__ float sig[kChannels][kPitch];  // sigmoid(delta + bias)
     __shared__ float states[kSubs][kPart][kThreads];  // each thread's states before every kSub-th step of the tile
     __shared__ float dBC[kWarps][2][kState][kTile];  // per warp: dB, dC
     __shared__ float bias[kChannels];
@@ -343,17 +357,14 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
             fetch<T>(z, p.z, p.z_b, p.z_d, p, b, d0, t0, len);
             fetch<T>(dout, p.dout, p.dout_b, p.dout_d, p, b, d0, t0, len);
             fetch<T>(y, p.y, p.y_b, p.y_d, p, b, d0, t0, len);
-            stage_inputs<T>(tile, in, bias, p, d0, len);
-            const int c = share_step();
+            stage_inputs<T>(tile, in, bias, p, d0, len, sig);
+            const Share<T> dz(p.dz, p.dz_b, p.dz_d, b, d0, t0), out_z(p.out_z, p.out_z_b, p.out_z_d, b, d0, t0);
 #pragma unroll
             for (int j = 0; j < kShare; ++j) {
-                const int row = share_row(j), dd = d0 + row;
                 const float zf = to_float(z[j]), s = sigmoid(zf), dof = to_float(dout[j]), yf = to_float(y[j]);
-                dy[row][c] = dof * zf * s;
-                if (dd >= p.dim || c >= len) continue;
-                at_mut<T>(p.dz, p.dz_b, p.dz_d, b, dd)[t0 + c] = from_float<T>(dof * yf * s * (1.f + zf * (1.f - s)));
-                if (p.out_z != nullptr)
-                    at_mut<T>(p.out_z, p.out_z_b, p.out_z_d, b, dd)[t0 + c] = from_float<T>(yf * zf * s);
+                dy[share_row(j)][share_step()] = dof * zf * s;
+                store(dz, j, dof * yf * s * (1.f + zf * (1.f - s)), p, d0, len);
+                if (p.out_z != nullptr) store(out_z, j, yf * zf * s, p, d0, len);
             }
         }
         __syncthreads();
@@ -406,8 +417,7 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
                 gB = channel_sum(gB);
                 gAh = channel_sum(gAh);
                 const float ddt = fmaf(gAh, kLn2, u * gB);
-                // softplus' derivative, sigmoid(delta + bias), from dt: 1 - exp(-dt)
-                ddelta[j] = ddt * -expm1f(-dt);
+                ddelta[j] = ddt * sig[r][c];
                 du[j] = fmaf(dt, gB, D * dyc);
                 dD = fmaf(dyc, u, dD);
                 dbias += ddelta[j];
@@ -428,13 +438,12 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
             }
         }
         __syncthreads();
-        const int c = share_step();
+        const Share<T> du_out(p.du, p.du_b, p.du_d, b, d0, t0);
+        const Share<T> ddelta_out(p.ddelta, p.ddelta_b, p.ddelta_d, b, d0, t0);
 #pragma unroll
         for (int j = 0; j < kShare; ++j) {
-            const int row = share_row(j), dd = d0 + row;
-            if (dd >= p.dim || c >= len) continue;
-            at_mut<T>(p.du, p.du_b, p.du_d, b, dd)[t0 + c] = from_float<T>(tile.u[row][c]);
-            at_mut<T>(p.ddelta, p.ddelta_b, p.ddelta_d, b, dd)[t0 + c] = from_float<T>(tile.dt[row][c]);
+            store(du_out, j, tile.u[share_row(j)][share_step()], p, d0, len);
+            store(ddelta_out, j, tile.dt[share_row(j)][share_step()], p, d0, len);
         }
         float *partial = p.dBC_partial + (int64_t(blockIdx.x) * p.batch + b) * 2 * kState * p.seqlen;
         for (int i = threadIdx.x; i < 2 * kState * kTile; i += kThreads) {
