@@ -484,26 +484,27 @@ int launch_bwd(const ScanParams &p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
+// `launch` called with a value of the element type p.dtype names.
+template <typename Launch>
+int by_dtype(const ScanParams &p, Launch launch) {
+    switch (p.dtype) {
+        case 0: return launch(float{});
+        case 1: return launch(__half{});
+        case 2: return launch(__nv_bfloat16{});
+        default: return int(cudaErrorInvalidValue);
+    }
+}
+
 }  // namespace
 
 extern "C" {
 
 int mambaft_scan_fwd(const ScanParams *p, cudaStream_t stream) {
-    switch (p->dtype) {
-        case 0: return launch_fwd<float>(*p, stream);
-        case 1: return launch_fwd<__half>(*p, stream);
-        case 2: return launch_fwd<__nv_bfloat16>(*p, stream);
-        default: return int(cudaErrorInvalidValue);
-    }
+    return by_dtype(*p, [&](auto element) { return launch_fwd<decltype(element)>(*p, stream); });
 }
 
 int mambaft_scan_bwd(const ScanParams *p, cudaStream_t stream) {
-    switch (p->dtype) {
-        case 0: return launch_bwd<float>(*p, stream);
-        case 1: return launch_bwd<__half>(*p, stream);
-        case 2: return launch_bwd<__nv_bfloat16>(*p, stream);
-        default: return int(cudaErrorInvalidValue);
-    }
+    return by_dtype(*p, [&](auto element) { return launch_bwd<decltype(element)>(*p, stream); });
 }
 
 int mambaft_scan_tile() { return kTile; }
