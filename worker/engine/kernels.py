@@ -1,5 +1,6 @@
-"""The fused CUDA kernels of mamba-ssm, where installed: every forward that can use them imports them from here
-(Mamba's own fused mixer, with out_proj's LoRA low-rank, is worker/engine/mamba_inner.py)."""
+"""The fused CUDA kernels of mamba-ssm, where installed, and our selective scan (scan_cuda.py): every forward that
+can use them imports them from here (Mamba's own fused mixer, with out_proj's LoRA low-rank, is
+worker/engine/mamba_inner.py)."""
 
 import torch
 from torch import Tensor

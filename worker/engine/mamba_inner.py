@@ -7,7 +7,8 @@ weight-gradient GEMM per layer only to project it down to rank r. Here the froze
 unless it trains, and each adapter's gradients come from skinny products with the gate output that the
 backward recomputes anyway, so memory stays as low as mamba-ssm's. x_proj and dt_proj stay folded: their
 weight gradients are small. The rest follows mamba-ssm 2.3's `MambaInnerFn` (checkpoint level 1, real A,
-B and C from x_proj), whose CUDA kernels it calls.
+B and C from x_proj), whose CUDA kernels it calls, except the selective scan: ours (scan_cuda.py) where it
+takes the shapes.
 """
 
 import torch
