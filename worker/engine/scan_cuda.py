@@ -145,14 +145,22 @@ def _states_by_time(t: Tensor) -> Tensor:
     return _rows(t[:, 0] if t.dim() == 4 else t)
 
 
-def _inputs(u, delta, A, B, C, D, z, delta_bias, reset) -> tuple[_Params, tuple[Tensor, ...]]:
+def as_read(u, delta, A, B, C, D, z, delta_bias, reset=None) -> tuple[Tensor | None, ...]:
+    """The inputs as the kernel reads them, in the same order: delta, B, C and z in u's dtype with rows contiguous,
+    B and C (b, n, l), A, D and delta_bias fp32, reset uint8. A no-op on inputs already so."""
     dtype = u.dtype
     u, delta, z = (_rows(t.to(dtype)) for t in (u, delta, z))
     B, C = (_states_by_time(t.to(dtype)) for t in (B, C))
     A, D, delta_bias = (t.float().contiguous() for t in (A, D, delta_bias))
     reset = reset.to(torch.uint8).contiguous() if reset is not None else None
+    return u, delta, A, B, C, D, z, delta_bias, reset
+
+
+def _inputs(u, delta, A, B, C, D, z, delta_bias, reset) -> tuple[_Params, tuple[Tensor | None, ...]]:
+    read = as_read(u, delta, A, B, C, D, z, delta_bias, reset)
+    u, delta, A, B, C, D, z, delta_bias, reset = read
     batch, dim, seqlen = u.shape
-    p = _Params(batch=batch, dim=dim, seqlen=seqlen, dtype=_DTYPES[dtype])
+    p = _Params(batch=batch, dim=dim, seqlen=seqlen, dtype=_DTYPES[u.dtype])
     for name, t in (("u", u), ("delta", delta), ("z", z)):
         setattr(p, name, t.data_ptr())
         setattr(p, f"{name}_b", t.stride(0))
@@ -164,7 +172,7 @@ def _inputs(u, delta, A, B, C, D, z, delta_bias, reset) -> tuple[_Params, tuple[
     p.A, p.D, p.delta_bias = A.data_ptr(), D.data_ptr(), delta_bias.data_ptr()
     p.reset = reset.data_ptr() if reset is not None else None
     # Returned so the caller holds every converted tensor until the kernel has been queued.
-    return p, (u, delta, z, B, C, A, D, delta_bias, reset)
+    return p, read
 
 
 def _set_output(p: _Params, name: str, t: Tensor) -> None:
@@ -248,12 +256,17 @@ def backward(
 
 
 class SelectiveScan(torch.autograd.Function):
-    """out_z = selective_scan(u, delta, A, B, C, D, z, delta_bias) with resets, on our kernel."""
+    """out_z = selective_scan(u, delta, A, B, C, D, z, delta_bias) with resets, on our kernel.
+
+    It keeps the inputs as the kernel reads them: under autocast a norm leaves delta, B and C in fp32 beside
+    half u, and keeping those would hold twice the bytes of what the kernel uses."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, reset):
-        y, out_z = forward(u, delta, A, B, C, D, z, delta_bias, reset)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, reset, y)
+        read = as_read(u, delta, A, B, C, D, z, delta_bias, reset)
+        y, out_z = forward(*read)
+        ctx.save_for_backward(*read, y)
+        ctx.originals = [(t.dtype, t.shape) for t in (u, delta, A, B, C, D, z, delta_bias)]
         return out_z
 
     @staticmethod
@@ -264,17 +277,12 @@ class SelectiveScan(torch.autograd.Function):
             u, delta, A, B, C, D, z, delta_bias, dout, y,
             reset=reset, want_A=need[2], want_D=need[5], want_delta_bias=need[7],
         )  # fmt: skip
-        dB = g.dB if B.dim() == 3 else g.dB[:, None]
-        dC = g.dC if C.dim() == 3 else g.dC[:, None]
+        grads = (g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz, g.ddelta_bias)
         return (
-            g.du.to(u.dtype),
-            g.ddelta.to(delta.dtype),
-            g.dA,
-            dB.to(B.dtype),
-            dC.to(C.dtype),
-            g.dD.to(D.dtype) if g.dD is not None else None,
-            g.dz.to(z.dtype),
-            g.ddelta_bias.to(delta_bias.dtype) if g.ddelta_bias is not None else None,
+            *(
+                None if grad is None else grad.to(dtype).view(shape)
+                for grad, (dtype, shape) in zip(grads, ctx.originals, strict=True)
+            ),
             None,
         )
 
