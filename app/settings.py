@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     mlflow_allow_job_tracking_uri: bool = False
     # W&B writes its run folders here; WANDB_API_KEY / WANDB_MODE (e.g. offline) are W&B's own settings.
     wandb_dir: Path | None = None
+    # GPU workers' selective scan. The engine reads these two from the environment itself where it loads the
+    # kernel (worker/engine/scan_cuda.py: the engine takes no settings); declared here so that start-up
+    # refuses a misspelt value. kernel_dir unset: ~/.cache/mambaft/kernels.
+    kernel_dir: Path | None = None
+    scan_kernel: Literal["own", "mamba-ssm"] = "own"
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
