@@ -131,22 +131,29 @@ class _SelectiveScan(torch.autograd.Function):
     def forward(
         ctx, dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, reset: Tensor | None
     ) -> Tensor:
+        # B and C as (b, l, n), n contiguous as in the (b, d, l, n) tensors they multiply: transposed views
+        # would make every broadcast product gather them with a stride of l.
+        Bt, Ct = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
         decay = _reset(_product(dt, A[:, None, :]).exp_(), reset)  # (b, d, l, n)
-        states = _recur(decay, _product(dtu, B.transpose(1, 2)[:, None]), chunk, in_place=True)
-        ctx.save_for_backward(dt, dtu, A, B, C, decay, states)
+        states = _recur(decay, _product(dtu, Bt[:, None]), chunk, in_place=True)
+        ctx.save_for_backward(dt, dtu, A, Bt, Ct, decay, states)
         ctx.chunk = chunk
-        return _sum_over_state(states, C)
+        return _sum_over_state(states, Ct)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None, None]:
-        dt, dtu, A, B, C, decay, states = ctx.saved_tensors
-        grad_states = _product(grad_y, C.transpose(1, 2)[:, None])  # (b, d, l, n)
-        g, grad_log_decay = _recurrence_backward(decay, states, grad_states, ctx.chunk)
+        dt, dtu, A, Bt, Ct, decay, states = ctx.saved_tensors
+        g = _recur(decay, _product(grad_y, Ct[:, None]), ctx.chunk, reverse=True, in_place=True)  # (b, d, l, n)
         grad_C = (states * grad_y[..., None]).sum(1).transpose(1, 2)  # (b, n, l)
         grad_B = (g * dtu[..., None]).sum(1).transpose(1, 2)
+        grad_dtu = _sum_over_state(g, Bt)
+        # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0; written over g, which is read no more.
+        grad_log_decay = g
+        grad_log_decay[:, :, 1:].mul_(decay[:, :, 1:]).mul_(states[:, :, :-1])
+        grad_log_decay[:, :, 0] = 0
         grad_dt = (grad_log_decay @ A[:, :, None])[..., 0]  # (b, d, l)
         grad_A = (grad_log_decay.transpose(-1, -2) @ dt[..., None]).sum(0)[..., 0]  # (d, n)
-        return grad_dt, _sum_over_state(g, B), grad_A, grad_B, grad_C, None, None
+        return grad_dt, grad_dtu, grad_A, grad_B, grad_C, None, None
 
 
 def _reset(decay: Tensor, reset: Tensor | None) -> Tensor:
@@ -161,9 +168,9 @@ def _product(x: Tensor, by_state: Tensor) -> Tensor:
     return torch.mul(x[..., None], by_state, out=out)
 
 
-def _sum_over_state(states: Tensor, C: Tensor) -> Tensor:
-    """sum_n states[b, d, l, n] · C[b, n, l] -> (b, d, l)."""
-    return (states * C.transpose(1, 2)[:, None]).sum(-1)
+def _sum_over_state(states: Tensor, by_state: Tensor) -> Tensor:
+    """sum_n states[b, d, l, n] · by_state[b, l, n] -> (b, d, l)."""
+    return (states * by_state[:, None]).sum(-1)
 
 
 def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None, reset: Tensor | None = None) -> Tensor:
@@ -200,10 +207,7 @@ def _recurrence_backward(decay: Tensor, states: Tensor, grad: Tensor, chunk: int
     """The gradients of the states' loss with respect to dBu (g) and to log_decay, given `grad` by state
     (which this overwrites). (Complex: conj, PyTorch's convention for complex gradients.)"""
     # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: the same recurrence, backwards in time.
-    next_decay = torch.empty_like(decay)
-    next_decay[:, :, :-1] = decay[:, :, 1:]
-    next_decay[:, :, -1] = 0
-    g = _recur(next_decay.conj(), grad, chunk, reverse=True, in_place=True)
+    g = _recur(decay.conj(), grad, chunk, reverse=True, in_place=True)
     # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0 (the state before the first token is 0).
     grad_log_decay = torch.empty_like(g)
     grad_log_decay[:, :, 0] = 0
@@ -216,28 +220,49 @@ def _recurrence_backward(decay: Tensor, states: Tensor, grad: Tensor, chunk: int
 
 def _recur(decay: Tensor, x: Tensor, c: int, reverse: bool = False, in_place: bool = False) -> Tensor:
     """h_t = decay_t * h_{t-1} + x_t over dim 2 of (b, d, l, n) from h_{-1} = 0, without autograd;
-    `reverse`: h_t = decay_t * h_{t+1} + x_t from h_l = 0. `in_place` writes h over x (contiguous)."""
+    `reverse`: its adjoint, h_t = decay_{t+1} * h_{t+1} + x_t from h_l = 0, on the same decays (no shifted
+    copy). `in_place` writes h over x (contiguous).
+
+    Three passes over chunks of c steps: each chunk's last state from a zero start and the product of its
+    decays, all chunks at once (c steps on (b, d, chunks, n) tensors, nothing full-size written); the true state
+    entering each chunk, chunk by chunk on those small tensors; then every chunk's steps again from its true
+    entering state, all chunks at once, writing h. About 2·c + l/c steps, one full-size write."""
     b, d, length, n = x.shape
     n_chunks = -(-length // c)
     pad = n_chunks * c - length
-    if pad:  # zero input past the end: no effect on real tokens, whichever the direction
+    if pad:  # zero input (and decay) past the end: no effect on real tokens, whichever the direction
         decay = F.pad(decay, (0, 0, 0, pad))
         x = F.pad(x, (0, 0, 0, pad))
     decay = decay.reshape(b, d, n_chunks, c, n)
     x = x.reshape(b, d, n_chunks, c, n)
-    first, step = (c - 1, -1) if reverse else (0, 1)
-    # 1. Within every chunk at once, from a zero state: c steps, each over all chunks, with the decay
-    #    from the chunk's first step through t alongside (a product of decays <= 1: no overflow).
     h = x if in_place or pad else torch.empty_like(x)
-    through = torch.empty_like(decay)
-    h[:, :, :, first] = x[:, :, :, first]
-    through[:, :, :, first] = decay[:, :, :, first]
-    for t in range(first + step, first + step * c, step):
-        torch.addcmul(x[:, :, :, t], decay[:, :, :, t], h[:, :, :, t - step], out=h[:, :, :, t])
-        torch.mul(decay[:, :, :, t], through[:, :, :, t - step], out=through[:, :, :, t])
-    # 2. Chunk by chunk, add what the true state entering it contributes; its last state is then true
-    #    and enters the next chunk.
-    for k in range(n_chunks - 2, -1, -1) if reverse else range(1, n_chunks):
-        entering = h[:, :, k - step, c - 1 - first][:, :, None]  # (b, d, 1, n)
-        h[:, :, k].addcmul_(through[:, :, k], entering)
+    # Step t of a chunk multiplies the state it receives by decay_t forwards, by decay_{t+1} in reverse.
+    steps, shift = (range(c - 1, -1, -1), 1) if reverse else (range(c), 0)
+    first, *rest = steps
+    # 1. Each chunk's last state from a zero start, and the product of the decays its steps apply to the
+    #    state entering it (a product of decays <= 1: no overflow).
+    last = x[:, :, :, first].clone()
+    through = torch.ones_like(last) if reverse else decay[:, :, :, 0].clone()
+    for t in rest:
+        torch.addcmul(x[:, :, :, t], decay[:, :, :, t + shift], last, out=last)
+        through.mul_(decay[:, :, :, t + shift])
+    # 2. The state entering each chunk, chunk by chunk. In reverse the state leaving chunk k + 1 reaches chunk
+    #    k through decay at chunk k + 1's first step, which is then applied to `last` and `through` alike.
+    if reverse:
+        last[:, :, 1:].mul_(decay[:, :, 1:, 0])
+        through[:, :, 1:].mul_(decay[:, :, 1:, 0])
+    entering = torch.zeros_like(last)
+    order = range(n_chunks - 2, -1, -1) if reverse else range(1, n_chunks)
+    for k in order:
+        source = k + 1 if reverse else k - 1
+        torch.addcmul(last[:, :, source], through[:, :, source], entering[:, :, source], out=entering[:, :, k])
+    # 3. Every chunk's steps from its entering state.
+    if reverse:
+        torch.add(x[:, :, :, first], entering, out=h[:, :, :, first])
+    else:
+        torch.addcmul(x[:, :, :, first], decay[:, :, :, first], entering, out=h[:, :, :, first])
+    previous = first
+    for t in rest:
+        torch.addcmul(x[:, :, :, t], decay[:, :, :, t + shift], h[:, :, :, previous], out=h[:, :, :, t])
+        previous = t
     return h.view(b, d, n_chunks * c, n)[:, :, :length]
