@@ -10,7 +10,7 @@ With `reset` (b, l) bool, h_{t-1} is dropped where reset_t (exp(dt_t * A) = 0 th
 kept): a packed row's documents then each scan from a zero state (worker/engine/documents.py).
 
 `selective_scan_reference` is the executable spec: one Python step per token. The chunked version
-gives the same numbers with about 2·sqrt(l) Python steps instead of l, each over many tokens at once,
+gives the same numbers with about 3·sqrt(l) Python steps instead of l, each over many tokens at once,
 and a backward written out (the same recurrence, run backwards in time), which is what makes a LoRA
 step on the CPU fast: the work is the same, the per-step and autograd overhead and the full-size
 (b, d, l, n) tensors kept or written shrink (bench/RESULTS.md).
@@ -203,7 +203,7 @@ def _sum_over_state(states: Tensor, by_state: Tensor) -> Tensor:
 
 
 def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None, reset: Tensor | None = None) -> Tensor:
-    """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 2·sqrt(l) steps; h_{t-1} is
+    """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 3·sqrt(l) steps; h_{t-1} is
     dropped where `reset` (b, l).
 
     Works for complex inputs too (companion_scan.py runs diagonalized companion states through it)."""
