@@ -19,7 +19,8 @@ CPU (the embedded default: tiny model shape d_model 128 x 4 layers, batch 4 x 25
     Stock on the CPU is transformers' own pure-torch path (a Python loop over tokens). Both models are
     built and warmed up first; then each run times `steps` steps of stock and then of ours, so load from
     elsewhere falls on both alike. It prints every run and the median with its spread; `cpu_s` is the
-    process's CPU time per step, which other load on the machine inflates less than the wall time.
+    process's CPU time per step, which other load on the machine inflates less than the wall time. Both run
+    inside worker/engine/heap.py's `retained_heap()`, as a CPU job trains (stock gains from it too).
 """
 
 import argparse
@@ -40,6 +41,7 @@ from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForC
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.families import FAMILIES
 from worker.engine.families import family_engine
+from worker.engine.heap import retained_heap
 from worker.engine.lora_fold import attach_lora
 from worker.engine.loss import next_token_loss
 from worker.engine.mamba_forward import install_forwards, set_activation_recompute
@@ -418,7 +420,8 @@ def main() -> None:
     engines = args.engines.split(",")
     if args.mode == "cpu":
         torch.set_num_threads(args.threads)
-        print(json.dumps(cpu_compare(args.family, args.runs, args.steps)), flush=True)
+        with retained_heap():
+            print(json.dumps(cpu_compare(args.family, args.runs, args.steps)), flush=True)
         return
     print("torch", torch.__version__, torch.cuda.get_device_name(), args.precision, flush=True)
     shapes = [SHAPES[name] for name in args.shapes.split(",")]

@@ -10,7 +10,7 @@ With `reset` (b, l) bool, h_{t-1} is dropped where reset_t (exp(dt_t * A) = 0 th
 kept): a packed row's documents then each scan from a zero state (worker/engine/documents.py).
 
 `selective_scan_reference` is the executable spec: one Python step per token. The chunked version
-gives the same numbers with about 2·sqrt(l) Python steps instead of l, each over many tokens at once,
+gives the same numbers with about 3·sqrt(l) Python steps instead of l, each over many tokens at once,
 and a backward written out (the same recurrence, run backwards in time), which is what makes a LoRA
 step on the CPU fast: the work is the same, the per-step and autograd overhead and the full-size
 (b, d, l, n) tensors kept or written shrink (bench/RESULTS.md).
@@ -125,28 +125,64 @@ class _SelectiveScan(torch.autograd.Function):
     Left to autograd, the (b, d, l, n) log-decay and input would be kept, and each broadcast product
     reduced in a pass of its own; here only the decays and the states are kept, and each gradient is
     one multiply-and-reduce or one matrix product. dt, dtu: (b, d, l); A: (d, n); B, C: (b, n, l).
-    A zero decay where `reset` needs nothing more in backward: it zeroes those tokens' dt·A gradient too."""
+    A zero decay where `reset` needs nothing more in backward: it zeroes those tokens' dt·A gradient too.
+
+    The (b, d, l, n) tensors are made step-major within chunks, (b, d, c, chunks, n) (see `_recur`): each
+    of the recurrence's steps then reads and writes runs of chunks·n contiguous values, not n. The (b, d, l)
+    and (b, n, l) tensors are reordered to match (small copies), and padded with zeros to a whole number of
+    chunks: dt = 0 there is a decay of 1 and a zero input, after every real token forwards and giving
+    nothing backwards."""
 
     @staticmethod
     def forward(
         ctx, dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int, reset: Tensor | None
     ) -> Tensor:
-        decay = _reset(_product(dt, A[:, None, :]).exp_(), reset)  # (b, d, l, n)
-        states = _recur(decay, _product(dtu, B.transpose(1, 2)[:, None]), chunk, in_place=True)
-        ctx.save_for_backward(dt, dtu, A, B, C, decay, states)
-        ctx.chunk = chunk
-        return _sum_over_state(states, C)
+        # B and C as (b, c, chunks, n), n contiguous as in the full-size tensors they multiply.
+        Bc, Cc = (_step_major(t, chunk).permute(0, 2, 3, 1).contiguous() for t in (B, C))
+        dt_c, dtu_c = _step_major(dt, chunk), _step_major(dtu, chunk)  # (b, d, c, chunks)
+        decay = _product(dt_c, A[:, None, None, :]).exp_()  # (b, d, c, chunks, n)
+        if reset is not None:  # the state entering those tokens is dropped
+            decay.masked_fill_(_step_major(reset, chunk)[:, None, :, :, None], 0)
+        states = _recur(decay, _product(dtu_c, Bc[:, None]), in_place=True)
+        ctx.save_for_backward(dt_c, dtu_c, A, Bc, Cc, decay, states)
+        ctx.length = dt.shape[-1]
+        return _natural(_sum_over_state(states, Cc), ctx.length)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, None, None]:
-        dt, dtu, A, B, C, decay, states = ctx.saved_tensors
-        grad_states = _product(grad_y, C.transpose(1, 2)[:, None])  # (b, d, l, n)
-        g, grad_log_decay = _recurrence_backward(decay, states, grad_states, ctx.chunk)
-        grad_C = (states * grad_y[..., None]).sum(1).transpose(1, 2)  # (b, n, l)
-        grad_B = (g * dtu[..., None]).sum(1).transpose(1, 2)
-        grad_dt = (grad_log_decay @ A[:, :, None])[..., 0]  # (b, d, l)
-        grad_A = (grad_log_decay.transpose(-1, -2) @ dt[..., None]).sum(0)[..., 0]  # (d, n)
-        return grad_dt, _sum_over_state(g, B), grad_A, grad_B, grad_C, None, None
+        dt_c, dtu_c, A, Bc, Cc, decay, states = ctx.saved_tensors
+        chunk, length = states.shape[2], ctx.length
+        grad_y = _step_major(grad_y, chunk)
+        g = _recur(decay, _product(grad_y, Cc[:, None]), reverse=True, in_place=True)  # (b, d, c, chunks, n)
+        # (b, c, chunks, n) -> (b, n, l)
+        grad_C = _natural((states * grad_y[..., None]).sum(1).permute(0, 3, 1, 2), length)
+        grad_B = _natural((g * dtu_c[..., None]).sum(1).permute(0, 3, 1, 2), length)
+        grad_dtu = _natural(_sum_over_state(g, Bc), length)
+        # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0; written over g, which is read no more.
+        # h_{t-1} is the step before in the chunk, or the last step of the chunk before.
+        grad_log_decay = g
+        grad_log_decay[:, :, 1:].mul_(decay[:, :, 1:]).mul_(states[:, :, :-1])
+        grad_log_decay[:, :, 0, 1:].mul_(decay[:, :, 0, 1:]).mul_(states[:, :, -1, :-1])
+        grad_log_decay[:, :, 0, 0] = 0
+        b, d, _, _, n = g.shape
+        by_step = grad_log_decay.view(b, d, -1, n)  # (b, d, c·chunks, n)
+        grad_dt = _natural((by_step @ A[:, :, None]).view(dt_c.shape), length)  # (b, d, l)
+        grad_A = (by_step.transpose(-1, -2) @ dt_c.view(b, d, -1, 1)).sum(0)[..., 0]  # (d, n)
+        return grad_dt, grad_dtu, grad_A, grad_B, grad_C, None, None
+
+
+def _step_major(t: Tensor, chunk: int) -> Tensor:
+    """(..., l) -> (..., c, chunks), contiguous: position k·c + j at [j, k], zero-padded to a whole number of
+    chunks. Broadcast into the full-size products, a strided view would be gathered there."""
+    pad = -t.shape[-1] % chunk
+    if pad:
+        t = F.pad(t, (0, pad))
+    return t.unflatten(-1, (-1, chunk)).transpose(-1, -2).contiguous()
+
+
+def _natural(t: Tensor, length: int) -> Tensor:
+    """`_step_major`'s inverse: (..., c, chunks) -> (..., length)."""
+    return t.transpose(-1, -2).flatten(-2)[..., :length]
 
 
 def _reset(decay: Tensor, reset: Tensor | None) -> Tensor:
@@ -155,19 +191,19 @@ def _reset(decay: Tensor, reset: Tensor | None) -> Tensor:
 
 
 def _product(x: Tensor, by_state: Tensor) -> Tensor:
-    """x[..., None] * by_state as a contiguous (b, d, l, n) tensor, whatever the inputs' strides: the
-    scan's steps slice it along l, and a broadcast product would otherwise follow x's layout."""
+    """x[..., None] * by_state as a contiguous (..., n) tensor, whatever the inputs' strides: the
+    scan's steps slice it, and a broadcast product would otherwise follow x's layout."""
     out = torch.empty((*x.shape, by_state.shape[-1]), dtype=x.dtype, device=x.device)
     return torch.mul(x[..., None], by_state, out=out)
 
 
-def _sum_over_state(states: Tensor, C: Tensor) -> Tensor:
-    """sum_n states[b, d, l, n] · C[b, n, l] -> (b, d, l)."""
-    return (states * C.transpose(1, 2)[:, None]).sum(-1)
+def _sum_over_state(states: Tensor, by_state: Tensor) -> Tensor:
+    """sum_n states[b, d, ..., n] · by_state[b, ..., n] -> (b, d, ...)."""
+    return (states * by_state[:, None]).sum(-1)
 
 
 def chunked_states(log_decay: Tensor, dBu: Tensor, chunk: int | None = None, reset: Tensor | None = None) -> Tensor:
-    """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 2·sqrt(l) steps; h_{t-1} is
+    """States h_t = exp(log_decay_t) * h_{t-1} + dBu_t, all (b, d, l, n), in about 3·sqrt(l) steps; h_{t-1} is
     dropped where `reset` (b, l).
 
     Works for complex inputs too (companion_scan.py runs diagonalized companion states through it)."""
@@ -183,7 +219,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_decay: Tensor, dBu: Tensor, chunk: int, reset: Tensor | None) -> Tensor:
         decay = _reset(torch.exp(log_decay), reset)
-        states = _recur(decay, dBu, chunk)
+        states = _recur_in_time(decay, dBu, chunk)
         ctx.save_for_backward(decay, states)
         ctx.chunk = chunk
         return states
@@ -200,10 +236,7 @@ def _recurrence_backward(decay: Tensor, states: Tensor, grad: Tensor, chunk: int
     """The gradients of the states' loss with respect to dBu (g) and to log_decay, given `grad` by state
     (which this overwrites). (Complex: conj, PyTorch's convention for complex gradients.)"""
     # g_t = grad_t + conj(decay_{t+1}) · g_{t+1}: the same recurrence, backwards in time.
-    next_decay = torch.empty_like(decay)
-    next_decay[:, :, :-1] = decay[:, :, 1:]
-    next_decay[:, :, -1] = 0
-    g = _recur(next_decay.conj(), grad, chunk, reverse=True, in_place=True)
+    g = _recur_in_time(decay.conj(), grad, chunk, reverse=True, in_place=True)
     # d h_t / d log_decay_t = decay_t · h_{t-1}, zero at t = 0 (the state before the first token is 0).
     grad_log_decay = torch.empty_like(g)
     grad_log_decay[:, :, 0] = 0
@@ -214,30 +247,60 @@ def _recurrence_backward(decay: Tensor, states: Tensor, grad: Tensor, chunk: int
     return g, grad_log_decay
 
 
-def _recur(decay: Tensor, x: Tensor, c: int, reverse: bool = False, in_place: bool = False) -> Tensor:
-    """h_t = decay_t * h_{t-1} + x_t over dim 2 of (b, d, l, n) from h_{-1} = 0, without autograd;
-    `reverse`: h_t = decay_t * h_{t+1} + x_t from h_l = 0. `in_place` writes h over x (contiguous)."""
+def _recur_in_time(decay: Tensor, x: Tensor, c: int, reverse: bool = False, in_place: bool = False) -> Tensor:
+    """`_recur` over dim 2 of (b, d, l, n) tensors in time order, in chunks of c steps. `in_place` writes h
+    over x (contiguous)."""
     b, d, length, n = x.shape
     n_chunks = -(-length // c)
     pad = n_chunks * c - length
-    if pad:  # zero input past the end: no effect on real tokens, whichever the direction
+    if pad:  # zero input (and decay) past the end: no effect on real tokens, whichever the direction
         decay = F.pad(decay, (0, 0, 0, pad))
         x = F.pad(x, (0, 0, 0, pad))
-    decay = decay.reshape(b, d, n_chunks, c, n)
-    x = x.reshape(b, d, n_chunks, c, n)
-    first, step = (c - 1, -1) if reverse else (0, 1)
-    # 1. Within every chunk at once, from a zero state: c steps, each over all chunks, with the decay
-    #    from the chunk's first step through t alongside (a product of decays <= 1: no overflow).
-    h = x if in_place or pad else torch.empty_like(x)
-    through = torch.empty_like(decay)
-    h[:, :, :, first] = x[:, :, :, first]
-    through[:, :, :, first] = decay[:, :, :, first]
-    for t in range(first + step, first + step * c, step):
-        torch.addcmul(x[:, :, :, t], decay[:, :, :, t], h[:, :, :, t - step], out=h[:, :, :, t])
-        torch.mul(decay[:, :, :, t], through[:, :, :, t - step], out=through[:, :, :, t])
-    # 2. Chunk by chunk, add what the true state entering it contributes; its last state is then true
-    #    and enters the next chunk.
+    by_chunk = (b, d, n_chunks, c, n)
+    h = _recur(
+        decay.reshape(by_chunk).transpose(2, 3), x.reshape(by_chunk).transpose(2, 3), reverse, in_place or pad > 0
+    )
+    return h.transpose(2, 3).reshape(b, d, n_chunks * c, n)[:, :, :length]
+
+
+def _recur(decay: Tensor, x: Tensor, reverse: bool = False, in_place: bool = False) -> Tensor:
+    """h_t = decay_t * h_{t-1} + x_t from h_{-1} = 0, without autograd, on (b, d, c, chunks, n) tensors that
+    hold position k·c + j at [:, :, j, k] (any strides); `reverse`: its adjoint, h_t = decay_{t+1} * h_{t+1}
+    + x_t from h_l = 0, on the same decays (no shifted copy). `in_place` writes h over x.
+
+    Three passes over the chunks of c steps: each chunk's last state from a zero start and the product of its
+    decays, all chunks at once (c steps on (b, d, chunks, n) tensors, nothing full-size written); the true state
+    entering each chunk, chunk by chunk on those small tensors; then every chunk's steps again from its true
+    entering state, all chunks at once, writing h. About 2·c + chunks steps, one full-size write."""
+    c = x.shape[2]
+    h = x if in_place else torch.empty_like(x)
+    # Step t of a chunk multiplies the state it receives by decay_t forwards, by decay_{t+1} in reverse.
+    steps, shift = (range(c - 1, -1, -1), 1) if reverse else (range(c), 0)
+    first, *rest = steps
+    # 1. Each chunk's last state from a zero start, and the product of the decays its steps apply to the
+    #    state entering it (a product of decays <= 1: no overflow).
+    last = x[:, :, first].clone()  # (b, d, chunks, n)
+    through = torch.ones_like(last) if reverse else decay[:, :, 0].clone()
+    for t in rest:
+        torch.addcmul(x[:, :, t], decay[:, :, t + shift], last, out=last)
+        through.mul_(decay[:, :, t + shift])
+    # 2. The state entering each chunk, chunk by chunk. In reverse the state leaving chunk k + 1 reaches chunk
+    #    k through decay at chunk k + 1's first step, which is then applied to `last` and `through` alike.
+    if reverse:
+        last[:, :, 1:].mul_(decay[:, :, 0, 1:])
+        through[:, :, 1:].mul_(decay[:, :, 0, 1:])
+    entering = torch.zeros_like(last)
+    n_chunks = x.shape[3]
     for k in range(n_chunks - 2, -1, -1) if reverse else range(1, n_chunks):
-        entering = h[:, :, k - step, c - 1 - first][:, :, None]  # (b, d, 1, n)
-        h[:, :, k].addcmul_(through[:, :, k], entering)
-    return h.view(b, d, n_chunks * c, n)[:, :, :length]
+        source = k + 1 if reverse else k - 1
+        torch.addcmul(last[:, :, source], through[:, :, source], entering[:, :, source], out=entering[:, :, k])
+    # 3. Every chunk's steps from its entering state.
+    if reverse:
+        torch.add(x[:, :, first], entering, out=h[:, :, first])
+    else:
+        torch.addcmul(x[:, :, first], decay[:, :, first], entering, out=h[:, :, first])
+    previous = first
+    for t in rest:
+        torch.addcmul(x[:, :, t], decay[:, :, t + shift], h[:, :, previous], out=h[:, :, t])
+        previous = t
+    return h

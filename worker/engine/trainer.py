@@ -36,6 +36,7 @@ from worker.engine.data import (
 )
 from worker.engine.divergence import DivergenceCheck
 from worker.engine.experts import experts_capturable, grouped_mm_sync_free, use_grouped_mm
+from worker.engine.heap import retained_heap
 from worker.engine.kernels import fused_kernels_available
 from worker.engine.loading import load_base, pick_device
 from worker.engine.lora_fold import attach_lora, merge_adapter, save_adapter
@@ -108,7 +109,8 @@ def train(spec: TrainSpec, hooks: TrainHooks | None = None) -> TrainResult:
     """Raises InsufficientMemory when a step would not fit the device (before training) or an
     allocation failed, TrainingDiverged when the loss stopped being finite, TrainingStopped on a stop."""
     try:
-        return _train(spec, hooks or TrainHooks())  # a fresh one per call: its callables are not shared state
+        with retained_heap(enabled=pick_device(spec.device).type == "cpu"):
+            return _train(spec, hooks or TrainHooks())  # a fresh one per call: its callables are not shared state
     except Exception as error:
         if not is_out_of_memory(error):
             raise
