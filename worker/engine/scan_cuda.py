@@ -162,23 +162,20 @@ def _inputs(u, delta, A, B, C, D, z, delta_bias, reset) -> tuple[_Params, tuple[
     batch, dim, seqlen = u.shape
     p = _Params(batch=batch, dim=dim, seqlen=seqlen, dtype=_DTYPES[u.dtype])
     for name, t in (("u", u), ("delta", delta), ("z", z)):
-        setattr(p, name, t.data_ptr())
-        setattr(p, f"{name}_b", t.stride(0))
-        setattr(p, f"{name}_d", t.stride(1))
+        _set_rows(p, name, t)
     for name, t in (("B", B), ("C", C)):
-        setattr(p, name, t.data_ptr())
-        setattr(p, f"{name}_b", t.stride(0))
-        setattr(p, f"{name}_n", t.stride(1))
+        _set_rows(p, name, t, second="n")
     p.A, p.D, p.delta_bias = A.data_ptr(), D.data_ptr(), delta_bias.data_ptr()
     p.reset = reset.data_ptr() if reset is not None else None
     # Returned so the caller holds every converted tensor until the kernel has been queued.
     return p, read
 
 
-def _set_output(p: _Params, name: str, t: Tensor) -> None:
+def _set_rows(p: _Params, name: str, t: Tensor, second: str = "d") -> None:
+    """Point field `name` at t, (batch, dim or state, seqlen), with its two outer strides."""
     setattr(p, name, t.data_ptr())
     setattr(p, f"{name}_b", t.stride(0))
-    setattr(p, f"{name}_d", t.stride(1))
+    setattr(p, f"{name}_{second}", t.stride(1))
 
 
 def _call(fn_name: str, p: _Params, t: Tensor) -> None:
@@ -192,8 +189,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, reset=None) -> tuple[Tensor, Te
     """(y, out_z), both (b, d, l) in u's dtype: y = <h, C> + D·u before the gate, out_z = y·silu(z)."""
     p, held = _inputs(u, delta, A, B, C, D, z, delta_bias, reset)
     y, out_z = torch.empty_like(held[0]), torch.empty_like(held[0])
-    _set_output(p, "y", y)
-    _set_output(p, "out_z", out_z)
+    _set_rows(p, "y", y)
+    _set_rows(p, "out_z", out_z)
     _call("mambaft_scan_fwd", p, u)
     return y, out_z
 
@@ -224,9 +221,9 @@ def backward(
     dz = dz if dz is not None else torch.empty_like(u_)
     made_out_z = torch.empty_like(u_) if out_z else None
     for name, t in (("dout", dout), ("du", du), ("ddelta", ddelta), ("dz", dz), ("y", y)):
-        _set_output(p, name, t)
+        _set_rows(p, name, t)
     if made_out_z is not None:
-        _set_output(p, "out_z", made_out_z)
+        _set_rows(p, "out_z", made_out_z)
     lib = _library(_device_index(u_))
     blocks = -(-dim // lib.mambaft_scan_block_channels())
     tiles = -(-seqlen // lib.mambaft_scan_tile())
