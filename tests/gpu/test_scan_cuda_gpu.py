@@ -15,6 +15,8 @@ pytestmark = pytest.mark.gpu
 
 # Neither a multiple of the block's 64 channels nor of the 16-step tile.
 BATCH, DIM, LENGTH, STATE = 2, 100, 257, 16
+# Rows of 257 steps are read element by element; rows of 264 in 16-byte words, but for the last tile's 8 steps.
+LENGTHS = pytest.mark.parametrize("length", [LENGTH, 264])
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
@@ -56,9 +58,10 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
 
 
-def test_fp32_values_and_every_gradient_match_the_reference():
-    x = _inputs(torch.float32)
-    dout = torch.randn(BATCH, DIM, LENGTH, device="cuda")
+@LENGTHS
+def test_fp32_values_and_every_gradient_match_the_reference(length):
+    x = _inputs(torch.float32, length=length)
+    dout = torch.randn(BATCH, DIM, length, device="cuda")
     ours, ours_grads = _grads(_ours, x, dout)
     ref, ref_grads = _grads(_reference, x, dout)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
@@ -67,12 +70,13 @@ def test_fp32_values_and_every_gradient_match_the_reference():
         torch.testing.assert_close(ours_grads[name], ref_grads[name], rtol=1e-3, atol=1e-3, msg=name)
 
 
-def test_resets_keep_documents_apart():
-    x = _inputs(torch.float32, seed=1)
-    reset = torch.zeros(BATCH, LENGTH, dtype=torch.bool, device="cuda")
+@LENGTHS
+def test_resets_keep_documents_apart(length):
+    x = _inputs(torch.float32, seed=1, length=length)
+    reset = torch.zeros(BATCH, length, dtype=torch.bool, device="cuda")
     reset[0, [0, 17, 100]] = True
     reset[1, [0, 255]] = True
-    dout = torch.randn(BATCH, DIM, LENGTH, device="cuda")
+    dout = torch.randn(BATCH, DIM, length, device="cuda")
     ours, ours_grads = _grads(_ours, x, dout, reset=reset)
     ref, ref_grads = _grads(_reference, x, dout, reset=reset)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

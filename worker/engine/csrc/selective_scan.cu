@@ -3,11 +3,12 @@
 //
 // Two threads own one channel, 8 of its 16 states each, in registers; a block is 64 channels of one sequence.
 // Time goes in tiles of kTile steps: the block stages the tile's u, dt, B and C in shared memory (B and C are read
-// once per 64 channels, every read of them a broadcast) while the next tile loads, and each thread walks the tile
-// step by step. The backward first runs the recurrence forward to keep each tile's entry state (a scratch buffer
+// from memory once per 64 channels) while the next tile loads, each thread loading runs of 8 steps of a row as
+// 16-byte words where the tensors' layout allows, and each thread walks the tile step by step. The backward first runs the recurrence forward to keep each tile's entry state (a scratch buffer
 // the caller owns), then walks the tiles in reverse: it re-runs the tile to keep a state every kSub steps in shared
 // memory, re-runs each kSub steps into registers, and steps back through them. dB and dC are summed over the warp's
-// channels in registers (a transposing butterfly), over the block's warps in shared memory, and written once per
+// channels in registers (a transposing butterfly, free of selects because each lane holds its states in an order
+// of its own), over the block's warps in shared memory, and written once per
 // block to a partial buffer the caller sums: no atomics, the same bits every run. dA, dD and d(delta_bias) are
 // computed only when asked for (LoRA freezes them).
 //
@@ -87,115 +88,177 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { re
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
 
 
-// This thread's channel within the block and which half of the states it holds.
+// This thread's channel within the block and which half of the states it holds. The same pair of threads stages
+// the channel's tile rows: the thread of part k the steps k·kRun .. (k+1)·kRun - 1.
 __device__ __forceinline__ int my_channel() { return threadIdx.x / 2; }
 __device__ __forceinline__ int my_part() { return threadIdx.x % 2; }
 
-// What a block keeps of one tile. u and dt (and in the backward dy) are per channel; B and C by step, so a
-// thread reads its 8 states of a step as two 16-byte words; cut is -inf where a document starts (added to the
-// decay's exponent, it drops the state before), else 0.
+// A thread's 8 states are its part's in an order of its own: local state l is the part's state l ^ my_order().
+// With lane bits 4, 3 and 2 as the order, the butterfly that sums dB and dC over the warp's channels always keeps
+// a lane's low values and sends its high ones (warp_sum_transposed): no selects. The B and C rows are staged in 4
+// copies, copy m holding state n at n ^ m, so a lane's two 16-byte reads give its states in its order.
+__device__ __forceinline__ int my_order() { return (threadIdx.x >> 2) & 7; }
+constexpr int kCopies = 4;
+constexpr int kCopyPitch = 352;  // a multiple of the 32 banks, above a copy's kTile rows and the largest shift
+static_assert(kCopyPitch % 32 == 0 && kCopyPitch >= kTile * kStatePitch + 20, "copies do not overlap");
+// Copy m starts m·kCopyPitch + (0, 4, 16 or 20) floats in: a 16-byte read is served 16 lanes at a time when lanes
+// n and n ^ 2 read alike, and the 8 words such a half-warp reads (4 copies x 2 parts, 8 floats apart) then sit in
+// distinct banks.
+__device__ __forceinline__ int copy_start(int m) { return m * kCopyPitch + (m & 1) * 4 + (m >> 1) * 16; }
+
+constexpr int kRun = kTile * kPart / kState;  // steps of one channel a thread stages
+constexpr int kStateRun = 4;  // steps of one row of B or C a thread stages
+static_assert(2 * kState * kTile == kThreads * kStateRun, "B and C tiles split evenly over the block");
+
+// What a block keeps of one tile. u and dt (and in the backward dy) are per channel; B and C by step, as copies;
+// cut is -inf where a document starts (added to the decay's exponent, it drops the state before), else 0.
 struct Tile {
     float u[kChannels][kPitch];
     float dt[kChannels][kPitch];
-    alignas(16) float B[kTile][kStatePitch];
-    alignas(16) float C[kTile][kStatePitch];
+    alignas(16) float B[kCopies * kCopyPitch];
+    alignas(16) float C[kCopies * kCopyPitch];
     float cut[kTile];
 };
 
-// This thread's 8 values of a step's row of B or C.
-__device__ __forceinline__ void read_part(float (&v)[kPart], const float (&row)[kStatePitch]) {
-    const float4 *words = reinterpret_cast<const float4 *>(row + my_part() * kPart);
-    const float4 lo = words[0], hi = words[1];
+// This thread's 8 values of a step's row of B or C, in its order.
+__device__ __forceinline__ void read_part(float (&v)[kPart], const float (&copies)[kCopies * kCopyPitch], int c) {
+    const int order = my_order();
+    const float4 *words =
+        reinterpret_cast<const float4 *>(copies + copy_start(order & 3) + c * kStatePitch + my_part() * kPart);
+    const float4 lo = words[order >> 2], hi = words[(order >> 2) ^ 1];
     v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
 }
 
-// A thread's share of a (kChannels x kTile steps) tile is one step, threadIdx.x % kTile, of rows
-// threadIdx.x / kTile + j·kRowsPerPass: consecutive threads read consecutive steps of a row. Every load of a
-// share is issued before any is used, so a tile costs one memory latency, not one per element.
-constexpr int kRowsPerPass = kThreads / kTile;
-constexpr int kShare = kChannels * kTile / kThreads;  // elements of a (channels x steps) tile per thread
-constexpr int kStateShare = kState * kTile / kThreads;  // elements of a (states x steps) tile per thread
-static_assert(kStateShare >= 1 && kRowsPerPass * kStateShare == kState, "a state tile splits evenly");
-
-__device__ __forceinline__ int share_row(int j) { return threadIdx.x / kTile + j * kRowsPerPass; }
-__device__ __forceinline__ int share_step() { return threadIdx.x % kTile; }
-
-// This thread's share of a tile of one (batch, dim, seqlen) tensor: element j is first[j * step]. Addresses are
-// made once per tile and stepped, not recomputed from the strides per element (which was most of the staging).
+// Whether every tensor the kernel reads or writes allows 16-byte accesses to a thread's runs.
 template <typename T>
-struct Share {
-    T *first;
-    int64_t step;
-    __device__ __forceinline__ Share(const void *base, int64_t b_stride, int64_t d_stride, int b, int d0, int t0)
-        : first(const_cast<T *>(static_cast<const T *>(base)) + b * b_stride + (d0 + share_row(0)) * d_stride + t0 +
-                share_step()),
-          step(kRowsPerPass * d_stride) {}
+__device__ __forceinline__ bool runs_aligned(const ScanParams &p) {
+    uintptr_t bits = 0;
+    for (const void *ptr : {p.u, p.delta, p.z, p.B, p.C, static_cast<const void *>(p.y),
+                            static_cast<const void *>(p.out_z), p.dout, static_cast<const void *>(p.du),
+                            static_cast<const void *>(p.ddelta), static_cast<const void *>(p.dz)})
+        bits |= reinterpret_cast<uintptr_t>(ptr);
+    for (const int64_t stride : {p.u_b, p.u_d, p.delta_b, p.delta_d, p.z_b, p.z_d, p.B_b, p.B_n, p.C_b, p.C_n, p.y_b,
+                                 p.y_d, p.out_z_b, p.out_z_d, p.dout_b, p.dout_d, p.du_b, p.du_d, p.ddelta_b,
+                                 p.ddelta_d, p.dz_b, p.dz_d})
+        bits |= uintptr_t(stride * int64_t(sizeof(T)));
+    return (bits & 15) == 0;
+}
+
+// `count` elements from `at` into v, zeros after them: in 16- or 8-byte words when all N are there and aligned.
+template <typename T, int N>
+__device__ __forceinline__ void load_run(T (&v)[N], const T *at, int count, bool aligned) {
+    constexpr int kBytes = N * int(sizeof(T));
+    if (aligned && count == N) {
+        if constexpr (kBytes % 16 == 0) {
+#pragma unroll
+            for (int k = 0; k < kBytes / 16; ++k) reinterpret_cast<uint4 *>(v)[k] = reinterpret_cast<const uint4 *>(at)[k];
+            return;
+        } else if constexpr (kBytes == 8) {
+            *reinterpret_cast<uint2 *>(v) = *reinterpret_cast<const uint2 *>(at);
+            return;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = i < count ? at[i] : from_float<T>(0.f);
+}
+
+// The first `count` of v to `at`.
+template <typename T>
+__device__ __forceinline__ void store_run(T *at, const float (&v)[kRun], int count, bool aligned) {
+    alignas(16) T w[kRun];
+#pragma unroll
+    for (int i = 0; i < kRun; ++i) w[i] = from_float<T>(v[i]);
+    if (aligned && count == kRun) {
+#pragma unroll
+        for (int k = 0; k < kRun * int(sizeof(T)) / 16; ++k) reinterpret_cast<uint4 *>(at)[k] = reinterpret_cast<const uint4 *>(w)[k];
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < kRun; ++i)
+        if (i < count) at[i] = w[i];
+}
+
+// Where this thread's run of a (batch, dim, seqlen) tensor starts in the tile at t0, and how many of its steps
+// are inside the tensor (fewer in a last, short tile; none past dim).
+template <typename T>
+__device__ __forceinline__ T *run_at(const void *base, int64_t b_stride, int64_t d_stride, int b, int d, int t0) {
+    return const_cast<T *>(static_cast<const T *>(base)) + b * b_stride + int64_t(d) * d_stride + t0 + my_part() * kRun;
+}
+
+__device__ __forceinline__ int run_count(const ScanParams &p, int d, int len) {
+    return d < p.dim ? max(0, min(kRun, len - my_part() * kRun)) : 0;
+}
+
+// A tile of one (batch, dim, seqlen) tensor, this thread's run of it.
+struct Rows {
+    const void *base;
+    int64_t b_stride, d_stride;
 };
 
-// Whether share element j is inside the tensor: its channel below dim, its step below the tile's length.
-__device__ __forceinline__ bool share_inside(int j, const ScanParams &p, int d0, int len) {
-    return d0 + share_row(j) < p.dim && share_step() < len;
+template <typename T>
+__device__ __forceinline__ void fetch(T (&v)[kRun], Rows rows, const ScanParams &p, int b, int d, int t0, int len,
+                                      bool aligned) {
+    load_run<T, kRun>(v, run_at<T>(rows.base, rows.b_stride, rows.d_stride, b, d, t0), run_count(p, d, len), aligned);
 }
 
 template <typename T>
-__device__ __forceinline__ void fetch(T (&v)[kShare], const void *base, int64_t b_stride, int64_t d_stride,
-                                      const ScanParams &p, int b, int d0, int t0, int len) {
-    const Share<T> share(base, b_stride, d_stride, b, d0, t0);
-    const T *at = share.first;
-#pragma unroll
-    for (int j = 0; j < kShare; ++j, at += share.step) v[j] = share_inside(j, p, d0, len) ? *at : from_float<T>(0.f);
+__device__ __forceinline__ void store(Rows rows, const float (&v)[kRun], const ScanParams &p, int b, int d, int t0,
+                                      int len, bool aligned) {
+    store_run<T>(run_at<T>(rows.base, rows.b_stride, rows.d_stride, b, d, t0), v, run_count(p, d, len), aligned);
 }
 
-// Write share element j of a tile where it is inside the tensor.
-template <typename T>
-__device__ __forceinline__ void store(const Share<T> &share, int j, float value, const ScanParams &p, int d0, int len) {
-    if (share_inside(j, p, d0, len)) share.first[j * share.step] = from_float<T>(value);
-}
-
-// The inputs of one tile of the recurrence, as loaded, before they are staged.
+// The inputs of one tile of the recurrence, as loaded, before they are staged: this thread's runs of u and delta,
+// one run of a row of B (threads of the block's first half) or C (second half), and a step's reset flag.
 template <typename T>
 struct Fetched {
-    T u[kShare], delta[kShare], B[kStateShare], C[kStateShare];
+    T u[kRun], delta[kRun], BC[kStateRun];
     bool reset;
 };
 
+// The row of B or C, and the steps, of this thread's run of them.
+__device__ __forceinline__ int state_row() { return threadIdx.x % kState; }
+__device__ __forceinline__ int state_run_step() { return (threadIdx.x / kState) % (kTile / kStateRun) * kStateRun; }
+__device__ __forceinline__ bool stages_C() { return threadIdx.x >= kThreads / 2; }
+
 template <typename T>
-__device__ __forceinline__ void fetch_inputs(Fetched<T> &f, const ScanParams &p, int b, int d0, int t0, int len) {
-    fetch<T>(f.u, p.u, p.u_b, p.u_d, p, b, d0, t0, len);
-    fetch<T>(f.delta, p.delta, p.delta_b, p.delta_d, p, b, d0, t0, len);
-    const int c = share_step();
-    const Share<T> B(p.B, p.B_b, p.B_n, b, 0, t0), C(p.C, p.C_b, p.C_n, b, 0, t0);
-#pragma unroll
-    for (int j = 0; j < kStateShare; ++j) {
-        f.B[j] = c < len ? B.first[j * B.step] : from_float<T>(0.f);
-        f.C[j] = c < len ? C.first[j * C.step] : from_float<T>(0.f);
-    }
-    f.reset = p.reset != nullptr && c < len && p.reset[int64_t(b) * p.seqlen + t0 + c];
+__device__ __forceinline__ void fetch_inputs(Fetched<T> &f, const ScanParams &p, int b, int d, int t0, int len,
+                                             bool aligned) {
+    fetch<T>(f.u, {p.u, p.u_b, p.u_d}, p, b, d, t0, len, aligned);
+    fetch<T>(f.delta, {p.delta, p.delta_b, p.delta_d}, p, b, d, t0, len, aligned);
+    const int c = state_run_step();
+    const T *BC = stages_C() ? static_cast<const T *>(p.C) + b * p.C_b + state_row() * p.C_n
+                             : static_cast<const T *>(p.B) + b * p.B_b + state_row() * p.B_n;
+    load_run<T, kStateRun>(f.BC, BC + t0 + c, max(0, min(kStateRun, len - c)), aligned);
+    const int step = threadIdx.x;
+    f.reset = p.reset != nullptr && step < len && p.reset[int64_t(b) * p.seqlen + t0 + step];
 }
 
 // Steps past the tile's length (and channels past dim) stage as zero input with dt 0: the state passes unchanged,
 // so a thread may run a whole tile.
 // `sig`, if given, gets softplus' derivative, sigmoid(delta + bias), which the backward needs.
 template <typename T>
-__device__ __forceinline__ void stage_inputs(Tile &tile, const Fetched<T> &f, const float *bias, const ScanParams &p,
-                                             int d0, int len, float (*sig)[kPitch] = nullptr) {
-    const int c = share_step();
+__device__ __forceinline__ void stage_inputs(Tile &tile, const Fetched<T> &f, float bias, const ScanParams &p, int d,
+                                             int len, float (*sig)[kPitch] = nullptr) {
+    const int r = my_channel(), c0 = my_part() * kRun, count = run_count(p, d, len);
 #pragma unroll
-    for (int j = 0; j < kShare; ++j) {
-        const int r = share_row(j);
-        const float x = to_float(f.delta[j]) + bias[r], e = __expf(x);
-        const bool inside = share_inside(j, p, d0, len);
-        tile.u[r][c] = to_float(f.u[j]);
-        // softplus: log(1 + e^x), two fast intrinsics; below x = -16 it is 0 where the true value is under 1e-7
-        tile.dt[r][c] = inside ? (x <= 20.f ? __logf(1.f + e) : x) : 0.f;
-        if (sig != nullptr) sig[r][c] = x <= 20.f ? e / (1.f + e) : 1.f;
+    for (int i = 0; i < kRun; ++i) {
+        // softplus: log(1 + e^x), two fast intrinsics computed for every x (a select, not a branch); below x = -16
+        // it is 0 where the true value is under 1e-7
+        const float x = to_float(f.delta[i]) + bias, e = __expf(x), softplus = __logf(1.f + e);
+        const bool large = x > 20.f;
+        tile.u[r][c0 + i] = to_float(f.u[i]);
+        tile.dt[r][c0 + i] = i < count ? (large ? x : softplus) : 0.f;
+        if (sig != nullptr) sig[r][c0 + i] = large ? 1.f : __fdividef(e, 1.f + e);
     }
+    float(&copies)[kCopies * kCopyPitch] = stages_C() ? tile.C : tile.B;
+    const int n = state_row(), c = state_run_step();
 #pragma unroll
-    for (int j = 0; j < kStateShare; ++j) {
-        tile.B[c][share_row(j)] = to_float(f.B[j]);
-        tile.C[c][share_row(j)] = to_float(f.C[j]);
+    for (int i = 0; i < kStateRun; ++i) {
+        const float v = to_float(f.BC[i]);
+#pragma unroll
+        for (int m = 0; m < kCopies; ++m) copies[copy_start(m) + (c + i) * kStatePitch + (n ^ m)] = v;
     }
-    if (threadIdx.x < kTile) tile.cut[c] = f.reset ? -INFINITY : 0.f;
+    if (threadIdx.x < kTile) tile.cut[threadIdx.x] = f.reset ? -INFINITY : 0.f;
 }
 
 // One step of the recurrence for this thread's states: h <- exp(dt A) h + dt u B_c.
@@ -203,21 +266,22 @@ __device__ __forceinline__ void advance(float (&h)[kPart], const float (&A2)[kPa
     const int r = my_channel();
     const float dt = tile.dt[r][c], dtu = dt * tile.u[r][c], cut = tile.cut[c];
     float B[kPart];
-    read_part(B, tile.B[c]);
+    read_part(B, tile.B, c);
 #pragma unroll
     for (int i = 0; i < kPart; ++i) h[i] = fmaf(exp2f(fmaf(dt, A2[i], cut)), h[i], dtu * B[i]);
 }
 
+// The part's state this thread holds as local state i.
+__device__ __forceinline__ int state_of(int i) { return my_part() * kPart + (i ^ my_order()); }
+
 // A is read pre-multiplied by log2(e), so each decay is one exp2.
 __device__ __forceinline__ void load_A(float (&A2)[kPart], const ScanParams &p, int d) {
-    const int n0 = my_part() * kPart;
 #pragma unroll
-    for (int i = 0; i < kPart; ++i) A2[i] = d < p.dim ? p.A[int64_t(d) * kState + n0 + i] * kLog2e : 0.f;
+    for (int i = 0; i < kPart; ++i) A2[i] = d < p.dim ? p.A[int64_t(d) * kState + state_of(i)] * kLog2e : 0.f;
 }
 
-__device__ __forceinline__ void load_bias(float *bias, const ScanParams &p, int d0) {
-    for (int r = threadIdx.x; r < kChannels; r += kThreads)
-        bias[r] = (p.delta_bias != nullptr && d0 + r < p.dim) ? p.delta_bias[d0 + r] : 0.f;
+__device__ __forceinline__ float load_bias(const ScanParams &p, int d) {
+    return (p.delta_bias != nullptr && d < p.dim) ? p.delta_bias[d] : 0.f;
 }
 
 // The sum over the channel's two threads, which sit in adjacent lanes.
@@ -226,37 +290,35 @@ __device__ __forceinline__ float channel_sum(float x) { return x + __shfl_xor_sy
 template <typename T>
 __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_fwd_kernel(ScanParams p) {
     __shared__ Tile tile;
-    __shared__ float bias[kChannels];
-    const int b = blockIdx.y, d0 = blockIdx.x * kChannels, r = my_channel(), d = d0 + r;
+    const int b = blockIdx.y, r = my_channel(), d = blockIdx.x * kChannels + r, c0 = my_part() * kRun;
+    const bool aligned = runs_aligned<T>(p);
     float A2[kPart], h[kPart];
     load_A(A2, p, d);
 #pragma unroll
     for (int i = 0; i < kPart; ++i) h[i] = 0.f;
-    const float D = (p.D != nullptr && d < p.dim) ? p.D[d] : 0.f;
-    load_bias(bias, p, d0);
+    const float D = (p.D != nullptr && d < p.dim) ? p.D[d] : 0.f, bias = load_bias(p, d);
     // The next tile's inputs load while this one runs.
     Fetched<T> next;
-    T z[kShare];
-    fetch_inputs<T>(next, p, b, d0, 0, min(kTile, p.seqlen));
-    fetch<T>(z, p.z, p.z_b, p.z_d, p, b, d0, 0, min(kTile, p.seqlen));
-    __syncthreads();
+    T z[kRun];
+    fetch_inputs<T>(next, p, b, d, 0, min(kTile, p.seqlen), aligned);
+    fetch<T>(z, {p.z, p.z_b, p.z_d}, p, b, d, 0, min(kTile, p.seqlen), aligned);
     for (int t0 = 0; t0 < p.seqlen; t0 += kTile) {
         const int len = min(kTile, p.seqlen - t0);
-        stage_inputs<T>(tile, next, bias, p, d0, len);
-        float gate[kShare];  // silu(z) of this thread's share
+        stage_inputs<T>(tile, next, bias, p, d, len);
+        float gate[kRun];  // silu(z) of this thread's run
 #pragma unroll
-        for (int j = 0; j < kShare; ++j) gate[j] = to_float(z[j]) * sigmoid(to_float(z[j]));
+        for (int i = 0; i < kRun; ++i) gate[i] = to_float(z[i]) * sigmoid(to_float(z[i]));
         __syncthreads();
         if (t0 + kTile < p.seqlen) {
             const int next_len = min(kTile, p.seqlen - t0 - kTile);
-            fetch_inputs<T>(next, p, b, d0, t0 + kTile, next_len);
-            fetch<T>(z, p.z, p.z_b, p.z_d, p, b, d0, t0 + kTile, next_len);
+            fetch_inputs<T>(next, p, b, d, t0 + kTile, next_len, aligned);
+            fetch<T>(z, {p.z, p.z_b, p.z_d}, p, b, d, t0 + kTile, next_len, aligned);
         }
 #pragma unroll
         for (int c = 0; c < kTile; ++c) {
             advance(h, A2, tile, c);
             float y = 0.f, C[kPart];
-            read_part(C, tile.C[c]);
+            read_part(C, tile.C, c);
 #pragma unroll
             for (int i = 0; i < kPart; ++i) y = fmaf(h[i], C[i], y);
             // The shuffle waits for the partner's y, which needed its read of u: u can be overwritten.
@@ -264,60 +326,63 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_fwd_kernel(ScanPa
             if (my_part() == 0) tile.u[r][c] = fmaf(D, tile.u[r][c], y);
         }
         __syncthreads();
-        const Share<T> y_out(p.y, p.y_b, p.y_d, b, d0, t0), out_z(p.out_z, p.out_z_b, p.out_z_d, b, d0, t0);
+        float y[kRun], out[kRun];
 #pragma unroll
-        for (int j = 0; j < kShare; ++j) {
-            const float y = tile.u[share_row(j)][share_step()];
-            store(y_out, j, y, p, d0, len);
-            store(out_z, j, y * gate[j], p, d0, len);
+        for (int i = 0; i < kRun; ++i) {
+            y[i] = tile.u[r][c0 + i];
+            out[i] = y[i] * gate[i];
         }
+        store<T>({p.y, p.y_b, p.y_d}, y, p, b, d, t0, len, aligned);
+        store<T>({p.out_z, p.out_z_b, p.out_z_d}, out, p, b, d, t0, len, aligned);
         __syncthreads();
     }
 }
 
-// One halving step of warp_sum_transposed: lanes with `kOffset` set keep the upper half of the values, the others
-// the lower half, each adding what its partner lane held of the half it keeps.
+// One halving step of warp_sum_transposed: each lane keeps the low half of its values, adding the high half of
+// its partner's, which holds the same states there (the partner's order differs in the bit `kOffset` stands for).
 template <int kHalf, int kOffset>
-__device__ __forceinline__ void trade_halves(float (&v)[kPart], int lane) {
-    const bool upper = lane & kOffset;
+__device__ __forceinline__ void trade_halves(float (&v)[kPart]) {
 #pragma unroll
-    for (int i = 0; i < kHalf; ++i) {
-        const float lo = v[i], hi = v[i + kHalf];
-        v[i] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, kOffset);
-    }
+    for (int i = 0; i < kHalf; ++i) v[i] += __shfl_xor_sync(0xffffffffu, v[i + kHalf], kOffset);
 }
 
 // Sum each of v's 8 values over the warp's 16 channels (lanes of the same part, bit 0): 4 + 2 + 1 shuffles trade
-// halves, one more sums the last pair. The sum of this part's value `index` ends in the lanes with bits 4..2 equal
-// to index and bit 1 either (index: warp_sum_index).
-__device__ __forceinline__ float warp_sum_transposed(float (&v)[kPart], int lane) {
-    trade_halves<4, 16>(v, lane);
-    trade_halves<2, 8>(v, lane);
-    trade_halves<1, 4>(v, lane);
+// halves, one more sums the last pair. The sum of the part's state my_order() ends in every lane.
+__device__ __forceinline__ float warp_sum_transposed(float (&v)[kPart]) {
+    trade_halves<4, 16>(v);
+    trade_halves<2, 8>(v);
+    trade_halves<1, 4>(v);
     return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 2);
 }
 
-__device__ __forceinline__ int warp_sum_index(int lane) {
-    return (lane & 1) * kPart + ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
-}
+// What a block of the backward keeps besides the tile: more than a kernel may declare statically, so it is
+// dynamic shared memory.
+struct BwdShared {
+    Tile tile;
+    float dy[kChannels][kPitch];  // dout * silu(z)
+    float sig[kChannels][kPitch];  // sigmoid(delta + bias)
+    float states[kSubs][kPart][kThreads];  // each thread's states before every kSub-th step of the tile
+    float dBC[kWarps][2][kState][kPitch];  // per warp: dB, dC; the odd pitch keeps a step's 16 states on 16 banks
+};
 
 template <typename T, bool kGradA>
 __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanParams p) {
-    __shared__ Tile tile;
-    __shared__ float dy[kChannels][kPitch];  // dout * silu(z)
-    __shared__ float sig[kChannels][kPitch];  // sigmoid(delta + bias)
-    __shared__ float states[kSubs][kPart][kThreads];  // each thread's states before every kSub-th step of the tile
-    __shared__ float dBC[kWarps][2][kState][kTile];  // per warp: dB, dC
-    __shared__ float bias[kChannels];
-    const int b = blockIdx.y, d0 = blockIdx.x * kChannels, r = my_channel(), d = d0 + r;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n0 = my_part() * kPart;
+    extern __shared__ float4 shared_words[];
+    BwdShared &shared = *reinterpret_cast<BwdShared *>(shared_words);
+    Tile &tile = shared.tile;
+    auto &dy = shared.dy;
+    auto &sig = shared.sig;
+    auto &states = shared.states;
+    auto &dBC = shared.dBC;
+    const int b = blockIdx.y, r = my_channel(), d = blockIdx.x * kChannels + r, c0 = my_part() * kRun;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int tiles = (p.seqlen + kTile - 1) / kTile;
+    const bool aligned = runs_aligned<T>(p);
     float A2[kPart];
     load_A(A2, p, d);
-    const float D = (p.D != nullptr && d < p.dim) ? p.D[d] : 0.f;
-    load_bias(bias, p, d0);
-    float *checkpoints = p.checkpoints + (int64_t(b) * p.dim + min(d, p.dim - 1)) * tiles * kState + n0;
-    __syncthreads();
+    const float D = (p.D != nullptr && d < p.dim) ? p.D[d] : 0.f, bias = load_bias(p, d);
+    // This thread's entry states of each tile, in its order.
+    float *checkpoints = p.checkpoints + (int64_t(b) * p.dim + min(d, p.dim - 1)) * tiles * kState + my_part() * kPart;
 
     // Pass 1: each tile's entry state; the next tile's inputs load while this one runs.
     {
@@ -325,7 +390,7 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
 #pragma unroll
         for (int i = 0; i < kPart; ++i) h[i] = 0.f;
         Fetched<T> next;
-        if (tiles > 1) fetch_inputs<T>(next, p, b, d0, 0, kTile);
+        if (tiles > 1) fetch_inputs<T>(next, p, b, d, 0, kTile, aligned);
         for (int k = 0; k < tiles; ++k) {
             if (d < p.dim) {
 #pragma unroll
@@ -334,9 +399,9 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
                         make_float4(h[i], h[i + 1], h[i + 2], h[i + 3]);
             }
             if (k == tiles - 1) break;
-            stage_inputs<T>(tile, next, bias, p, d0, kTile);
+            stage_inputs<T>(tile, next, bias, p, d, kTile);
             __syncthreads();
-            if (k + 2 < tiles) fetch_inputs<T>(next, p, b, d0, (k + 1) * kTile, kTile);
+            if (k + 2 < tiles) fetch_inputs<T>(next, p, b, d, (k + 1) * kTile, kTile, aligned);
 #pragma unroll
             for (int c = 0; c < kTile; ++c) advance(h, A2, tile, c);
             __syncthreads();
@@ -352,27 +417,32 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
         const int t0 = k * kTile, len = min(kTile, p.seqlen - t0);
         {
             Fetched<T> in;
-            T z[kShare], dout[kShare], y[kShare];
-            fetch_inputs<T>(in, p, b, d0, t0, len);
-            fetch<T>(z, p.z, p.z_b, p.z_d, p, b, d0, t0, len);
-            fetch<T>(dout, p.dout, p.dout_b, p.dout_d, p, b, d0, t0, len);
-            fetch<T>(y, p.y, p.y_b, p.y_d, p, b, d0, t0, len);
-            stage_inputs<T>(tile, in, bias, p, d0, len, sig);
-            const Share<T> dz(p.dz, p.dz_b, p.dz_d, b, d0, t0), out_z(p.out_z, p.out_z_b, p.out_z_d, b, d0, t0);
+            T z[kRun], dout[kRun], y[kRun];
+            fetch_inputs<T>(in, p, b, d, t0, len, aligned);
+            fetch<T>(z, {p.z, p.z_b, p.z_d}, p, b, d, t0, len, aligned);
+            fetch<T>(dout, {p.dout, p.dout_b, p.dout_d}, p, b, d, t0, len, aligned);
+            fetch<T>(y, {p.y, p.y_b, p.y_d}, p, b, d, t0, len, aligned);
+            stage_inputs<T>(tile, in, bias, p, d, len, sig);
+            float dz[kRun], out[kRun];
 #pragma unroll
-            for (int j = 0; j < kShare; ++j) {
-                const float zf = to_float(z[j]), s = sigmoid(zf), dof = to_float(dout[j]), yf = to_float(y[j]);
-                dy[share_row(j)][share_step()] = dof * zf * s;
-                store(dz, j, dof * yf * s * (1.f + zf * (1.f - s)), p, d0, len);
-                if (p.out_z != nullptr) store(out_z, j, yf * zf * s, p, d0, len);
+            for (int i = 0; i < kRun; ++i) {
+                const float zf = to_float(z[i]), s = sigmoid(zf), dof = to_float(dout[i]), yf = to_float(y[i]);
+                dy[r][c0 + i] = dof * zf * s;
+                dz[i] = dof * yf * s * (1.f + zf * (1.f - s));
+                out[i] = yf * zf * s;
             }
+            store<T>({p.dz, p.dz_b, p.dz_d}, dz, p, b, d, t0, len, aligned);
+            if (p.out_z != nullptr) store<T>({p.out_z, p.out_z_b, p.out_z_d}, out, p, b, d, t0, len, aligned);
         }
         __syncthreads();
         {
             float h[kPart];
-            const float *entry = checkpoints + k * kState;
+            const float4 *entry = reinterpret_cast<const float4 *>(checkpoints + k * kState);
 #pragma unroll
-            for (int i = 0; i < kPart; ++i) h[i] = d < p.dim ? entry[i] : 0.f;
+            for (int i = 0; i < kPart; i += 4) {
+                const float4 w = d < p.dim ? entry[i / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
+                h[i] = w.x, h[i + 1] = w.y, h[i + 2] = w.z, h[i + 3] = w.w;
+            }
 #pragma unroll
             for (int s = 0; s < kSubs; ++s) {
 #pragma unroll
@@ -399,20 +469,22 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
                 const float dt = tile.dt[r][c], u = tile.u[r][c], dtu = dt * u;
                 const float cut = tile.cut[c], dyc = dy[r][c];
                 float dB[kPart], dC[kPart], B[kPart], C[kPart], gB = 0.f, gAh = 0.f;
-                read_part(B, tile.B[c]);
-                read_part(C, tile.C[c]);
+                read_part(B, tile.B, c);
+                read_part(C, tile.C, c);
 #pragma unroll
                 for (int i = 0; i < kPart; ++i) {
                     const float decay = exp2f(fmaf(dt, A2[i], cut));
-                    const float kept = decay * before[j][i];
-                    dC[i] = dyc * fmaf(dtu, B[i], kept);
+                    // The state after the step: the re-run's, but for the run's last step.
+                    const float after = j + 1 < kSub ? before[j + 1][i] : fmaf(decay, before[j][i], dtu * B[i]);
+                    dC[i] = dyc * after;
                     g[i] = fmaf(C[i], dyc, g[i]);
                     dB[i] = g[i] * dtu;
                     gB = fmaf(g[i], B[i], gB);
-                    const float gk = g[i] * kept;
+                    g[i] *= decay;
+                    // g·(decay·h): what the decay's exponent, dt·A, passes back
+                    const float gk = g[i] * before[j][i];
                     gAh = fmaf(gk, A2[i], gAh);
                     if (kGradA) dA[i] = fmaf(gk, dt, dA[i]);
-                    g[i] *= decay;
                 }
                 gB = channel_sum(gB);
                 gAh = channel_sum(gAh);
@@ -421,11 +493,12 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
                 du[j] = fmaf(dt, gB, D * dyc);
                 dD = fmaf(dyc, u, dD);
                 dbias += ddelta[j];
-                const float sumB = warp_sum_transposed(dB, lane);
-                const float sumC = warp_sum_transposed(dC, lane);
+                const float sumB = warp_sum_transposed(dB);
+                const float sumC = warp_sum_transposed(dC);
                 if ((lane & 2) == 0) {
-                    dBC[warp][0][warp_sum_index(lane)][c] = sumB;
-                    dBC[warp][1][warp_sum_index(lane)][c] = sumC;
+                    const int n = state_of(0);
+                    dBC[warp][0][n][c] = sumB;
+                    dBC[warp][1][n][c] = sumC;
                 }
             }
             __syncwarp();  // the pair has read this run's u and dt
@@ -438,21 +511,27 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
             }
         }
         __syncthreads();
-        const Share<T> du_out(p.du, p.du_b, p.du_d, b, d0, t0);
-        const Share<T> ddelta_out(p.ddelta, p.ddelta_b, p.ddelta_d, b, d0, t0);
+        float du[kRun], ddelta[kRun];
 #pragma unroll
-        for (int j = 0; j < kShare; ++j) {
-            store(du_out, j, tile.u[share_row(j)][share_step()], p, d0, len);
-            store(ddelta_out, j, tile.dt[share_row(j)][share_step()], p, d0, len);
+        for (int i = 0; i < kRun; ++i) {
+            du[i] = tile.u[r][c0 + i];
+            ddelta[i] = tile.dt[r][c0 + i];
         }
-        float *partial = p.dBC_partial + (int64_t(blockIdx.x) * p.batch + b) * 2 * kState * p.seqlen;
-        for (int i = threadIdx.x; i < 2 * kState * kTile; i += kThreads) {
-            const int which = i / (kState * kTile), n = (i / kTile) % kState, cc = i % kTile;
-            if (cc >= len) continue;
+        store<T>({p.du, p.du_b, p.du_d}, du, p, b, d, t0, len, aligned);
+        store<T>({p.ddelta, p.ddelta_b, p.ddelta_d}, ddelta, p, b, d, t0, len, aligned);
+        // The block's dB and dC of the tile, (2 x 16 rows) x kTile steps: this thread's step of every
+        // (kThreads / kTile)-th row.
+        constexpr int kRowsPerPass = kThreads / kTile;
+        const int row0 = threadIdx.x / kTile, cc = threadIdx.x % kTile;
+        float *partial = p.dBC_partial + (int64_t(blockIdx.x) * p.batch + b) * 2 * kState * p.seqlen +
+                         row0 * int64_t(p.seqlen) + t0 + cc;
+#pragma unroll
+        for (int j = 0; j < 2 * kState / kRowsPerPass; ++j) {
+            const int row = row0 + j * kRowsPerPass;
             float sum = 0.f;
 #pragma unroll
-            for (int w = 0; w < kWarps; ++w) sum += dBC[w][which][n][cc];
-            partial[(which * kState + n) * int64_t(p.seqlen) + t0 + cc] = sum;
+            for (int w = 0; w < kWarps; ++w) sum += dBC[w][row / kState][row % kState][cc];
+            if (cc < len) partial[j * kRowsPerPass * int64_t(p.seqlen)] = sum;
         }
         __syncthreads();
     }
@@ -460,7 +539,7 @@ __global__ __launch_bounds__(kThreads, kBlocksPerSM) void scan_bwd_kernel(ScanPa
     const int64_t row = int64_t(b) * p.dim + d;
     if (kGradA) {
 #pragma unroll
-        for (int i = 0; i < kPart; ++i) p.dA_partial[row * kState + n0 + i] = dA[i];
+        for (int i = 0; i < kPart; ++i) p.dA_partial[row * kState + state_of(i)] = dA[i];
     }
     if (my_part() != 0) return;
     if (p.dD_partial != nullptr) p.dD_partial[row] = dD;
@@ -474,14 +553,27 @@ int launch_fwd(const ScanParams &p, cudaStream_t stream) {
     return cudaGetLastError();
 }
 
+// The backward with its dynamic shared memory, allowed once per kernel (the attributes are not stream operations;
+// the first call comes before any CUDA graph captures); shared memory is preferred to L1 so 4 blocks fit an SM.
+template <typename T, bool kGradA>
+int launch_bwd_kernel(dim3 grid, const ScanParams &p, cudaStream_t stream) {
+    static const cudaError_t allowed = [] {
+        const cudaError_t size = cudaFuncSetAttribute(scan_bwd_kernel<T, kGradA>,
+                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(BwdShared)));
+        if (size != cudaSuccess) return size;
+        return cudaFuncSetAttribute(scan_bwd_kernel<T, kGradA>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                    int(cudaSharedmemCarveoutMaxShared));
+    }();
+    if (allowed != cudaSuccess) return int(allowed);
+    scan_bwd_kernel<T, kGradA><<<grid, kThreads, sizeof(BwdShared), stream>>>(p);
+    return cudaGetLastError();
+}
+
 template <typename T>
 int launch_bwd(const ScanParams &p, cudaStream_t stream) {
     const dim3 grid((p.dim + kChannels - 1) / kChannels, p.batch);
-    if (p.dA_partial != nullptr)
-        scan_bwd_kernel<T, true><<<grid, kThreads, 0, stream>>>(p);
-    else
-        scan_bwd_kernel<T, false><<<grid, kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+    if (p.dA_partial != nullptr) return launch_bwd_kernel<T, true>(grid, p, stream);
+    return launch_bwd_kernel<T, false>(grid, p, stream);
 }
 
 // `launch` called with a value of the element type p.dtype names.
