@@ -37,8 +37,10 @@ def test_cpu_tensors_and_other_state_sizes_keep_to_the_torch_scans(monkeypatch):
     assert scan_cuda.available(u, A16, B)
     assert not scan_cuda.available(u, torch.zeros(4, 8), torch.zeros(1, 8, 8))
     assert not scan_cuda.available(u, A16, torch.zeros(1, 2, 16, 8))  # two groups of B
+    # What a Mamba mixer asks before taking packed documents through the fused path, before B exists.
+    assert scan_cuda.takes(u, 16) and not scan_cuda.takes(u, 8)
     monkeypatch.setenv("MAMBAFT_SCAN_KERNEL", "mamba-ssm")
-    assert not scan_cuda.available(u, A16, B)
+    assert not scan_cuda.available(u, A16, B) and not scan_cuda.takes(u, 16)
 
 
 def test_the_autograd_function_keeps_what_the_kernel_reads_and_gives_gradients_shaped_as_its_inputs(monkeypatch):

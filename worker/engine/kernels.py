@@ -6,16 +6,19 @@ import torch
 from torch import Tensor
 
 from worker.engine import scan_cuda
-from worker.engine.mamba_inner import selective_scan_cuda
 from worker.engine.scan import scan_with_resets
 
 try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d wheels
+    # The selective scan's CUDA extension, which the fused Mamba mixer calls (mamba_inner.py).
+    import selective_scan_cuda
+
     # The selective scan alone, with its backward: the Mamba mixers with norms on Δ, B and C (Falcon-Mamba,
     # Jamba) and Mamba over packed documents (scan.scan_with_resets).
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
 except ImportError:
+    selective_scan_cuda = None
     selective_scan_fn = None
     mamba_split_conv1d_scan_combined = None
     rms_norm_fn = None

@@ -8,7 +8,8 @@ unless it trains, and each adapter's gradients come from skinny products with th
 backward recomputes anyway, so memory stays as low as mamba-ssm's. x_proj and dt_proj stay folded: their
 weight gradients are small. The rest follows mamba-ssm 2.3's `MambaInnerFn` (checkpoint level 1, real A,
 B and C from x_proj), whose CUDA kernels it calls, except the selective scan: ours (scan_cuda.py) where it
-takes the shapes.
+takes the shapes. With ours, rows of packed documents run here too: the scan resets where one starts and the
+conv reads `seq_idx`.
 """
 
 import torch
@@ -16,13 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.amp import custom_bwd, custom_fwd
 
-try:  # optional: only with the mamba-ssm / causal-conv1d wheels
-    import selective_scan_cuda
+try:  # optional: only with the causal-conv1d wheel
     from causal_conv1d.cpp_functions import causal_conv1d_bwd_function, causal_conv1d_fwd_function
 except ImportError:
-    selective_scan_cuda = None
+    causal_conv1d_fwd_function = causal_conv1d_bwd_function = None
 
 from worker.engine import scan_cuda
+from worker.engine.documents import document_starts
+from worker.engine.kernels import selective_scan_cuda
 from worker.engine.lora_weights import LoraFactors
 
 
@@ -47,6 +49,32 @@ def _states_input(x_dbl: Tensor, columns: slice, batch: int) -> Tensor:
     return part.view(batch, -1, part.shape[1]).transpose(1, 2).unsqueeze(1).contiguous()
 
 
+def _channel_last(t: Tensor) -> Tensor:
+    """t (b, d, l) laid out with d contiguous, the only layout in which causal-conv1d reads `seq_idx`."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _conv(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None) -> Tensor:
+    """silu(causal conv) of x (b, d, l), length contiguous like its result; with packed documents' `seq_idx`, no
+    output reads an earlier document's input (through the channel-last layout, copied there and back)."""
+    if seq_idx is None:
+        return causal_conv1d_fwd_function(x, weight, bias, None, None, None, True)
+    return causal_conv1d_fwd_function(_channel_last(x), weight, bias, seq_idx, None, None, True).contiguous()
+
+
+def _conv_backward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None, dout: Tensor, dx: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """_conv's gradients given dout: written into dx (length contiguous); the weight's and bias' returned."""
+    if seq_idx is None:
+        _, dweight, dbias, _ = causal_conv1d_bwd_function(x, weight, bias, dout, None, None, None, dx, False, True)
+        return dx, dweight, dbias
+    last, dweight, dbias, _ = causal_conv1d_bwd_function(
+        _channel_last(x), weight, bias, _channel_last(dout), seq_idx, None, None, None, False, True
+    )
+    return dx.copy_(last), dweight, dbias
+
+
 class MambaInnerLora(torch.autograd.Function):
     @staticmethod
     @custom_fwd(device_type="cuda")
@@ -62,6 +90,7 @@ class MambaInnerLora(torch.autograd.Function):
         A,
         D,
         dt_bias,
+        seq_idx,
         scales,
         *factors,
     ):
@@ -77,16 +106,19 @@ class MambaInnerLora(torch.autograd.Function):
         conv_weight = conv_weight.squeeze(1)
         conv_bias = conv_bias.contiguous() if conv_bias is not None else None
         x, z = xz.chunk(2, dim=1)
-        conv_out = causal_conv1d_fwd_function(x, conv_weight, conv_bias, None, None, None, True)
+        conv_out = _conv(x, conv_weight, conv_bias, seq_idx)
         x_dbl = F.linear(_to_rows(conv_out), x_proj_weight)  # (b·l, rank + 2n)
         delta = _from_columns(dt_proj_weight @ x_dbl[:, :rank].t(), batch)
         B = _states_input(x_dbl, slice(rank, rank + n), batch)
         C = _states_input(x_dbl, slice(-n, None), batch)
         D = D.contiguous()
         ctx.own_scan = scan_cuda.available(conv_out, A, B)
+        reset = None if seq_idx is None else document_starts(seq_idx)
         if ctx.own_scan:
-            out, out_z = scan_cuda.forward(conv_out, delta, A, B, C, D, z, dt_bias)
+            out, out_z = scan_cuda.forward(conv_out, delta, A, B, C, D, z, dt_bias, reset)
             scan_intermediates = None
+        elif reset is not None:
+            raise ValueError("packed documents need our selective scan, which resets the state (scan_cuda.available)")
         else:
             out, scan_intermediates, out_z = selective_scan_cuda.fwd(conv_out, delta, A, B, C, D, z, dt_bias, True)
         ctx.scales = scales
@@ -107,6 +139,8 @@ class MambaInnerLora(torch.autograd.Function):
             dt_bias,
             scan_intermediates,
             out,
+            seq_idx,
+            reset,
             *factors,
         )
         result = F.linear(out_z.transpose(1, 2), out_weight, out_bias)  # (b, l, d_model)
@@ -135,11 +169,13 @@ class MambaInnerLora(torch.autograd.Function):
             dt_bias,
             scan_intermediates,
             out,
+            seq_idx,
+            reset,
             *factors,
         ) = ctx.saved_tensors
         batch, rank, n = xz.shape[0], dt_proj_weight.shape[1], A.shape[-1]
         x, z = xz.chunk(2, dim=1)
-        conv_out = causal_conv1d_fwd_function(x, conv_weight, conv_bias, None, None, None, True)
+        conv_out = _conv(x, conv_weight, conv_bias, seq_idx)
         delta = _from_columns(dt_proj_weight @ x_dbl[:, :rank].t(), batch)
         dxz = torch.empty_like(xz)
         dx, dz = dxz.chunk(2, dim=1)
@@ -155,7 +191,7 @@ class MambaInnerLora(torch.autograd.Function):
             want = ctx.needs_input_grad[7:10]
             g = scan_cuda.backward(
                 conv_out, delta, A, B, C, D, z, dt_bias, _from_columns(dgated, batch), out,
-                dz=dz, want_A=want[0], want_D=want[1], want_delta_bias=want[2], out_z=True,
+                reset=reset, dz=dz, want_A=want[0], want_D=want[1], want_delta_bias=want[2], out_z=True,
             )  # fmt: skip
             dconv_out, ddelta, dA, dB, dC, dD, ddt_bias, out_z = (
                 g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.ddelta_bias, g.out_z
@@ -183,8 +219,8 @@ class MambaInnerLora(torch.autograd.Function):
         dx_dbl[:, :rank] = ddelta.t() @ dt_proj_weight
         dx_proj_weight = dx_dbl.t() @ _to_rows(conv_out) if ctx.needs_input_grad[3] else None
         dconv_out = _to_columns(dconv_out).addmm_(x_proj_weight.t(), dx_dbl.t())
-        dx, dconv_weight, dconv_bias, *_ = causal_conv1d_bwd_function(
-            x, conv_weight, conv_bias, _from_columns(dconv_out, batch), None, None, None, dx, False, True
+        dx, dconv_weight, dconv_bias = _conv_backward(
+            x, conv_weight, conv_bias, seq_idx, _from_columns(dconv_out, batch), dx
         )
         return (
             dxz,
@@ -197,6 +233,7 @@ class MambaInnerLora(torch.autograd.Function):
             dA,
             dD,
             ddt_bias,
+            None,
             None,
             *dfactors,
         )
@@ -214,9 +251,11 @@ def mamba_inner_lora(
     A: Tensor,
     D: Tensor,
     dt_bias: Tensor,
+    seq_idx: Tensor | None = None,
 ) -> Tensor:
     """The mixer's output (b, l, d_model) from in_proj's output `xz` (b, 2·d_inner, l); out_proj is `out_weight`
-    plus `out_adapters` (dropout-free: the API refuses dropout on out_proj)."""
+    plus `out_adapters` (dropout-free: the API refuses dropout on out_proj). `seq_idx` (b, l): packed documents,
+    each from a zero state (with our scan only: scan_cuda.available)."""
     scales = tuple(f.scale for f in out_adapters)
     factors = [t for f in out_adapters for t in (f.A, f.B)]
     return MambaInnerLora.apply(
@@ -230,6 +269,7 @@ def mamba_inner_lora(
         A,
         D,
         dt_bias,
+        None if seq_idx is None else seq_idx.int().contiguous(),
         scales,
         *factors,
     )

@@ -123,13 +123,17 @@ def load(path: Path) -> ctypes.CDLL:
 
 
 def available(u: Tensor, A: Tensor, B: Tensor) -> bool:
-    """Whether our kernel takes this scan: CUDA tensors, 16 states, one group of B and C, fp32/fp16/bf16, and
+    """Whether our kernel takes this scan: one group of B and C, and what `takes` asks."""
+    return (B.dim() == 3 or B.shape[1] == 1) and takes(u, A.shape[-1])
+
+
+def takes(u: Tensor, state_size: int) -> bool:
+    """Whether our kernel takes a scan of u (one group of B and C): CUDA tensors, 16 states, fp32/fp16/bf16, and
     MAMBAFT_SCAN_KERNEL not set to "mamba-ssm" (which keeps mamba-ssm's kernel, e.g. to compare the two)."""
     return (
         os.environ.get("MAMBAFT_SCAN_KERNEL", "own") != "mamba-ssm"
         and u.is_cuda
-        and A.shape[-1] == STATE_SIZE
-        and (B.dim() == 3 or B.shape[1] == 1)
+        and state_size == STATE_SIZE
         and u.dtype in _DTYPES
         and _library(_device_index(u)) is not None
     )

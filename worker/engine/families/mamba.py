@@ -10,7 +10,7 @@ from transformers import MambaConfig, MambaForCausalLM
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, MambaOutput
 
 from app.families.family import EXPAND, ModelShape
-from worker.engine import kernels
+from worker.engine import kernels, scan_cuda
 from worker.engine.documents import document_starts
 from worker.engine.families.family import FamilyEngine
 from worker.engine.lora_weights import base_layer, effective_weight, lora_factors
@@ -36,14 +36,19 @@ def mixer_forward(
     its CPU and GPU forwards disagree; ours agree on every path.)
     `dt_norm_first`: with the norms, normalise dt's dt_rank columns before dt_proj, as Jamba's mixer does
     with a weighted norm. With either, the scan alone is a CUDA kernel (see below).
-    `seq_idx` (b, l): packed documents, each from a zero state. The fused mixer kernels cannot reset the
-    state, so then the conv runs in torch and only the selective scan in CUDA (kernels.selective_scan)."""
+    `seq_idx` (b, l): packed documents, each from a zero state. Our selective scan resets the state, so the
+    fused mixer takes them where it runs on our scan; with mamba-ssm's, the conv and projections run in torch and
+    only the scan in CUDA (kernels.selective_scan, which resets through its inputs)."""
     if has_cache(kwargs):
         return mixer.hf_forward(hidden_states, attention_mask=attention_mask, **kwargs)
     hidden_states = mask_padding(hidden_states, attention_mask)
     on_cuda = path == "auto" and kernels.fused_kernels_available() and hidden_states.is_cuda
-    fused = on_cuda and seq_idx is None
-    if on_cuda and seq_idx is not None:  # causal-conv1d reads seq_idx only with channels contiguous
+    fused = on_cuda and (seq_idx is None or scan_cuda.takes(hidden_states, mixer.ssm_state_size))
+    # With norms on Δ, B and C the projections and norms run in torch and only the scan is a CUDA kernel:
+    # mamba-ssm's fused mixer normalises them in forward but its backward skips the norms (dB, dC and dΔ
+    # land on x_proj's output as if unnormalised), so the LoRA gradients it gives are wrong.
+    inner = fused and not bcdt_norms
+    if on_cuda and seq_idx is not None and not inner:  # causal-conv1d reads seq_idx only with channels contiguous
         xz = mixer.in_proj(hidden_states).transpose(1, 2)  # (b, 2·d_inner, l)
     else:
         xz = _in_proj_channels_first(mixer.in_proj, hidden_states)
@@ -53,10 +58,6 @@ def mixer_forward(
     dt_bias = base_layer(mixer.dt_proj).bias.float()
     out_bias = base_layer(mixer.out_proj).bias
 
-    # With norms on Δ, B and C the projections and norms run in torch and only the scan is a CUDA kernel:
-    # mamba-ssm's fused mixer normalises them in forward but its backward skips the norms (dB, dC and dΔ
-    # land on x_proj's output as if unnormalised), so the LoRA gradients it gives are wrong.
-    inner = fused and not bcdt_norms
     if inner:
         return mamba_inner_lora(
             xz,
@@ -70,6 +71,7 @@ def mixer_forward(
             A,
             mixer.D.float(),
             dt_bias,
+            seq_idx,
         )
 
     out_proj_w = effective_weight(mixer.out_proj)  # (d_model, d_inner)
