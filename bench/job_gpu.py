@@ -156,6 +156,8 @@ def run_job(
                 last_progress_tokens_per_s=round(last.get("tokens_per_second", 0)),
                 peak_GiB=round((metrics.get("peak_memory_bytes") or 0) / 2**30, 2),  # none on the CPU
                 messages=messages,  # the engine's own notes: adapted layers, a failed CUDA-graph capture
+                # Each step's own seconds, oldest first: where a job's pace differs from the bench's.
+                step_seconds=[round(p["step_seconds"], 4) for p in sorted(progress, key=lambda p: p["step"])],
             )
     finally:
         serve.send_signal(signal.SIGTERM)  # serve stops its worker on SIGTERM

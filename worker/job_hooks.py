@@ -77,6 +77,7 @@ class JobHooks:
                     "learning_rate": progress.learning_rate,
                     "tokens_per_second": progress.tokens_per_second,
                     "steps_per_second": progress.steps_per_second,
+                    "step_seconds": progress.step_seconds,
                     "eta_seconds": progress.eta_seconds,
                     "trained_tokens": progress.trained_tokens,
                     "skipped_steps": progress.skipped_steps,

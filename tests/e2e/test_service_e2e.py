@@ -136,6 +136,7 @@ def test_fine_tune_job_end_to_end(
         progress = [e["data"] for e in events if e["type"] == "progress"]
         assert progress, events
         assert {"step", "total_steps", "loss", "learning_rate", "tokens_per_second", "eta_seconds"} <= set(progress[0])
+        assert all(p["step_seconds"] > 0 for p in progress), progress
 
         # The worker's sender posted each state change, signed with the secret the create showed.
         _wait_webhook(receiver, "fine_tuning.job.succeeded", service)

@@ -221,5 +221,7 @@ def test_reported_tokens_per_second_leaves_out_the_warm_up_steps(
     assert result.metrics["tokens_per_second"] == pytest.approx(steady)
     assert progress[-1].tokens_per_second == pytest.approx(steady)
     assert progress[warm - 1].tokens_per_second == pytest.approx(progress[warm - 1].trained_tokens / (10.0 * warm))
+    # Each step says what it took itself, warm-up or not.
+    assert [p.step_seconds for p in progress[warm - 1 : warm + 1]] == [10.0, 1.0]
     # The ETA counts the steps left at the steady pace: 1 s each.
     assert progress[warm].eta_seconds == pytest.approx(result.steps - warm - 1, rel=0.05)

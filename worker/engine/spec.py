@@ -54,6 +54,7 @@ class Progress:
     skipped_steps: int = 0  # fp16 overflow steps skipped by the loss scaler
     peak_memory_bytes: int | None = None
     steps_per_second: float = 0.0
+    step_seconds: float = 0.0  # this step's forward, backward and optimizer step, as tokens_per_second counts it
 
     def row(self) -> dict[str, Any]:
         """The step's line of the job's metrics: a row of its results CSV, a checkpoint's metrics."""

@@ -248,6 +248,7 @@ def _train(spec: TrainSpec, hooks: TrainHooks) -> TrainResult:
             skipped_steps=precision.skipped_steps,
             peak_memory_bytes=peak_memory(device),
             steps_per_second=steps_per_second,
+            step_seconds=seconds,
         )
         state["history"].append(progress.row())
         hooks.on_progress(progress)
