@@ -6,6 +6,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import MambaConfig, MambaForCausalLM
 from transformers.models.mamba.modeling_mamba import MambaMixer, MambaModel, MambaOutput
 
@@ -134,7 +135,11 @@ def _delta_before_bias(
     if bcdt_norms and dt_norm_first:
         dt = _over_channels(mixer.dt_layernorm, dt)
     delta = _per_column(dt_proj_w, dt)
-    return _over_channels(mixer.dt_layernorm, delta) if bcdt_norms and not dt_norm_first else delta
+    if not bcdt_norms or dt_norm_first:
+        return delta
+    # The norm computes in fp32: autograd would keep an fp32 copy of Δ (d_inner per token, twice a bf16 one) for
+    # its backward. Recomputed there instead, only Δ itself is kept.
+    return checkpoint(_over_channels, mixer.dt_layernorm, delta, use_reentrant=False)
 
 
 def delta(mixer: MambaMixer, hidden: Tensor, *, bcdt_norms: bool = False, dt_norm_first: bool = False) -> Tensor:
