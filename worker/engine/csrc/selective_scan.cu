@@ -178,33 +178,34 @@ __device__ __forceinline__ void store_run(T *at, const float (&v)[kRun], int cou
         if (i < count) at[i] = w[i];
 }
 
-// Where this thread's run of a (batch, dim, seqlen) tensor starts in the tile at t0, and how many of its steps
-// are inside the tensor (fewer in a last, short tile; none past dim).
+// One (batch, dim, seqlen) tensor: where it starts and its batch and channel strides.
+struct Rows {
+    const void *base;
+    int64_t b_stride, d_stride;
+};
+
+// Where this thread's run of `rows` starts in the tile at t0, and how many of its steps are inside the tensor
+// (fewer in a last, short tile; none past dim).
 template <typename T>
-__device__ __forceinline__ T *run_at(const void *base, int64_t b_stride, int64_t d_stride, int b, int d, int t0) {
-    return const_cast<T *>(static_cast<const T *>(base)) + b * b_stride + int64_t(d) * d_stride + t0 + my_part() * kRun;
+__device__ __forceinline__ T *run_at(Rows rows, int b, int d, int t0) {
+    return const_cast<T *>(static_cast<const T *>(rows.base)) + b * rows.b_stride + int64_t(d) * rows.d_stride + t0 +
+           my_part() * kRun;
 }
 
 __device__ __forceinline__ int run_count(const ScanParams &p, int d, int len) {
     return d < p.dim ? max(0, min(kRun, len - my_part() * kRun)) : 0;
 }
 
-// A tile of one (batch, dim, seqlen) tensor, this thread's run of it.
-struct Rows {
-    const void *base;
-    int64_t b_stride, d_stride;
-};
-
 template <typename T>
 __device__ __forceinline__ void fetch(T (&v)[kRun], Rows rows, const ScanParams &p, int b, int d, int t0, int len,
                                       bool aligned) {
-    load_run<T, kRun>(v, run_at<T>(rows.base, rows.b_stride, rows.d_stride, b, d, t0), run_count(p, d, len), aligned);
+    load_run<T, kRun>(v, run_at<T>(rows, b, d, t0), run_count(p, d, len), aligned);
 }
 
 template <typename T>
 __device__ __forceinline__ void store(Rows rows, const float (&v)[kRun], const ScanParams &p, int b, int d, int t0,
                                       int len, bool aligned) {
-    store_run<T>(run_at<T>(rows.base, rows.b_stride, rows.d_stride, b, d, t0), v, run_count(p, d, len), aligned);
+    store_run<T>(run_at<T>(rows, b, d, t0), v, run_count(p, d, len), aligned);
 }
 
 // The inputs of one tile of the recurrence, as loaded, before they are staged: this thread's runs of u and delta,
