@@ -13,7 +13,7 @@ try:  # optional: only on machines with CUDA and the mamba-ssm / causal-conv1d w
     import selective_scan_cuda
 
     # The selective scan alone, with its backward: the Mamba mixers with norms on Δ, B and C (Falcon-Mamba,
-    # Jamba) and Mamba over packed documents (scan.scan_with_resets).
+    # Jamba) and, where our kernel does not run, Mamba over packed documents (scan.scan_with_resets).
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     from mamba_ssm.ops.triton.layer_norm import rms_norm_fn
     from mamba_ssm.ops.triton.ssd_combined import mamba_split_conv1d_scan_combined
