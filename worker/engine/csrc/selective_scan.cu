@@ -4,13 +4,13 @@
 // Two threads own one channel, 8 of its 16 states each, in registers; a block is 64 channels of one sequence.
 // Time goes in tiles of kTile steps: the block stages the tile's u, dt, B and C in shared memory (B and C are read
 // from memory once per 64 channels) while the next tile loads, each thread loading runs of 8 steps of a row as
-// 16-byte words where the tensors' layout allows, and each thread walks the tile step by step. The backward first runs the recurrence forward to keep each tile's entry state (a scratch buffer
-// the caller owns), then walks the tiles in reverse: it re-runs the tile to keep a state every kSub steps in shared
-// memory, re-runs each kSub steps into registers, and steps back through them. dB and dC are summed over the warp's
-// channels in registers (a transposing butterfly, free of selects because each lane holds its states in an order
-// of its own), over the block's warps in shared memory, and written once per
-// block to a partial buffer the caller sums: no atomics, the same bits every run. dA, dD and d(delta_bias) are
-// computed only when asked for (LoRA freezes them).
+// 16-byte words where the tensors' layout allows, and each thread walks the tile step by step. The backward first
+// runs the recurrence forward to keep each tile's entry state (a scratch buffer the caller owns), then walks the
+// tiles in reverse: it re-runs the tile to keep a state every kSub steps in shared memory, re-runs each kSub steps
+// into registers, and steps back through them. dB and dC are summed over the warp's channels in registers (a
+// transposing butterfly, free of selects because each lane holds its states in an order of its own), over the
+// block's warps in shared memory, and written once per block to a partial buffer the caller sums: no atomics, the
+// same bits every run. dA, dD and d(delta_bias) are computed only when asked for (LoRA freezes them).
 //
 // The host side is plain C (called through ctypes): no torch headers, so it builds with nvcc alone in seconds.
 
@@ -151,7 +151,8 @@ __device__ __forceinline__ void load_run(T (&v)[N], const T *at, int count, bool
     if (aligned && count == N) {
         if constexpr (kBytes % 16 == 0) {
 #pragma unroll
-            for (int k = 0; k < kBytes / 16; ++k) reinterpret_cast<uint4 *>(v)[k] = reinterpret_cast<const uint4 *>(at)[k];
+            for (int k = 0; k < kBytes / 16; ++k)
+                reinterpret_cast<uint4 *>(v)[k] = reinterpret_cast<const uint4 *>(at)[k];
             return;
         } else if constexpr (kBytes == 8) {
             *reinterpret_cast<uint2 *>(v) = *reinterpret_cast<const uint2 *>(at);
@@ -170,7 +171,8 @@ __device__ __forceinline__ void store_run(T *at, const float (&v)[kRun], int cou
     for (int i = 0; i < kRun; ++i) w[i] = from_float<T>(v[i]);
     if (aligned && count == kRun) {
 #pragma unroll
-        for (int k = 0; k < kRun * int(sizeof(T)) / 16; ++k) reinterpret_cast<uint4 *>(at)[k] = reinterpret_cast<const uint4 *>(w)[k];
+        for (int k = 0; k < kRun * int(sizeof(T)) / 16; ++k)
+            reinterpret_cast<uint4 *>(at)[k] = reinterpret_cast<const uint4 *>(w)[k];
         return;
     }
 #pragma unroll
@@ -559,8 +561,8 @@ int launch_fwd(const ScanParams &p, cudaStream_t stream) {
 template <typename T, bool kGradA>
 int launch_bwd_kernel(dim3 grid, const ScanParams &p, cudaStream_t stream) {
     static const cudaError_t allowed = [] {
-        const cudaError_t size = cudaFuncSetAttribute(scan_bwd_kernel<T, kGradA>,
-                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(BwdShared)));
+        const cudaError_t size = cudaFuncSetAttribute(
+            scan_bwd_kernel<T, kGradA>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(BwdShared)));
         if (size != cudaSuccess) return size;
         return cudaFuncSetAttribute(scan_bwd_kernel<T, kGradA>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                     int(cudaSharedmemCarveoutMaxShared));
